@@ -1,0 +1,100 @@
+"""Command line: `livekit-exporter [serve] [flags]`, `livekit-exporter demo`, `livekit-exporter check-config FILE`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from . import config as config_mod
+from . import logsetup
+from .server import DEFAULT_LISTEN_ADDRESS, DEFAULT_TELEMETRY_PATH, build_app, parse_listen_address
+
+log = logging.getLogger("livekit_exporter")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN_ADDRESS,
+                   help=f"address to listen on (default {DEFAULT_LISTEN_ADDRESS})")
+    p.add_argument("--web.telemetry-path", dest="telemetry_path", default=DEFAULT_TELEMETRY_PATH,
+                   help=f"path of the metrics endpoint (default {DEFAULT_TELEMETRY_PATH})")
+    p.add_argument("--log.level", dest="log_level", default="info",
+                   choices=["debug", "info", "warn", "error"], help="log level (default info)")
+    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
+                   help="log line format (default logfmt)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="livekit-exporter",
+        description="Prometheus exporter for LiveKit server state, webhooks and voice agents.",
+    )
+    p.add_argument("--version", action="version", version=f"livekit-exporter {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{serve,demo,check-config}")
+    serve = sub.add_parser("serve", help="run the exporter (the default)")
+    _common(serve)
+    serve.add_argument("--config.file", dest="config_file", default=None,
+                       help="YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)")
+    demo = sub.add_parser("demo", help="run a simulated LiveKit and the exporter pointed at it")
+    _common(demo)
+    check = sub.add_parser("check-config", help="validate a configuration file; exit 2 if it is bad")
+    check.add_argument("file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "serve")
+    args = parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as e:
+        print(f"livekit-exporter: {e}", file=sys.stderr)
+        return 2
+    level = "warning" if args.log_level == "warn" else args.log_level
+    if args.command == "demo":
+        from .demo import run_demo
+
+        logsetup.setup(level, args.log_format)
+        try:
+            asyncio.run(run_demo(host, port, args.telemetry_path))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    try:
+        cfg = config_mod.load(args.config_file)
+    except config_mod.ConfigError as e:
+        print("livekit-exporter: the configuration is not usable:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    secrets = [cfg.livekit.api_secret.reveal(), *(k.api_secret.reveal() for k in cfg.webhooks.keys),
+               *(t.reveal() for t in cfg.events.tokens)]
+    logsetup.setup(level, args.log_format, secrets)
+    app = build_app(cfg, telemetry_path=args.telemetry_path)
+    log.info("starting livekit-exporter", extra={"version": __version__, "address": f"{host}:{port}",
+                                                "livekit_url": cfg.livekit.url, "config": cfg.source})
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    return 0
+
+
+def check_config(path: str) -> int:
+    try:
+        config_mod.load(path)
+    except config_mod.ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    print(f"{path}: OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

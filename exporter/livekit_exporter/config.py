@@ -1,0 +1,355 @@
+"""Configuration: YAML file + LiveKit environment variables + secret files -> one typed Config.
+
+The JSON Schema in schemas/config.schema.json is the contract; this module loads, validates, fills
+defaults and resolves secrets. Errors name the YAML path and line and never echo a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+SECRET_KEYS = frozenset({"api_secret", "tokens", "secret", "password", "token"})
+
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+DEFAULT_SERVICES = ("room", "egress", "ingress", "sip")
+DEFAULT_ROOM_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists every finding, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Secret:
+    """A string that never shows itself in repr(), str(), logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def parse_duration(text: str) -> float:
+    """'1m30s' -> 90.0. The schema has already checked the shape."""
+    if not re.fullmatch(r"(?:[0-9]+(?:ms|s|m|h|d))+", text):
+        raise ValueError(f"{text!r} is not a duration (like 500ms, 10s, 1m30s, 2h)")
+    return sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    api_key: str
+    api_secret: Secret
+
+
+@dataclass(frozen=True)
+class LiveKitConfig:
+    url: str
+    api_key: str
+    api_secret: Secret
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class RoomDetailConfig:
+    enabled: bool = False
+    max_rooms: int = 100
+    concurrency: int = 8
+    agent_dispatch: bool = True
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    services: tuple[str, ...] = DEFAULT_SERVICES
+    default_scrape_timeout: float = 10.0
+    timeout_margin: float = 0.5
+    room_size_buckets: tuple[float, ...] = DEFAULT_ROOM_SIZE_BUCKETS
+    room_detail: RoomDetailConfig = field(default_factory=RoomDetailConfig)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    enabled: bool = True
+    path: str = "/webhook"
+    max_body_bytes: int = 1 << 20
+    keys: tuple[KeyPair, ...] = ()
+    dedup_ttl: float = 600.0
+    dedup_max_entries: int = 100_000
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    enabled: bool = True
+    path: str = "/v1/events"
+    tokens: tuple[Secret, ...] = ()
+    max_body_bytes: int = 1 << 20
+    max_events: int = 1000
+    call_ttl: float = 7200.0
+    dependency_ttl: float = 300.0
+    max_latency: float = 30.0
+    buckets: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    prices: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    livekit: LiveKitConfig
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    label_max_values: int = 50
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    source: str = "<defaults>"
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("livekit_exporter").joinpath("schemas/config.schema.json").read_text()
+    return json.loads(text)
+
+
+_VALIDATOR = None
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        s = schema()
+        cls = jsonschema.validators.validator_for(s)
+        cls.check_schema(s)
+        _VALIDATOR = cls(s)
+    return _VALIDATOR
+
+
+def _yaml_path(path: list[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _is_secret_path(path: list[Any]) -> bool:
+    return any(isinstance(p, str) and p in SECRET_KEYS for p in path)
+
+
+def _line_of(root: yaml.Node | None, path: list[Any]) -> int | None:
+    """The 1-based line of the YAML node at `path` (or of its nearest existing parent)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in path:
+        nxt = None
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for k, v in node.value:
+                if k.value == part:
+                    nxt = v
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+        if nxt is None:
+            break
+        node = nxt
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """A message that says what is wrong and what to do, never echoing a secret value."""
+    v, expected = error.validator, error.validator_value
+    secret = _is_secret_path(list(error.absolute_path))
+    shown = "" if secret or isinstance(error.instance, (dict, list)) else f" (got {error.instance!r})"
+    if v == "type":
+        return f"must be of type {expected}{shown}"
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown key(s) {', '.join(extra)}; allowed keys: {allowed}"
+    if v == "required":
+        return error.message + " (add it)"
+    if v == "pattern":
+        if expected.startswith("^([0-9]+"):
+            return f"must be a duration like 500ms, 10s, 1m30s or 2h{shown}"
+        if expected.startswith("^(https?"):
+            return f"must be an http(s):// or ws(s):// URL{shown}"
+        return f"must match {expected}{shown}"
+    if v == "enum":
+        return f"must be one of {', '.join(map(str, expected))}{shown}"
+    if v in ("minimum", "exclusiveMinimum"):
+        op = ">=" if v == "minimum" else ">"
+        return f"must be {op} {expected}{shown}"
+    if v == "minLength":
+        return "must not be empty" if expected == 1 else f"must be at least {expected} characters long"
+    if v == "minItems":
+        return f"must have at least {expected} item(s)"
+    if v == "uniqueItems":
+        return "must not repeat an item"
+    if v == "oneOf" and "api_secret_file" in json.dumps(expected):
+        return "give exactly one of api_secret or api_secret_file"
+    return f"fails the schema rule {v!r}"
+
+
+def _read_secret_file(path: str, where: str, problems: list[str]) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as e:
+        problems.append(f"{where}: cannot read secret file {path!r}: {e.strerror}")
+        return None
+    if not value:
+        problems.append(f"{where}: secret file {path!r} is empty")
+        return None
+    return value
+
+
+def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve a configuration. Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    raw: Any = {}
+    root: yaml.Node | None = None
+    source = path or "<environment>"
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror}"]) from None
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            # The problem text may quote the offending line, which could hold a secret.
+            raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', 'parse error')}"]) from None
+        if raw is None:
+            raw = {}
+    problems: list[str] = []
+    errors = sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    for err in errors:
+        p = list(err.absolute_path)
+        line = _line_of(root, p)
+        loc = f"{source}:{line}" if line else source
+        problems.append(f"{loc}: {_yaml_path(p)}: {_describe(err)}")
+    if problems:
+        raise ConfigError(problems)
+    return _build(raw, env, source, problems)
+
+
+def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: list[str]) -> Config:
+    lk = dict(raw.get("livekit") or {})
+    url = env.get("LIVEKIT_URL") or lk.get("url")
+    key = env.get("LIVEKIT_API_KEY") or lk.get("api_key")
+    secret = env.get("LIVEKIT_API_SECRET") or lk.get("api_secret")
+    if not secret and lk.get("api_secret_file"):
+        secret = _read_secret_file(lk["api_secret_file"], f"{source}: livekit.api_secret_file", problems)
+    if not url:
+        problems.append(f"{source}: livekit.url: missing; set it in the file or in LIVEKIT_URL")
+    elif not re.match(r"^(https?|wss?)://[^\s/]+", url):
+        problems.append(f"{source}: LIVEKIT_URL: must be an http(s):// or ws(s):// URL (got {url!r})")
+    if not key:
+        problems.append(f"{source}: livekit.api_key: missing; set it in the file or in LIVEKIT_API_KEY")
+    if not secret and not any("api_secret_file" in p for p in problems):
+        problems.append(
+            f"{source}: livekit.api_secret: missing; set api_secret_file in the file or LIVEKIT_API_SECRET"
+        )
+
+    col = raw.get("collect") or {}
+    det = col.get("room_detail") or {}
+    collect = CollectConfig(
+        services=tuple(col.get("services", DEFAULT_SERVICES)),
+        default_scrape_timeout=parse_duration(col.get("default_scrape_timeout", "10s")),
+        timeout_margin=parse_duration(col.get("timeout_margin", "500ms")),
+        room_size_buckets=tuple(sorted(col.get("room_size_buckets", DEFAULT_ROOM_SIZE_BUCKETS))),
+        room_detail=RoomDetailConfig(
+            enabled=det.get("enabled", False),
+            max_rooms=det.get("max_rooms", 100),
+            concurrency=det.get("concurrency", 8),
+            agent_dispatch=det.get("agent_dispatch", True),
+        ),
+    )
+    if collect.timeout_margin >= collect.default_scrape_timeout:
+        problems.append(
+            f"{source}: collect.timeout_margin: must be shorter than collect.default_scrape_timeout"
+        )
+
+    wh = raw.get("webhooks") or {}
+    keys = []
+    for i, kp in enumerate(wh.get("keys", [])):
+        s = kp.get("api_secret") or _read_secret_file(
+            kp.get("api_secret_file", ""), f"{source}: webhooks.keys[{i}].api_secret_file", problems
+        )
+        if s:
+            keys.append(KeyPair(kp["api_key"], Secret(s)))
+    webhooks = WebhooksConfig(
+        enabled=wh.get("enabled", True),
+        path=wh.get("path", "/webhook"),
+        max_body_bytes=wh.get("max_body_bytes", 1 << 20),
+        keys=tuple(keys),
+        dedup_ttl=parse_duration(wh.get("dedup_ttl", "10m")),
+        dedup_max_entries=wh.get("dedup_max_entries", 100_000),
+    )
+
+    ev = raw.get("events") or {}
+    tokens = list(ev.get("tokens", []))
+    for i, tf in enumerate(ev.get("token_files", [])):
+        t = _read_secret_file(tf, f"{source}: events.token_files[{i}]", problems)
+        if t:
+            tokens.extend(line.strip() for line in t.splitlines() if line.strip())
+    tokens.extend(t.strip() for t in env.get("LIVEKIT_EXPORTER_EVENTS_TOKENS", "").split(",") if t.strip())
+    events = EventsConfig(
+        enabled=ev.get("enabled", True),
+        path=ev.get("path", "/v1/events"),
+        tokens=tuple(Secret(t) for t in dict.fromkeys(tokens)),
+        max_body_bytes=ev.get("max_body_bytes", 1 << 20),
+        max_events=ev.get("max_events", 1000),
+        call_ttl=parse_duration(ev.get("call_ttl", "2h")),
+        dependency_ttl=parse_duration(ev.get("dependency_ttl", "5m")),
+        max_latency=parse_duration(ev.get("max_latency", "30s")),
+        buckets={k: tuple(sorted(v)) for k, v in (ev.get("buckets") or {}).items()},
+        prices=tuple(ev.get("prices", ())),
+    )
+    if webhooks.enabled and events.enabled and webhooks.path == events.path:
+        problems.append(f"{source}: webhooks.path and events.path must differ")
+    if problems:
+        raise ConfigError(problems)
+
+    return Config(
+        livekit=LiveKitConfig(
+            url=url,
+            api_key=key,
+            api_secret=Secret(secret),
+            request_timeout=parse_duration(lk.get("request_timeout", "10s")),
+        ),
+        collect=collect,
+        label_max_values=(raw.get("labels") or {}).get("max_values", 50),
+        webhooks=webhooks,
+        events=events,
+        source=source,
+    )

@@ -1,0 +1,41 @@
+"""`livekit-exporter demo`: the simulator with a lively scenario and the exporter pointed at it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from aiohttp import web
+
+from .config import CollectConfig, Config, LiveKitConfig, RoomDetailConfig, Secret
+from .server import build_app
+from .simulator import Scenario, Simulator, lively
+
+log = logging.getLogger(__name__)
+
+
+def demo_config(livekit_url: str, scenario: Scenario) -> Config:
+    return Config(
+        livekit=LiveKitConfig(url=livekit_url, api_key=scenario.api_key, api_secret=Secret(scenario.api_secret)),
+        collect=CollectConfig(room_detail=RoomDetailConfig(enabled=True)),
+        source="<demo>",
+    )
+
+
+async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> None:
+    scenario = Scenario(api_key="demo", api_secret=secrets.token_urlsafe(32))
+    async with Simulator(scenario) as sim:
+        app = build_app(demo_config(sim.url, scenario), telemetry_path=telemetry_path)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"LiveKit simulator (Twirp API): {sim.url}", flush=True)
+        print(f"Exporter:                      http://{shown}:{port}/", flush=True)
+        print(f"Metrics:                       http://{shown}:{port}{telemetry_path}", flush=True)
+        print("Press Ctrl+C to stop.", flush=True)
+        try:
+            await lively.run(scenario)
+        finally:
+            await runner.cleanup()

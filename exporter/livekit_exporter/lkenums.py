@@ -1,0 +1,48 @@
+"""LiveKit protobuf enums -> Prometheus label values. One place, shared by every source.
+
+Label values are the enum names, lower-cased, with the enum's own prefix or suffix dropped
+(EGRESS_ACTIVE -> active, RTMP_INPUT -> rtmp, JS_RUNNING -> running). Values appear in the
+proto order, which is the order zero-filled series are emitted in.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from livekit.protocol import agent, egress, ingress, models
+
+UNKNOWN = "unknown"
+
+
+def _labels(enum: EnumTypeWrapper, prefix: str = "", suffix: str = "") -> dict[int, str]:
+    out = {}
+    for name, number in enum.items():
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix):]
+        if suffix and name.endswith(suffix):
+            name = name[: -len(suffix)]
+        out[number] = name.lower()
+    return out
+
+
+PARTICIPANT_KIND = _labels(models.ParticipantInfo.Kind)
+PARTICIPANT_STATE = _labels(models.ParticipantInfo.State)
+TRACK_TYPE = _labels(models.TrackType)
+TRACK_SOURCE = _labels(models.TrackSource)
+EGRESS_STATUS = _labels(egress.EgressStatus, prefix="EGRESS_")
+INGRESS_INPUT = _labels(ingress.IngressInput, suffix="_INPUT")
+INGRESS_STATUS = _labels(ingress.IngressState.Status, prefix="ENDPOINT_")
+JOB_STATUS = _labels(agent.JobStatus, prefix="JS_")
+DISCONNECT_REASON = _labels(models.DisconnectReason)
+# The `request` oneof of EgressInfo names the egress type. These five are always exported (zero
+# when none runs); any other member of the oneof appears when LiveKit reports one.
+EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track")
+# ListEgress(active=True) returns egress in these states.
+EGRESS_ACTIVE_STATUSES = ("starting", "active", "ending")
+
+
+def label(table: dict[int, str], number: int) -> str:
+    return table.get(number, UNKNOWN)
+
+
+def egress_type(info: egress.EgressInfo) -> str:
+    return info.WhichOneof("request") or UNKNOWN

@@ -1,0 +1,140 @@
+"""The aiohttp application: routes, limits, startup and shutdown. No metric logic lives here.
+
+Routes:
+    GET  /                  landing page linking to the rest
+    GET  <telemetry path>   Prometheus text or OpenMetrics (Accept), gzip when asked
+    GET  /-/healthy         the process is alive
+    GET  /-/ready           configuration loaded and LiveKit answered at least once
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from .config import Config
+from .livekit_state import ScrapeView, StateCollector, families
+from .telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+DEFAULT_LISTEN_ADDRESS = ":9784"
+DEFAULT_TELEMETRY_PATH = "/metrics"
+
+
+@dataclass
+class Exporter:
+    """Everything one running exporter owns; stored on the app under EXPORTER."""
+
+    config: Config
+    telemetry: Telemetry
+    state: StateCollector
+    telemetry_path: str
+
+
+EXPORTER = web.AppKey("exporter", Exporter)
+
+
+def scrape_budget(header: str | None, default: float, margin: float) -> float:
+    """Seconds the collection may take: Prometheus's scrape timeout minus a margin."""
+    timeout = default
+    if header:
+        try:
+            value = float(header)
+            if value > 0:
+                timeout = value
+        except ValueError:
+            pass
+    # A margin larger than a short timeout would leave nothing: keep at least half of it.
+    return max(timeout - margin, timeout / 2)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    cfg = ex.config.collect
+    budget = scrape_budget(
+        request.headers.get(SCRAPE_TIMEOUT_HEADER), cfg.default_scrape_timeout, cfg.timeout_margin
+    )
+    snap = await ex.state.snapshot(budget)
+    fresh = families(snap, cfg, ex.state.enabled_services, ex.telemetry.guard)
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(ScrapeView(ex.telemetry.registry, fresh))
+    headers = {"Content-Type": content_type}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        body = gzip.compress(body, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+async def handle_healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy.\n")
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    if ex.state.answered_once:
+        return web.Response(text="Ready.\n")
+    return web.Response(
+        status=503, text="Not ready: LiveKit has not answered yet (see livekit_api_up on /metrics).\n"
+    )
+
+
+async def handle_index(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    links = [(ex.telemetry_path, "Metrics"), ("/-/healthy", "Health"), ("/-/ready", "Readiness")]
+    if ex.config.webhooks.enabled:
+        links.append((None, f"LiveKit webhooks: POST {ex.config.webhooks.path}"))
+    if ex.config.events.enabled:
+        links.append((None, f"Voice-agent events: POST {ex.config.events.path}"))
+    items = "\n".join(
+        f'<li><a href="{html.escape(p)}">{html.escape(t)}</a></li>' if p else f"<li>{html.escape(t)}</li>"
+        for p, t in links
+    )
+    body = (
+        "<!doctype html><html><head><title>LiveKit Exporter</title></head><body>"
+        "<h1>LiveKit Exporter</h1>"
+        f"<p>Prometheus metrics for the LiveKit server at {html.escape(ex.config.livekit.url)}.</p>"
+        f"<ul>\n{items}\n</ul></body></html>"
+    )
+    return web.Response(text=body, content_type="text/html")
+
+
+def build_app(
+    config: Config,
+    *,
+    telemetry: Telemetry | None = None,
+    telemetry_path: str = DEFAULT_TELEMETRY_PATH,
+) -> web.Application:
+    telemetry = telemetry or Telemetry(config.label_max_values)
+    state = StateCollector(config.livekit, config.collect, telemetry)
+    max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
+    # Bodies are read by the handlers with their own limits; this is only aiohttp's outer bound.
+    app = web.Application(client_max_size=max_body + 1)
+    app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path)
+    app.router.add_get("/", handle_index)
+    app.router.add_get(telemetry_path, handle_metrics)
+    app.router.add_get("/-/healthy", handle_healthy)
+    app.router.add_get("/-/ready", handle_ready)
+
+    async def lifecycle(app: web.Application):
+        await state.start()
+        yield
+        await state.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def parse_listen_address(addr: str) -> tuple[str, int]:
+    """':9784' -> ('0.0.0.0', 9784); '127.0.0.1:9784'; '[::1]:9784'."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web.listen-address {addr!r}: expected HOST:PORT or :PORT, like :9784")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)

@@ -1,0 +1,47 @@
+"""A LiveKit simulator: one scenario (the world and its truth) behind the faces LiveKit shows.
+
+    scenario = Scenario()
+    async with Simulator(scenario) as sim:        # serves the Twirp API on loopback
+        api = LiveKitAPI(sim.url, scenario.api_key, scenario.api_secret)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .scenario import Fault, Scenario
+from .twirp import build_twirp_app
+
+__all__ = ["Fault", "Scenario", "Simulator"]
+
+
+class Simulator:
+    """Runs the simulator's HTTP faces on a loopback port (0 picks a free one)."""
+
+    def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0):
+        self.scenario = scenario
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+        self.app = build_twirp_app(scenario)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> "Simulator":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
