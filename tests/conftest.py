@@ -1,0 +1,81 @@
+"""Shared fixtures: the simulator on loopback, an exporter pointed at it, and real-binary lookup."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from typing import Any, Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from livekit_exporter.config import CollectConfig, Config, LiveKitConfig, RoomDetailConfig, Secret
+from livekit_exporter.server import build_app
+from livekit_exporter.simulator import Scenario, Simulator
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_binary(name: str) -> str:
+    """The path of a Debian binary; skips on a user's machine without it, fails in CI."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} is not installed (Debian package: {'prometheus-alertmanager' if name in ('amtool', 'alertmanager') else 'prometheus'})"
+    if IN_CI:
+        pytest.fail(f"{msg}; CI must run this check (.ci/run installs it)")
+    pytest.skip(msg)
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Exposition text -> {(sample name, frozenset(labels)): value}."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(text_or_samples: Any, name: str, **labels: str) -> float | None:
+    s = samples(text_or_samples) if isinstance(text_or_samples, str) else text_or_samples
+    return s.get((name, frozenset(labels.items())))
+
+
+@pytest.fixture
+def scenario() -> Scenario:
+    return Scenario(api_key="APItestkey", api_secret="test-secret-" + "s" * 32)
+
+
+@pytest.fixture
+async def simulator(scenario: Scenario):
+    async with Simulator(scenario) as sim:
+        yield sim
+
+
+@pytest.fixture
+def make_config(simulator: Simulator, scenario: Scenario) -> Callable[..., Config]:
+    def make(*, detail: bool = False, max_rooms: int = 100, concurrency: int = 8, **collect: Any) -> Config:
+        return Config(
+            livekit=LiveKitConfig(
+                url=simulator.url, api_key=scenario.api_key, api_secret=Secret(scenario.api_secret),
+                request_timeout=5.0,
+            ),
+            collect=replace(
+                CollectConfig(**collect),
+                room_detail=RoomDetailConfig(enabled=detail, max_rooms=max_rooms, concurrency=concurrency),
+            ),
+            source="<test>",
+        )
+
+    return make
+
+
+@pytest.fixture
+def exporter_client(aiohttp_client, make_config):
+    """An aiohttp test client for an exporter built from make_config(**kwargs)."""
+
+    async def start(config: Config | None = None, **kwargs: Any):
+        return await aiohttp_client(build_app(config or make_config(**kwargs)))
+
+    return start
