@@ -122,10 +122,11 @@ class StateCollector:
 
     # -- collection ---------------------------------------------------------------------------
 
-    async def snapshot(self, budget: float) -> Snapshot:
+    async def snapshot(self, budget: float, *, scrape: bool = True) -> Snapshot:
         """A collection bounded by `budget` seconds; joins one already in flight."""
         joined = self._inflight is not None and not self._inflight.done()
-        self.telemetry.scrapes.labels("joined" if joined else "new").inc()
+        if scrape:
+            self.telemetry.scrapes.labels("joined" if joined else "new").inc()
         if not joined:
             self._inflight = asyncio.ensure_future(self._collect(budget))
         try:

@@ -9,6 +9,7 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import html
 import logging
@@ -124,7 +125,10 @@ def build_app(
 
     async def lifecycle(app: web.Application):
         await state.start()
+        # One collection at startup, so /-/ready can turn green before Prometheus's first scrape.
+        probe = asyncio.ensure_future(state.snapshot(config.collect.default_scrape_timeout, scrape=False))
         yield
+        probe.cancel()
         await state.close()
 
     app.cleanup_ctx.append(lifecycle)

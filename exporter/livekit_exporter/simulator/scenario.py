@@ -68,6 +68,8 @@ class Scenario:
         self.dispatch_rules: dict[str, proto_sip.SIPDispatchRuleInfo] = {}
         self.faults: dict[str, Fault] = {}
         self.api_calls: Counter[tuple[str, str]] = Counter()
+        self.in_flight: Counter[tuple[str, str]] = Counter()
+        self.peak_in_flight: Counter[tuple[str, str]] = Counter()
         # Page sizes LiveKit Cloud would use; 0 answers everything at once like open-source LiveKit.
         self.page_size = 0
         self._ids = itertools.count(1)
@@ -96,6 +98,7 @@ class Scenario:
 
     def reset_calls(self) -> None:
         self.api_calls.clear()
+        self.peak_in_flight.clear()
 
     def _recount(self, room: SimRoom) -> None:
         room.info.num_participants = sum(

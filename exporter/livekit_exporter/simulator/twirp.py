@@ -195,17 +195,23 @@ def build_twirp_app(scenario: Scenario) -> web.Application:
             return twirp_error("malformed", "could not decode the request body")
         if not method.grant(claims.video, claims.sip, req):
             return twirp_error("permission_denied", "permissions denied")
-        scenario.api_calls[(method.service, method_name)] += 1
-        fault = scenario.faults.get(method.service)
-        if fault is not None:
-            response = await _apply_fault(request, fault)
-            if response is not None:
-                return response
+        key = (method.service, method_name)
+        scenario.api_calls[key] += 1
+        scenario.in_flight[key] += 1
+        scenario.peak_in_flight[key] = max(scenario.peak_in_flight[key], scenario.in_flight[key])
         try:
-            msg = method.handler(scenario, req)
-        except TwirpFailure as f:
-            return twirp_error(f.code, f.msg, f.meta)
-        return web.Response(body=msg.SerializeToString(), content_type="application/protobuf")
+            fault = scenario.faults.get(method.service)
+            if fault is not None:
+                response = await _apply_fault(request, fault)
+                if response is not None:
+                    return response
+            try:
+                msg = method.handler(scenario, req)
+            except TwirpFailure as f:
+                return twirp_error(f.code, f.msg, f.meta)
+            return web.Response(body=msg.SerializeToString(), content_type="application/protobuf")
+        finally:
+            scenario.in_flight[key] -= 1
 
     app = web.Application()
     app.router.add_post("/twirp/{service}/{method}", handle)
