@@ -29,7 +29,11 @@ class Simulator:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # handler_cancellation: like LiveKit, stop serving a request whose client went away (a
+        # "hang" fault would otherwise hold shutdown for aiohttp's whole grace period).
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
