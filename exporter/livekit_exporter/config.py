@@ -254,7 +254,12 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     errors = sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     for err in errors:
         p = list(err.absolute_path)
-        line = _line_of(root, p)
+        where = p
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            # point at the first unknown key, not at the mapping that holds it
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            where = p + extra[:1]
+        line = _line_of(root, where)
         loc = f"{source}:{line}" if line else source
         problems.append(f"{loc}: {_yaml_path(p)}: {_describe(err)}")
     if problems:

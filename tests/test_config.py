@@ -1,0 +1,165 @@
+"""Configuration and `livekit-exporter check-config`, through the real command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from livekit_exporter import config
+
+SECRET = "super-secret-value-" + "z" * 24
+
+
+def run_check(path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "livekit_exporter.cli", "check-config", str(path)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **(env or {})},
+        cwd=Path(__file__).parent.parent / "exporter",
+    )
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "livekit-exporter.yml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_a_good_file_is_ok(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    p = write(tmp_path, f"""
+        livekit:
+          url: https://lk.example.com
+          api_key: APIkey
+          api_secret_file: {secret_file}
+          request_timeout: 5s
+        collect:
+          default_scrape_timeout: 15s
+          timeout_margin: 250ms
+          room_detail: {{enabled: true, max_rooms: 20, concurrency: 4}}
+        labels: {{max_values: 20}}
+    """)
+    r = run_check(p)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{p}: OK"
+    cfg = config.load(str(p), env={})
+    assert cfg.livekit.api_secret.reveal() == SECRET
+    assert cfg.collect.timeout_margin == 0.25
+    assert cfg.collect.room_detail.max_rooms == 20
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        pytest.param("""
+            livekit: {url: https://lk.example.com, api_key: k, api_secret: s}
+            collect:
+              room_detail:
+                max_rooms: "lots"
+        """, ["livekit-exporter.yml:5", "collect.room_detail.max_rooms", "must be of type integer"], id="wrong-type"),
+        pytest.param("""
+            livekit: {url: https://lk.example.com, api_key: k, api_secret: s}
+            collect:
+              servics: [room]
+        """, ["livekit-exporter.yml:4", "collect: unknown key(s) servics", "allowed keys"], id="unknown-key"),
+        pytest.param("""
+            livekit: {api_key: k, api_secret: s}
+        """, ["livekit.url: missing", "LIVEKIT_URL"], id="missing-url"),
+        pytest.param("""
+            livekit: {url: https://lk.example.com, api_key: k, api_secret: s}
+            collect:
+              default_scrape_timeout: 10 seconds
+        """, ["livekit-exporter.yml:4", "collect.default_scrape_timeout", "must be a duration like"], id="bad-duration"),
+        pytest.param("""
+            livekit: {url: "lk.example.com", api_key: k, api_secret: s}
+        """, ["livekit.url", "http(s)://"], id="bad-url"),
+        pytest.param("""
+            livekit: [not, a, mapping
+        """, ["not valid YAML"], id="bad-yaml"),
+    ],
+)
+def test_each_bad_file_exits_2_naming_the_yaml_path(tmp_path, body, expected):
+    r = run_check(write(tmp_path, body))
+    assert r.returncode == 2
+    for piece in expected:
+        assert piece in r.stderr, f"{piece!r} not in {r.stderr!r}"
+    assert "Traceback" not in r.stderr
+
+
+def test_every_error_is_listed(tmp_path):
+    r = run_check(write(tmp_path, """
+        livekit: {url: https://lk.example.com, api_key: k, api_secret: s, colour: blue}
+        collect:
+          timeout_margin: soon
+          room_detail: {concurrency: 0}
+    """))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 3, r.stderr
+
+
+@pytest.mark.parametrize("body", [
+    f"""
+        livekit: {{url: https://lk.example.com, api_key: k, api_secret: {SECRET}, extra: 1}}
+    """,
+    f"""
+        livekit:
+          url: https://lk.example.com
+          api_key: k
+          api_secret: ["{SECRET}"]
+    """,
+    f"""
+        livekit: {{url: https://lk.example.com, api_key: k}}
+        webhooks:
+          keys:
+            - {{api_key: k2, api_secret: {SECRET}, api_secret_file: /x}}
+    """,
+    f"""
+        livekit: {{url: https://lk.example.com, api_key: k, api_secret: {SECRET}}}
+        collect: {{room_detail: {{enabled: maybe}}}}
+    """,
+    f"""
+        livekit: {{url: https://lk.example.com, api_key: k, api_secret: "{SECRET}
+    """,
+])
+def test_a_secret_is_never_echoed(tmp_path, body):
+    r = run_check(write(tmp_path, body))
+    assert r.returncode == 2
+    assert SECRET not in r.stderr + r.stdout
+
+
+def test_environment_fills_and_overrides(tmp_path):
+    p = write(tmp_path, """
+        livekit: {url: https://file.example.com, api_key: filekey}
+    """)
+    env = {"LIVEKIT_URL": "wss://env.example.com", "LIVEKIT_API_SECRET": SECRET}
+    cfg = config.load(str(p), env=env)
+    assert cfg.livekit.url == "wss://env.example.com"
+    assert cfg.livekit.api_key == "filekey"
+    assert cfg.livekit.api_secret.reveal() == SECRET
+    assert SECRET not in repr(cfg)
+    assert run_check(p, env).returncode == 0
+    assert run_check(p).returncode == 2  # no secret anywhere
+
+
+def test_environment_alone_is_enough():
+    env = {"LIVEKIT_URL": "http://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": SECRET}
+    cfg = config.load(None, env=env)
+    assert cfg.livekit.url == "http://127.0.0.1:7880"
+    assert cfg.collect.services == ("room", "egress", "ingress", "sip")
+
+
+def test_missing_secret_file_is_reported(tmp_path):
+    r = run_check(write(tmp_path, f"""
+        livekit: {{url: https://lk.example.com, api_key: k, api_secret_file: {tmp_path / 'nope'}}}
+    """))
+    assert r.returncode == 2
+    assert "livekit.api_secret_file: cannot read secret file" in r.stderr
+
+
+@pytest.mark.parametrize("text,seconds", [("500ms", 0.5), ("10s", 10), ("1m30s", 90), ("2h", 7200), ("1d", 86400)])
+def test_durations(text, seconds):
+    assert config.parse_duration(text) == seconds
