@@ -213,6 +213,11 @@ def build_twirp_app(scenario: Scenario) -> web.Application:
         finally:
             scenario.in_flight[key] -= 1
 
+    async def stats(request: web.Request) -> web.Response:
+        calls = [{"service": s, "method": m, "calls": n} for (s, m), n in sorted(scenario.api_calls.items())]
+        return web.json_response({"api_calls": calls})
+
     app = web.Application()
     app.router.add_post("/twirp/{service}/{method}", handle)
+    app.router.add_get("/_simulator/stats", stats)
     return app
