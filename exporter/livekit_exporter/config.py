@@ -78,6 +78,7 @@ class LiveKitConfig:
     api_key: str
     api_secret: Secret
     request_timeout: float = 10.0
+    tls_ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,9 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
         problems.append(f"{source}: livekit.url: missing; set it in the file or in LIVEKIT_URL")
     elif not re.match(r"^(https?|wss?)://[^\s/]+", url):
         problems.append(f"{source}: LIVEKIT_URL: must be an http(s):// or ws(s):// URL (got {url!r})")
+    ca = lk.get("tls_ca_file")
+    if ca and not os.path.isfile(ca):
+        problems.append(f"{source}: livekit.tls_ca_file: {ca!r} is not a readable file")
     if not key:
         problems.append(f"{source}: livekit.api_key: missing; set it in the file or in LIVEKIT_API_KEY")
     if not secret and not any("api_secret_file" in p for p in problems):
@@ -351,6 +355,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
             api_key=key,
             api_secret=Secret(secret),
             request_timeout=parse_duration(lk.get("request_timeout", "10s")),
+            tls_ca_file=lk.get("tls_ca_file"),
         ),
         collect=collect,
         label_max_values=(raw.get("labels") or {}).get("max_values", 50),

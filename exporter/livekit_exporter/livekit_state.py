@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ def _error_code(exc: BaseException) -> str:
         return exc.code or "unknown"
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "tls"
     if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
         return "connection"
     return "unknown"
@@ -101,9 +104,14 @@ class StateCollector:
     async def start(self) -> None:
         # livekit-api must be built inside a running loop; we pass our own session so that the
         # connection pool is reused across scrapes and closed by us.
+        ssl_context = None
+        if self.livekit.tls_ca_file:
+            ssl_context = ssl.create_default_context(cafile=self.livekit.tls_ca_file)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.livekit.request_timeout),
-            connector=aiohttp.TCPConnector(limit=max(16, self.cfg.room_detail.concurrency * 2)),
+            connector=aiohttp.TCPConnector(
+                limit=max(16, self.cfg.room_detail.concurrency * 2), ssl=ssl_context or True
+            ),
         )
         self._lkapi = api.LiveKitAPI(
             self.livekit.url,
@@ -156,7 +164,13 @@ class StateCollector:
             if isinstance(result, BaseException) and not isinstance(result, _CallFailed):
                 log.error("collecting %s failed unexpectedly", service, exc_info=result)
         if self.cfg.room_detail.enabled and "room" in services:
-            await self._collect_detail(deadline, snap)
+            try:
+                await self._collect_detail(deadline, snap)
+            except Exception:
+                log.error("collecting per-room detail failed unexpectedly", exc_info=True)
+                snap.up["room"] = False
+                snap.up["agent_dispatch"] = False
+                snap.participants = snap.dispatches = None
         snap.duration = loop.time() - start
         if any(snap.up.values()):
             self.answered_once = True

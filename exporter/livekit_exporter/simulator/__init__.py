@@ -18,15 +18,16 @@ __all__ = ["Fault", "Scenario", "Simulator"]
 class Simulator:
     """Runs the simulator's HTTP faces on a loopback port (0 picks a free one)."""
 
-    def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0, *, ssl_context=None):
         self.scenario = scenario
         self.host, self.port = host, port
+        self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self.app = build_twirp_app(scenario)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         # handler_cancellation: like LiveKit, stop serving a request whose client went away (a
@@ -35,7 +36,7 @@ class Simulator:
             self.app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
