@@ -23,6 +23,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 DEFAULT_SERVICES = ("room", "egress", "ingress", "sip")
 DEFAULT_ROOM_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
+# A LiveKit webhook token lives 5 minutes, and livekit-api's TokenVerifier allows 1 minute of clock
+# leeway: an event id must be remembered at least that long, or a replayed request would count twice.
+WEBHOOK_REPLAY_WINDOW = 360.0
 
 
 class ConfigError(Exception):
@@ -324,6 +327,12 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
         dedup_ttl=parse_duration(wh.get("dedup_ttl", "10m")),
         dedup_max_entries=wh.get("dedup_max_entries", 100_000),
     )
+
+    if webhooks.dedup_ttl < WEBHOOK_REPLAY_WINDOW:
+        problems.append(
+            f"{source}: webhooks.dedup_ttl: must be at least 6m: a LiveKit webhook token is valid for 5 minutes "
+            "(plus 1 minute of clock leeway), and a delivery replayed after its id is forgotten would count twice"
+        )
 
     ev = raw.get("events") or {}
     tokens = list(ev.get("tokens", []))

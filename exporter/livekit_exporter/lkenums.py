@@ -33,6 +33,7 @@ INGRESS_INPUT = _labels(ingress.IngressInput, suffix="_INPUT")
 INGRESS_STATUS = _labels(ingress.IngressState.Status, prefix="ENDPOINT_")
 JOB_STATUS = _labels(agent.JobStatus, prefix="JS_")
 DISCONNECT_REASON = _labels(models.DisconnectReason)
+ROOM_END_REASON = _labels(models.RoomEndReason, prefix="ROOM_END_")
 # The `request` oneof of EgressInfo names the egress type. These five are always exported (zero
 # when none runs); any other member of the oneof appears when LiveKit reports one.
 EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track")

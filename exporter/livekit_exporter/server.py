@@ -5,6 +5,7 @@ Routes:
     GET  <telemetry path>   Prometheus text or OpenMetrics (Accept), gzip when asked
     GET  /-/healthy         the process is alive
     GET  /-/ready           configuration loaded and LiveKit answered at least once
+    POST <webhooks.path>    LiveKit webhooks (webhooks.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from . import webhooks
 from .config import Config
 from .livekit_state import ScrapeView, StateCollector, families
 from .telemetry import Telemetry
@@ -122,6 +124,8 @@ def build_app(
     app.router.add_get(telemetry_path, handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
+    if config.webhooks.enabled:
+        webhooks.setup(app, config, telemetry)
 
     async def lifecycle(app: web.Application):
         await state.start()

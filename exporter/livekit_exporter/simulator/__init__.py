@@ -3,6 +3,8 @@
     scenario = Scenario()
     async with Simulator(scenario) as sim:        # serves the Twirp API on loopback
         api = LiveKitAPI(sim.url, scenario.api_key, scenario.api_secret)
+    async with WebhookSender(scenario, exporter_url + "/webhook"):   # and LiveKit's webhooks
+        ...
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from aiohttp import web
 
 from .scenario import Fault, Scenario
 from .twirp import build_twirp_app
+from .webhooks import Delivery, WebhookSender
 
-__all__ = ["Fault", "Scenario", "Simulator"]
+__all__ = ["Delivery", "Fault", "Scenario", "Simulator", "WebhookSender"]
 
 
 class Simulator:

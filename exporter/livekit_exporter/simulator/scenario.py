@@ -122,7 +122,8 @@ class Scenario:
         self._emit("room_started", room=info)
         return info
 
-    def remove_room(self, name: str) -> None:
+    def remove_room(self, name: str, end_reason: int = proto_models.ROOM_END_API_DELETE) -> None:
+        """Closes a room as LiveKit does: everyone leaves, its egress completes, then room_finished."""
         room = self.rooms[name]
         for identity in list(room.participants):
             self.remove_participant(name, identity, proto_models.DisconnectReason.ROOM_DELETED)
@@ -131,7 +132,7 @@ class Scenario:
                 self.set_egress_status(eid, proto_egress.EGRESS_COMPLETE)
         del self.rooms[name]
         room.info.num_participants = room.info.num_publishers = 0
-        self._emit("room_finished", room=room.info)
+        self._emit("room_finished", room=room.info, room_end_reason=end_reason)
 
     def add_participant(
         self,
