@@ -1,4 +1,5 @@
-"""`livekit-exporter demo`: the simulator with a lively scenario and the exporter pointed at it."""
+"""`livekit-exporter demo`: the simulator with a lively scenario, the exporter pointed at it, and the
+simulator's webhooks delivered to the exporter's webhook endpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from aiohttp import web
 
 from .config import CollectConfig, Config, LiveKitConfig, RoomDetailConfig, Secret
 from .server import build_app
-from .simulator import Scenario, Simulator, lively
+from .simulator import Scenario, Simulator, WebhookSender, lively
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,22 @@ def demo_config(livekit_url: str, scenario: Scenario) -> Config:
 async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> None:
     scenario = Scenario(api_key="demo", api_secret=secrets.token_urlsafe(32))
     async with Simulator(scenario) as sim:
-        app = build_app(demo_config(sim.url, scenario), telemetry_path=telemetry_path)
+        config = demo_config(sim.url, scenario)
+        app = build_app(config, telemetry_path=telemetry_path)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # the one picked when asked for port 0
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        webhook_url = f"http://{shown}:{port}{config.webhooks.path}"
         print(f"LiveKit simulator (Twirp API): {sim.url}", flush=True)
         print(f"Exporter:                      http://{shown}:{port}/", flush=True)
         print(f"Metrics:                       http://{shown}:{port}{telemetry_path}", flush=True)
+        print(f"Webhooks, as LiveKit signs them: POST {webhook_url}", flush=True)
         print("Press Ctrl+C to stop.", flush=True)
         try:
-            await lively.run(scenario)
+            async with WebhookSender(scenario, webhook_url):
+                await lively.run(scenario)
         finally:
             await runner.cleanup()

@@ -53,6 +53,46 @@ DOCS: dict[str, tuple[str, str, str]] = {
     "livekit_published_tracks": ("state", "ListParticipants per room (opt-in)", 'sum by (source) (livekit_published_tracks{type="video"})'),
     "livekit_sip_calls": ("state", "SIP participants' sip.callStatus / sip.trunkID attributes (opt-in)", 'sum by (trunk) (livekit_sip_calls{status="active"})'),
     "livekit_agent_jobs": ("state", "ListDispatch per room (opt-in)", 'sum by (agent_name) (livekit_agent_jobs{status="running"})'),
+    "livekit_webhook_events_total": ("webhooks", "every accepted webhook (first delivery of its id)", "sum by (event) (rate(livekit_webhook_events_total[5m]))"),
+    "livekit_webhook_rejected_total": ("webhooks", "webhook requests answered 4xx", "sum by (reason) (increase(livekit_webhook_rejected_total[15m])) > 0"),
+    "livekit_webhook_duplicates_total": ("webhooks", "deliveries of an event id already counted (LiveKit retries)", "rate(livekit_webhook_duplicates_total[5m])"),
+    "livekit_webhook_delivery_delay_seconds": (
+        "webhooks", "arrival time minus WebhookEvent.created_at",
+        "histogram_quantile(0.99, sum by (le) (rate(livekit_webhook_delivery_delay_seconds_bucket[5m])))",
+    ),
+    "livekit_room_sessions_started_total": ("webhooks", "room_started", "increase(livekit_room_sessions_started_total[1h])"),
+    "livekit_room_sessions_ended_total": ("webhooks", "room_finished: room_end_reason", "sum by (end_reason) (increase(livekit_room_sessions_ended_total[1h]))"),
+    "livekit_room_session_duration_seconds": (
+        "webhooks", "room_finished: created_at - Room.creation_time",
+        "histogram_quantile(0.5, sum by (le) (rate(livekit_room_session_duration_seconds_bucket[1h])))",
+    ),
+    "livekit_participant_sessions_started_total": ("webhooks", "participant_joined: ParticipantInfo.kind", "sum by (kind) (rate(livekit_participant_sessions_started_total[5m]))"),
+    "livekit_participant_sessions_ended_total": ("webhooks", "participant_left: kind, disconnect_reason", 'sum by (reason) (increase(livekit_participant_sessions_ended_total{kind="standard"}[1h]))'),
+    "livekit_participant_connections_aborted_total": (
+        "webhooks", "participant_connection_aborted: kind",
+        "sum(rate(livekit_participant_connections_aborted_total[1h])) / sum(rate(livekit_participant_sessions_started_total[1h]))",
+    ),
+    "livekit_participant_session_duration_seconds": (
+        "webhooks", "participant_left: created_at - ParticipantInfo.joined_at",
+        "histogram_quantile(0.9, sum by (kind, le) (rate(livekit_participant_session_duration_seconds_bucket[1h])))",
+    ),
+    "livekit_track_publications_total": ("webhooks", "track_published: TrackInfo.type, source", "sum by (source) (rate(livekit_track_publications_total[5m]))"),
+    "livekit_egress_started_total": ("webhooks", "egress_started: the EgressInfo request type", "sum by (type) (increase(livekit_egress_started_total[1h]))"),
+    "livekit_egress_ended_total": ("webhooks", "egress_ended: type, EgressInfo.status", 'sum by (type) (increase(livekit_egress_ended_total{status=~"failed|aborted"}[1h])) > 0'),
+    "livekit_egress_duration_seconds": (
+        "webhooks", "egress_ended: ended_at - started_at (nanoseconds in the proto)",
+        "histogram_quantile(0.9, sum by (type, le) (rate(livekit_egress_duration_seconds_bucket[1d])))",
+    ),
+    "livekit_egress_output_bytes_total": ("webhooks", "egress_ended: file_results / segment_results sizes", "sum by (type) (increase(livekit_egress_output_bytes_total[1d]))"),
+    "livekit_ingress_started_total": ("webhooks", "ingress_started: IngressInfo.input_type", "sum by (input_type) (increase(livekit_ingress_started_total[1h]))"),
+    "livekit_ingress_ended_total": ("webhooks", "ingress_ended: input_type, IngressState.status", 'increase(livekit_ingress_ended_total{status="error"}[1h]) > 0'),
+    "livekit_sip_calls_started_total": ("webhooks", "participant_joined of kind sip: the sip.trunkID attribute", "sum by (trunk) (rate(livekit_sip_calls_started_total[5m]))"),
+    "livekit_sip_calls_ended_total": (
+        "webhooks", "participant_left / participant_connection_aborted of kind sip: sip.trunkID, disconnect_reason",
+        '1 - sum(increase(livekit_sip_calls_ended_total{reason=~"user_unavailable|user_rejected"}[1h])) / sum(increase(livekit_sip_calls_started_total[1h]))  # answer ratio',
+    ),
+    "livekit_agent_jobs_started_total": ("webhooks", "agent_job_started: Job.agent_name (LiveKit Cloud)", "sum by (agent_name) (rate(livekit_agent_jobs_started_total[5m]))"),
+    "livekit_agent_jobs_ended_total": ("webhooks", "agent_job_ended: agent_name, JobState.status (LiveKit Cloud)", 'sum by (agent_name) (increase(livekit_agent_jobs_ended_total{status="failed"}[1h]))'),
     "livekit_exporter_scrape_duration_seconds": ("exporter", "time the last scrape spent on the LiveKit API", "max_over_time(livekit_exporter_scrape_duration_seconds[10m])"),
     "livekit_exporter_room_detail_rooms": ("exporter", "rooms read / skipped by collect.room_detail.max_rooms", 'livekit_exporter_room_detail_rooms{result="skipped"} > 0'),
     "livekit_exporter_scrapes_total": ("exporter", "scrapes, by new or joined (shared in-flight) collection", "rate(livekit_exporter_scrapes_total[5m])"),
@@ -88,6 +128,14 @@ Differences from the starting catalogue, and why:
   format, with `_gcount` / `_gsum`): rooms by `Room.num_participants`, bounds from `collect.room_size_buckets`.
 - `livekit_rooms_full` is added: rooms whose `max_participants` limit is reached.
 - `livekit_exporter_room_detail_rooms` is added: how much of the opt-in per-room detail the cap let through.
+- `livekit_agent_jobs_started_total` is added, so job starts and ends can be compared.
+- `livekit_webhook_rejected_total` has two more reasons: `invalid_token` (a verified token LiveKit
+  would not issue: no `exp`, not yet valid, no issuer) and `unsupported_media_type` (a Content-Type
+  other than LiveKit's `application/webhook+json` or `application/json`).
+- Webhook durations come from each event's own timestamps (`created_at` against the room's
+  `creation_time`, the participant's `joined_at`, the egress `started_at`), so retries and
+  out-of-order delivery do not change them; `created_at` is whole seconds, so delivery delays and
+  room and participant durations are too.
 """
 
 
@@ -124,6 +172,32 @@ async def exercise(client: Any, scenario: Any) -> None:
     scenario.set_fault("ingress", Fault("error", "unavailable"))
     await client.get("/metrics")
     scenario.set_fault("ingress", None)
+    await _webhooks(client, scenario)
+
+
+async def _webhooks(client: Any, scenario: Any) -> None:
+    """One life of each kind, delivered as LiveKit delivers webhooks."""
+    from livekit.protocol import agent, egress, ingress, models
+
+    from .server import EXPORTER
+    from .simulator import WebhookSender
+    from .simulator.scenario import State
+
+    path = client.server.app[EXPORTER].config.webhooks.path
+    async with WebhookSender(scenario, str(client.make_url(path))) as sender:
+        scenario.add_room("docs")
+        scenario.add_participant("docs", "alice", tracks=[(models.AUDIO, models.MICROPHONE)])
+        scenario.add_participant("docs", "never-connected", state=State.JOINED)
+        scenario.add_sip_call("docs", next(iter(scenario.inbound_trunks), "ST_docs"))
+        eg = scenario.add_egress("docs", "room_composite")
+        scenario.set_egress_status(eg.egress_id, egress.EGRESS_COMPLETE, output_bytes=1 << 20)
+        ing = scenario.add_ingress(ingress.WHIP_INPUT, ingress.IngressState.ENDPOINT_PUBLISHING, room="docs")
+        scenario.set_ingress_status(ing.ingress_id, ingress.IngressState.ENDPOINT_COMPLETE)
+        d = scenario.add_dispatch("docs", "support-agent", [agent.JS_PENDING])
+        scenario.set_job_status("docs", d.id, 0, agent.JS_RUNNING)
+        scenario.set_job_status("docs", d.id, 0, agent.JS_SUCCESS)
+        scenario.remove_room("docs")
+        await sender.flush()
 
 
 def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
