@@ -157,7 +157,7 @@ class Verifier:
 
 
 class Malformed(Exception):
-    pass
+    """A verified body that is not a webhook event; the message names the field."""
 
 
 def _camel(name: str) -> str:
