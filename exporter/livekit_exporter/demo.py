@@ -39,7 +39,7 @@ async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> No
         print(f"LiveKit simulator (Twirp API): {sim.url}", flush=True)
         print(f"Exporter:                      http://{shown}:{port}/", flush=True)
         print(f"Metrics:                       http://{shown}:{port}{telemetry_path}", flush=True)
-        print(f"Webhooks, as LiveKit signs them: POST {webhook_url}", flush=True)
+        print(f"Webhooks:                      POST {webhook_url} (signed as LiveKit signs them)", flush=True)
         print("Press Ctrl+C to stop.", flush=True)
         try:
             async with WebhookSender(scenario, webhook_url):
