@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(level, args.log_format, secrets)
     app = build_app(cfg, telemetry_path=args.telemetry_path)
     log.info("starting livekit-exporter", extra={"version": __version__, "address": f"{host}:{port}",
-                                                "livekit_url": cfg.livekit.url, "config": cfg.source})
+                                                "livekit": cfg.livekit.url, "config": cfg.source})
     web.run_app(app, host=host, port=port, print=None, access_log=None)
     return 0
 
