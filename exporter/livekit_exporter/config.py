@@ -112,6 +112,20 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class Price:
+    """Prices of one provider's model (model "*" matches any of its models), in US dollars."""
+
+    provider: str
+    model: str = "*"
+    usd_per_million_input_tokens: float = 0.0
+    usd_per_million_output_tokens: float = 0.0
+    # None: cached tokens cost the input price.
+    usd_per_million_cached_tokens: float | None = None
+    usd_per_million_characters: float = 0.0
+    usd_per_audio_minute: float = 0.0
+
+
+@dataclass(frozen=True)
 class EventsConfig:
     enabled: bool = True
     path: str = "/v1/events"
@@ -122,7 +136,7 @@ class EventsConfig:
     dependency_ttl: float = 300.0
     max_latency: float = 30.0
     buckets: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    prices: tuple[Mapping[str, Any], ...] = ()
+    prices: tuple[Price, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -271,6 +285,21 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     return _build(raw, env, source, problems)
 
 
+def _prices(raw: list[dict[str, Any]], source: str, problems: list[str]) -> tuple[Price, ...]:
+    prices, seen = [], {}
+    for i, entry in enumerate(raw):
+        price = Price(**entry)
+        key = (price.provider, price.model)
+        if key in seen:
+            problems.append(
+                f"{source}: events.prices[{i}]: provider {price.provider!r} model {price.model!r} "
+                f"is already priced by events.prices[{seen[key]}]; keep one entry"
+            )
+        seen[key] = i
+        prices.append(price)
+    return tuple(prices)
+
+
 def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: list[str]) -> Config:
     lk = dict(raw.get("livekit") or {})
     url = env.get("LIVEKIT_URL") or lk.get("url")
@@ -351,7 +380,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
         dependency_ttl=parse_duration(ev.get("dependency_ttl", "5m")),
         max_latency=parse_duration(ev.get("max_latency", "30s")),
         buckets={k: tuple(sorted(v)) for k, v in (ev.get("buckets") or {}).items()},
-        prices=tuple(ev.get("prices", ())),
+        prices=_prices(ev.get("prices", ()), source, problems),
     )
     if webhooks.enabled and events.enabled and webhooks.path == events.path:
         problems.append(f"{source}: webhooks.path and events.path must differ")

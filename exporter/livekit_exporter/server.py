@@ -6,6 +6,7 @@ Routes:
     GET  /-/healthy         the process is alive
     GET  /-/ready           configuration loaded and LiveKit answered at least once
     POST <webhooks.path>    LiveKit webhooks (webhooks.py)
+    POST <events.path>      voice-agent events (events/)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import webhooks
+from . import events, webhooks
 from .config import Config
 from .livekit_state import ScrapeView, StateCollector, families
 from .telemetry import Telemetry
@@ -126,6 +127,8 @@ def build_app(
     app.router.add_get("/-/ready", handle_ready)
     if config.webhooks.enabled:
         webhooks.setup(app, config, telemetry)
+    if config.events.enabled:
+        events.setup(app, config, telemetry)
 
     async def lifecycle(app: web.Application):
         await state.start()

@@ -1,0 +1,127 @@
+"""Request body -> a list of typed events, or every problem found in it.
+
+The hot path decodes and validates the whole body in one msgspec call. Only when that fails does
+the slow path decode each event on its own, so that the answer lists every bad event with its
+index, JSON path and reason rather than only the first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import msgspec
+
+from . import model as m
+
+JSON_TYPES = ("application/json",)
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+_batch = msgspec.json.Decoder(m.Batch)
+_event = msgspec.json.Decoder(m.Event)
+
+
+class _RawBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[msgspec.Raw]
+
+
+_raw_batch = msgspec.json.Decoder(_RawBatch)
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad event (index) or a bad body (index None), with the JSON path and the reason."""
+
+    index: int | None
+    path: str
+    reason: str
+    line: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"index": self.index, "path": self.path, "reason": self.reason}
+        if self.line is not None:
+            d["line"] = self.line
+        return d
+
+
+class BadBatch(Exception):
+    """The batch cannot be applied; `status` is 400 (bad content) or 413 (too many events)."""
+
+    def __init__(self, status: int, reason: str, message: str, problems: list[Problem] = ()):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.problems = status, reason, message, list(problems)
+
+
+def _split(error: Exception) -> tuple[str, str]:
+    match = _AT.match(str(error))
+    assert match is not None  # the pattern matches any text
+    return match["reason"], match["path"] or "$"
+
+
+def _too_many(n: int, limit: int) -> BadBatch:
+    return BadBatch(413, "too_many_events", f"the batch holds {n} events, more than events.max_events ({limit}); "
+                    "split it into smaller batches")
+
+
+def _check(e: m.Event) -> tuple[str, str] | None:
+    """(field, reason) when a decoded event is inconsistent in a way the schema cannot express."""
+    if isinstance(e, m.LLMUsage) and e.cached_tokens > e.input_tokens:
+        return ("cached_tokens", f"cached_tokens ({e.cached_tokens}) exceeds input_tokens "
+                                 f"({e.input_tokens}); input_tokens counts cached tokens too")
+    return None
+
+
+def _decode_each(items: list[bytes], path: Callable[[int], str], lines: list[int] | None) -> list[m.Event]:
+    """Decodes and checks every event on its own; raises BadBatch listing every bad one."""
+    events, problems = [], []
+    for i, item in enumerate(items):
+        line = lines[i] if lines else None
+        try:
+            e = _event.decode(item)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            reason, where = _split(err)
+            if isinstance(err, msgspec.DecodeError):
+                reason = f"not valid JSON: {reason}"
+            problems.append(Problem(i, path(i) + where[1:], reason, line))
+            continue
+        bad = _check(e)
+        if bad:
+            problems.append(Problem(i, f"{path(i)}.{bad[0]}", bad[1], line))
+        events.append(e)
+    if problems:
+        raise BadBatch(400, "invalid", f"{len(problems)} invalid event(s); nothing was applied", problems)
+    return events
+
+
+def decode_json(body: bytes, max_events: int) -> list[m.Event]:
+    """`{"events": [...]}` -> events. Raises BadBatch."""
+    try:
+        events = _batch.decode(body).events
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        events = None
+    if events is not None:
+        if len(events) > max_events:
+            raise _too_many(len(events), max_events)
+        if not any(map(_check, events)):
+            return events
+    try:
+        raw = _raw_batch.decode(body).events
+    except msgspec.DecodeError as e:
+        raise BadBatch(400, "malformed", f"the body is not valid JSON: {e}; send {{\"events\": [...]}}") from None
+    except msgspec.ValidationError as e:
+        reason, path = _split(e)
+        raise BadBatch(400, "invalid", f"the body is not an events batch: {reason} at {path}; "
+                       "send {\"events\": [...]}", [Problem(None, path, reason)]) from None
+    if len(raw) > max_events:
+        raise _too_many(len(raw), max_events)
+    return _decode_each(raw, lambda i: f"$.events[{i}]", None)
+
+
+def decode_ndjson(body: bytes, max_events: int) -> list[m.Event]:
+    """One event per line (blank lines ignored) -> events. Raises BadBatch."""
+    lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+    if len(lines) > max_events:
+        raise _too_many(len(lines), max_events)
+    return _decode_each([line for _, line in lines], lambda i: "$", [n for n, _ in lines])

@@ -1,0 +1,256 @@
+"""The events API contract: one msgspec Struct per event type, tagged by its `type` field.
+
+These Structs are the single source of truth. The published JSON Schema
+(schemas/events.schema.json) is generated from them, and the same Structs decode and validate every
+request body on the hot path (about 100x faster than validating with the jsonschema package).
+The push client builds them too, so a client and an exporter of the same version always agree.
+
+    python -m livekit_exporter.events > exporter/livekit_exporter/schemas/events.schema.json
+
+Units: every duration is in seconds (a float), every count an integer. Optional numbers may be
+absent or null: both mean "not measured", and no observation is made.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+
+SCHEMA_ID = "https://github.com/livekit-exporter/livekit-exporter/events.schema.json"
+
+# Every number is finite, not negative, and below a bound no real call reaches (11.6 days): the
+# schema rejects NaN, infinities and negative values outright. Per-turn and per-request timings
+# above events.max_latency pass the schema but are discarded and counted (see pipeline.py).
+MAX_SECONDS = 1_000_000.0
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+Direction = Literal["inbound", "outbound", "web"]
+
+
+def _doc(text: str, t: Any) -> Any:
+    return Annotated[t, msgspec.Meta(description=text)]
+
+
+AgentName = _doc("The agent's name, a label of every voice_agent_* metric (cardinality-guarded).", Name)
+CallId = _doc(
+    "Identifies one call across its events (never a label); the active-calls gauge follows it.",
+    Annotated[str, msgspec.Meta(min_length=1, max_length=256)],
+)
+Campaign = _doc(
+    "The outbound campaign the call belongs to; empty for none (cardinality-guarded label).",
+    Annotated[str, msgspec.Meta(max_length=128)],
+)
+Provider = _doc("The provider, e.g. openai, deepgram, elevenlabs (cardinality-guarded label).", Name)
+Model = _doc("The model, e.g. gpt-4o-mini, nova-3 (cardinality-guarded label).", Name)
+
+
+def _latency(text: str) -> Any:
+    return _doc(text + " Seconds; above events.max_latency the value is discarded and counted.", Seconds)
+
+
+class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True,
+             kw_only=True):
+    pass
+
+
+class CallStarted(_Event, tag="call_started", kw_only=True):
+    """A call began: dialling (outbound), ringing in (inbound) or a web session opening.
+
+    Counts voice_agent_calls_started_total and adds the call to voice_agent_calls_active until its
+    call_ended arrives or events.call_ttl passes."""
+
+    agent: AgentName
+    call_id: CallId
+    direction: Direction
+    campaign: Campaign = ""
+
+
+class CallAnswered(_Event, tag="call_answered", kw_only=True):
+    """The callee picked up (for outbound calls), or the agent took the call.
+
+    Counts voice_agent_calls_answered_total; setup_seconds (dial to answer) feeds
+    voice_agent_call_setup_seconds."""
+
+    agent: AgentName
+    call_id: CallId
+    direction: Direction
+    campaign: Campaign = ""
+    answered_by: _doc("Who answered, as far as the agent could tell.",
+                      Literal["human", "machine", "unknown"]) = "unknown"
+    setup_seconds: _doc("Seconds from dial to answer.", Seconds) | None = None
+
+
+class CallEnded(_Event, tag="call_ended", kw_only=True):
+    """A call ended, with its outcome.
+
+    Counts voice_agent_calls_ended_total, removes the call from voice_agent_calls_active, and
+    observes duration_seconds in voice_agent_call_duration_seconds."""
+
+    agent: AgentName
+    call_id: CallId
+    direction: Direction
+    campaign: Campaign = ""
+    outcome: _doc("User-defined, e.g. qualified, not_interested, no_answer, failed, transferred "
+                  "(cardinality-guarded label).", Name)
+    duration_seconds: _doc("Seconds from start (or answer) to hang-up.", Seconds) | None = None
+
+
+class CallsQueued(_Event, tag="calls_queued", kw_only=True):
+    """A dialer's queue depth: sets voice_agent_calls_queued{agent, campaign}."""
+
+    agent: AgentName
+    campaign: Campaign = ""
+    queued: _doc("Calls waiting to be dialled.", Count)
+
+
+class CampaignStatus(_Event, tag="campaign_status", kw_only=True):
+    """Whether a campaign is running: sets voice_agent_campaign_running{campaign} to 1 or 0."""
+
+    campaign: _doc("The campaign (cardinality-guarded label).", Name)
+    running: bool
+
+
+class DependencyStatus(_Event, tag="dependency_status", kw_only=True):
+    """An agent's view of one dependency: sets voice_agent_dependency_up{agent, dependency}.
+
+    The series disappears when no report arrives for events.dependency_ttl."""
+
+    agent: AgentName
+    dependency: _doc("e.g. deepgram, openai, elevenlabs, database (cardinality-guarded label).", Name)
+    up: bool
+
+
+class Turn(_Event, tag="turn", kw_only=True):
+    """One conversational turn: the user spoke, the agent answered (or was cut short).
+
+    Counts voice_agent_turns_total{interrupted}; each stage latency present feeds its histogram;
+    the stage providers and models label the stage histograms ("unknown" when absent)."""
+
+    agent: AgentName
+    interrupted: _doc("The user cut the agent's reply short.", bool) = False
+    interruptions: _doc(
+        "Times the user spoke over the agent during this turn, false interruptions (the agent "
+        "resumed) included; when absent, 1 if interrupted else 0.", Count) | None = None
+    e2e_latency_seconds: _latency("Voice-to-voice: the user stopped speaking -> the agent's audio started.") | None = None
+    end_of_utterance_delay_seconds: _latency("End of speech (VAD) -> the decision that the user's turn ended.") | None = None
+    transcription_delay_seconds: _latency("End of speech -> final transcript.") | None = None
+    llm_ttft_seconds: _latency("LLM request -> first token.") | None = None
+    tts_ttfb_seconds: _latency("First text sent to TTS -> first audio byte.") | None = None
+    stt_provider: Provider | None = None
+    stt_model: Model | None = None
+    llm_provider: Provider | None = None
+    llm_model: Model | None = None
+    tts_provider: Provider | None = None
+    tts_model: Model | None = None
+
+
+class STTUsage(_Event, tag="stt", kw_only=True):
+    """Speech-to-text usage: audio_seconds feeds voice_agent_stt_audio_seconds_total and the cost."""
+
+    agent: AgentName
+    provider: Provider
+    model: Model
+    audio_seconds: _doc("Seconds of audio transcribed.", Seconds)
+
+
+class LLMUsage(_Event, tag="llm", kw_only=True):
+    """One LLM request (or a usage increment): tokens, its duration, and the cost.
+
+    input_tokens counts every prompt token, cached ones included; cached_tokens is the part
+    served from the provider's cache (priced at the cached rate)."""
+
+    agent: AgentName
+    provider: Provider
+    model: Model
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cached_tokens: Count = 0
+    duration_seconds: _latency("Request -> last token.") | None = None
+
+
+class TTSUsage(_Event, tag="tts", kw_only=True):
+    """Text-to-speech usage: characters feed voice_agent_tts_characters_total and, with
+    audio_seconds, the cost."""
+
+    agent: AgentName
+    provider: Provider
+    model: Model
+    characters: _doc("Characters synthesized.", Count) = 0
+    audio_seconds: _doc("Seconds of audio synthesized (used only for per-minute prices).",
+                        Seconds) = 0.0
+
+
+class ToolCall(_Event, tag="tool_call", kw_only=True):
+    """One function-tool call: duration_seconds feeds voice_agent_tool_call_duration_seconds."""
+
+    agent: AgentName
+    tool: _doc("The tool's name (cardinality-guarded label).", Name)
+    duration_seconds: _latency("Call -> result.")
+
+
+class Error(_Event, tag="error", kw_only=True):
+    """An error in one component of the pipeline: counts voice_agent_errors_total."""
+
+    agent: AgentName
+    component: Literal["stt", "llm", "tts", "tool", "transport", "other"]
+    error_type: _doc("A short, bounded error kind, e.g. timeout, rate_limited, APIConnectionError "
+                     "(cardinality-guarded label `type`).", Name)
+
+
+Event = Union[
+    CallStarted, CallAnswered, CallEnded, CallsQueued, CampaignStatus, DependencyStatus,
+    Turn, STTUsage, LLMUsage, TTSUsage, ToolCall, Error,
+]
+EVENT_TYPES: tuple[type[_Event], ...] = Event.__args__  # type: ignore[attr-defined]
+TYPE_NAMES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
+
+
+class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of POST /v1/events with Content-Type application/json."""
+
+    events: list[Event]
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Docstrings -> one paragraph per blank-line-separated block, without source indentation."""
+    if isinstance(node, dict):
+        return {
+            k: (" ".join(inspect.cleandoc(v).split()) if k == "description" else _clean_descriptions(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
+
+
+def schema() -> dict[str, Any]:
+    """The published JSON Schema (draft 2020-12) of a batch, generated from the Structs above."""
+    generated = _clean_descriptions(msgspec.json.schema(Batch))
+    defs = generated["$defs"]
+    batch = defs.pop("Batch")
+    items = batch["properties"]["events"]["items"]
+    defs["Event"] = {
+        "description": "One event; its `type` selects the shape. In NDJSON, each line is one Event.",
+        **items,
+    }
+    batch["properties"]["events"]["items"] = {"$ref": "#/$defs/Event"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "livekit-exporter voice-agent events",
+        "description": (
+            "Body of POST /v1/events (application/json). Generated from "
+            "livekit_exporter/events/model.py; do not edit by hand."
+        ),
+        **{k: v for k, v in batch.items() if k not in ("title", "description")},
+        "$defs": dict(sorted(defs.items())),
+    }
+
+
+def schema_text() -> str:
+    return json.dumps(schema(), indent=2, sort_keys=False) + "\n"

@@ -1,0 +1,387 @@
+"""Validated events -> voice_agent_* metrics, the active-call table and its TTL, and the cost.
+
+Everything here runs after a batch has been decoded and checked whole (decode.py), so applying
+cannot fail half-way: a batch is applied entirely or not at all.
+
+Sanity rule for timings (documented in docs/events-api.md): the schema already refuses negative,
+NaN, infinite and larger-than-10^6 s numbers (the whole batch gets 400). A per-turn or per-request
+timing (turn stages, LLM request, tool call) above `events.max_latency` (default 30 s) passes the
+schema but is not observed: livekit-agents has shipped timestamp bugs that report 60-200 s delays,
+and one of them would wreck a latency histogram's sum. Each such value is counted in
+livekit_exporter_event_latencies_discarded_total{type,field} and listed in the response; the rest
+of its event is applied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ..config import EventsConfig, Price
+from ..telemetry import Telemetry
+from . import model as m
+
+TURN_BUCKETS = (0.3, 0.5, 0.7, 0.8, 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 8)
+STAGE_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5)
+CALL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+
+# name -> (labels, help, default buckets). The one list of the voice_agent_* histograms; the
+# config schema's events.buckets keys are checked against it by a test.
+HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
+    "voice_agent_call_duration_seconds": (
+        ("agent", "direction", "outcome"), "Duration of ended calls (call_ended.duration_seconds).",
+        CALL_BUCKETS),
+    "voice_agent_call_setup_seconds": (
+        ("agent", "direction"), "Time from dial to answer (call_answered.setup_seconds).", CALL_BUCKETS),
+    "voice_agent_turn_latency_seconds": (
+        ("agent",), "Voice-to-voice turn latency: the user stops speaking -> the agent's audio starts.",
+        TURN_BUCKETS),
+    "voice_agent_end_of_utterance_delay_seconds": (
+        ("agent",), "End of user speech (VAD) -> the decision that the user's turn ended.", STAGE_BUCKETS),
+    "voice_agent_transcription_delay_seconds": (
+        ("agent", "provider", "model"), "End of user speech -> final transcript, by STT provider and model.",
+        STAGE_BUCKETS),
+    "voice_agent_llm_time_to_first_token_seconds": (
+        ("agent", "provider", "model"), "LLM time to first token in a turn, by provider and model.",
+        STAGE_BUCKETS),
+    "voice_agent_llm_request_duration_seconds": (
+        ("agent", "provider", "model"), "Duration of LLM requests, by provider and model.", STAGE_BUCKETS),
+    "voice_agent_tts_time_to_first_byte_seconds": (
+        ("agent", "provider", "model"), "TTS time to first audio byte in a turn, by provider and model.",
+        STAGE_BUCKETS),
+    "voice_agent_tool_call_duration_seconds": (
+        ("agent", "tool"), "Duration of function-tool calls.", STAGE_BUCKETS),
+}
+
+# A bound on the active-call table, whatever the clients send: past it the oldest call is expired
+# early (and counted in voice_agent_calls_expired_total).
+MAX_ACTIVE_CALLS = 100_000
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Discarded:
+    index: int
+    field: str
+    value: float
+
+    def describe(self, max_latency: float) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "path": f"$.{self.field}",
+            "reason": f"{self.value:g} s is above events.max_latency ({max_latency:g} s): not observed "
+                      "(treated as a clock or timestamp error); the rest of the event was applied",
+        }
+
+
+@dataclass
+class _ActiveCall:
+    agent: str
+    direction: str
+    deadline: float
+
+
+class PriceTable:
+    """(provider, model) -> Price; an exact model beats the provider's "*" entry."""
+
+    def __init__(self, prices: tuple[Price, ...]):
+        self._exact = {(p.provider, p.model): p for p in prices if p.model != "*"}
+        self._any = {p.provider: p for p in prices if p.model == "*"}
+
+    def lookup(self, provider: str, model: str) -> Price | None:
+        return self._exact.get((provider, model)) or self._any.get(provider)
+
+    @staticmethod
+    def llm_cost(p: Price, e: m.LLMUsage) -> float:
+        cached_price = p.usd_per_million_input_tokens if p.usd_per_million_cached_tokens is None \
+            else p.usd_per_million_cached_tokens
+        return (
+            (e.input_tokens - e.cached_tokens) * p.usd_per_million_input_tokens
+            + e.cached_tokens * cached_price
+            + e.output_tokens * p.usd_per_million_output_tokens
+        ) / 1e6
+
+    @staticmethod
+    def stt_cost(p: Price, e: m.STTUsage) -> float:
+        return e.audio_seconds / 60 * p.usd_per_audio_minute
+
+    @staticmethod
+    def tts_cost(p: Price, e: m.TTSUsage) -> float:
+        return e.characters / 1e6 * p.usd_per_million_characters + e.audio_seconds / 60 * p.usd_per_audio_minute
+
+
+class Pipeline:
+    """Owns the voice_agent_* metrics of one exporter and applies validated batches to them."""
+
+    def __init__(self, config: EventsConfig, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.guard = telemetry.guard
+        self.prices = PriceTable(config.prices)
+        self.max_latency = config.max_latency
+        self._active: dict[str, _ActiveCall] = {}
+        self._dependencies: dict[tuple[str, str], float] = {}
+        r = telemetry.registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+            return Gauge(name, doc, labels, registry=r)
+
+        self.calls_started = counter(
+            "voice_agent_calls_started_total", "Calls started (call_started events).",
+            ("agent", "direction", "campaign"))
+        self.calls_answered = counter(
+            "voice_agent_calls_answered_total", "Calls answered, by who answered (call_answered events).",
+            ("agent", "direction", "campaign", "answered_by"))
+        self.calls_ended = counter(
+            "voice_agent_calls_ended_total", "Calls ended, by their user-defined outcome (call_ended events).",
+            ("agent", "direction", "campaign", "outcome"))
+        self.calls_expired = counter(
+            "voice_agent_calls_expired_total",
+            "Calls taken out of voice_agent_calls_active because no call_ended arrived within events.call_ttl.",
+            ("agent", "direction"))
+        self.calls_active = gauge(
+            "voice_agent_calls_active",
+            "Calls started and not yet ended; a call with no end leaves after events.call_ttl.",
+            ("agent", "direction"))
+        self.calls_queued = gauge(
+            "voice_agent_calls_queued", "Calls waiting to be dialled, as last reported by dialers.",
+            ("agent", "campaign"))
+        self.campaign_running = gauge(
+            "voice_agent_campaign_running", "1 while a campaign runs, 0 when paused or ended (reported by dialers).",
+            ("campaign",))
+        self.dependency_up = gauge(
+            "voice_agent_dependency_up",
+            "1 when the agent reports the dependency healthy, 0 when not; gone after events.dependency_ttl without a report.",
+            ("agent", "dependency"))
+        self.turns = counter(
+            "voice_agent_turns_total", "Conversational turns, by whether the user cut the agent's reply short.",
+            ("agent", "interrupted"))
+        self.interruptions = counter(
+            "voice_agent_interruptions_total",
+            "Times users spoke over the agent, false interruptions (the agent resumed) included.",
+            ("agent",))
+        self.llm_tokens = counter(
+            "voice_agent_llm_tokens_total",
+            "LLM tokens by type: input (every prompt token), cached (the part of input served from cache), output.",
+            ("agent", "provider", "model", "type"))
+        self.tts_characters = counter(
+            "voice_agent_tts_characters_total", "Characters synthesized by TTS.", ("agent", "provider", "model"))
+        self.stt_audio = counter(
+            "voice_agent_stt_audio_seconds_total", "Seconds of audio transcribed by STT.",
+            ("agent", "provider", "model"))
+        self.errors = counter(
+            "voice_agent_errors_total", "Errors by pipeline component and error type.",
+            ("agent", "component", "type"))
+        self.cost = counter(
+            "voice_agent_estimated_cost_dollars_total",
+            "Estimated spend in US dollars: usage times the price table in events.prices (unpriced usage adds nothing).",
+            ("agent", "component", "provider", "model"))
+        self.histograms = {
+            name: Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r)
+            for name, (labels, doc, default) in HISTOGRAMS.items()
+        }
+        h = self.histograms
+        self.call_duration = h["voice_agent_call_duration_seconds"]
+        self.call_setup = h["voice_agent_call_setup_seconds"]
+        self.turn_latency = h["voice_agent_turn_latency_seconds"]
+        self.eou_delay = h["voice_agent_end_of_utterance_delay_seconds"]
+        self.llm_duration = h["voice_agent_llm_request_duration_seconds"]
+        self.tool_duration = h["voice_agent_tool_call_duration_seconds"]
+
+        self.events_total = counter(
+            "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",))
+        self.latencies_discarded = counter(
+            "livekit_exporter_event_latencies_discarded_total",
+            "Timings above events.max_latency, not observed (the rest of their event was applied).",
+            ("type", "field"))
+        self.requests_rejected = counter(
+            "livekit_exporter_event_requests_rejected_total",
+            "Requests to the events API refused whole (none of their events applied), by reason.",
+            ("reason",))
+        for t in m.TYPE_NAMES:
+            self.events_total.labels(t)
+        self._apply = {
+            m.CallStarted: self._call_started, m.CallAnswered: self._call_answered,
+            m.CallEnded: self._call_ended, m.CallsQueued: self._calls_queued,
+            m.CampaignStatus: self._campaign_status, m.DependencyStatus: self._dependency_status,
+            m.Turn: self._turn, m.STTUsage: self._stt, m.LLMUsage: self._llm, m.TTSUsage: self._tts,
+            m.ToolCall: self._tool_call, m.Error: self._error,
+        }
+
+    # -- applying ----------------------------------------------------------------------------------
+
+    def apply(self, events: list[m.Event]) -> list[Discarded]:
+        """Applies a validated batch; returns the timings that were discarded by the sanity rule."""
+        discarded: list[Discarded] = []
+        counts: dict[str, int] = {}
+        for i, e in enumerate(events):
+            self._apply[type(e)](e, i, discarded)
+            tag = e.__struct_config__.tag
+            counts[tag] = counts.get(tag, 0) + 1
+        for tag, n in counts.items():
+            self.events_total.labels(tag).inc(n)
+        for d in discarded:
+            self.latencies_discarded.labels(events[d.index].__struct_config__.tag, d.field).inc()
+        return discarded
+
+    def _g(self, metric: str, label: str, value: str) -> str:
+        return self.guard(metric, label, value)
+
+    def _latency(self, value: float | None, name: str, index: int, discarded: list[Discarded]) -> bool:
+        """Whether `value` is to be observed; records it when the sanity rule discards it."""
+        if value is None:
+            return False
+        if value > self.max_latency:
+            discarded.append(Discarded(index, name, value))
+            return False
+        return True
+
+    def _call_labels(self, metric: str, e: m.CallStarted | m.CallAnswered | m.CallEnded) -> tuple[str, str, str]:
+        return self._g(metric, "agent", e.agent), e.direction, self._g(metric, "campaign", e.campaign)
+
+    def _call_started(self, e: m.CallStarted, i: int, d: list[Discarded]) -> None:
+        self.calls_started.labels(*self._call_labels("voice_agent_calls_started_total", e)).inc()
+        if e.call_id in self._active:
+            return  # a retried delivery of the same start: the call is counted active once
+        if len(self._active) >= MAX_ACTIVE_CALLS:
+            self._expire(next(iter(self._active)))
+        agent = self._g("voice_agent_calls_active", "agent", e.agent)
+        self._active[e.call_id] = _ActiveCall(agent, e.direction, self.clock() + self.config.call_ttl)
+        self.calls_active.labels(agent, e.direction).inc()
+
+    def _call_answered(self, e: m.CallAnswered, i: int, d: list[Discarded]) -> None:
+        agent, direction, campaign = self._call_labels("voice_agent_calls_answered_total", e)
+        self.calls_answered.labels(agent, direction, campaign, e.answered_by).inc()
+        if e.setup_seconds is not None:
+            self.call_setup.labels(self._g("voice_agent_call_setup_seconds", "agent", e.agent),
+                                   e.direction).observe(e.setup_seconds)
+
+    def _call_ended(self, e: m.CallEnded, i: int, d: list[Discarded]) -> None:
+        metric = "voice_agent_calls_ended_total"
+        agent, direction, campaign = self._call_labels(metric, e)
+        self.calls_ended.labels(agent, direction, campaign, self._g(metric, "outcome", e.outcome)).inc()
+        if e.duration_seconds is not None:
+            metric = "voice_agent_call_duration_seconds"
+            self.call_duration.labels(self._g(metric, "agent", e.agent), e.direction,
+                                      self._g(metric, "outcome", e.outcome)).observe(e.duration_seconds)
+        call = self._active.pop(e.call_id, None)
+        if call is not None:
+            self.calls_active.labels(call.agent, call.direction).dec()
+
+    def _calls_queued(self, e: m.CallsQueued, i: int, d: list[Discarded]) -> None:
+        metric = "voice_agent_calls_queued"
+        self.calls_queued.labels(self._g(metric, "agent", e.agent), self._g(metric, "campaign", e.campaign)).set(e.queued)
+
+    def _campaign_status(self, e: m.CampaignStatus, i: int, d: list[Discarded]) -> None:
+        self.campaign_running.labels(self._g("voice_agent_campaign_running", "campaign", e.campaign)).set(
+            1 if e.running else 0)
+
+    def _dependency_status(self, e: m.DependencyStatus, i: int, d: list[Discarded]) -> None:
+        metric = "voice_agent_dependency_up"
+        key = (self._g(metric, "agent", e.agent), self._g(metric, "dependency", e.dependency))
+        self.dependency_up.labels(*key).set(1 if e.up else 0)
+        # Re-inserted at the end, so the dict stays ordered by deadline for the sweep.
+        self._dependencies.pop(key, None)
+        self._dependencies[key] = self.clock() + self.config.dependency_ttl
+
+    def _turn(self, e: m.Turn, i: int, d: list[Discarded]) -> None:
+        g = self._g
+        agent = e.agent
+        self.turns.labels(g("voice_agent_turns_total", "agent", agent), "true" if e.interrupted else "false").inc()
+        interruptions = e.interruptions if e.interruptions is not None else int(e.interrupted)
+        if interruptions:
+            self.interruptions.labels(g("voice_agent_interruptions_total", "agent", agent)).inc(interruptions)
+        if self._latency(e.e2e_latency_seconds, "e2e_latency_seconds", i, d):
+            self.turn_latency.labels(g("voice_agent_turn_latency_seconds", "agent", agent)).observe(e.e2e_latency_seconds)
+        if self._latency(e.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", i, d):
+            self.eou_delay.labels(g("voice_agent_end_of_utterance_delay_seconds", "agent", agent)).observe(
+                e.end_of_utterance_delay_seconds)
+        for value, field, name, provider, model in (
+            (e.transcription_delay_seconds, "transcription_delay_seconds",
+             "voice_agent_transcription_delay_seconds", e.stt_provider, e.stt_model),
+            (e.llm_ttft_seconds, "llm_ttft_seconds",
+             "voice_agent_llm_time_to_first_token_seconds", e.llm_provider, e.llm_model),
+            (e.tts_ttfb_seconds, "tts_ttfb_seconds",
+             "voice_agent_tts_time_to_first_byte_seconds", e.tts_provider, e.tts_model),
+        ):
+            if self._latency(value, field, i, d):
+                self.histograms[name].labels(g(name, "agent", agent), g(name, "provider", provider or UNKNOWN),
+                                             g(name, "model", model or UNKNOWN)).observe(value)
+
+    def _usage_labels(self, metric: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage) -> tuple[str, str, str]:
+        g = self._g
+        return g(metric, "agent", e.agent), g(metric, "provider", e.provider), g(metric, "model", e.model)
+
+    def _add_cost(self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage, cost: float) -> None:
+        if cost > 0:
+            metric = "voice_agent_estimated_cost_dollars_total"
+            agent, provider, model = self._usage_labels(metric, e)
+            self.cost.labels(agent, component, provider, model).inc(cost)
+
+    def _stt(self, e: m.STTUsage, i: int, d: list[Discarded]) -> None:
+        self.stt_audio.labels(*self._usage_labels("voice_agent_stt_audio_seconds_total", e)).inc(e.audio_seconds)
+        price = self.prices.lookup(e.provider, e.model)
+        if price is not None:
+            self._add_cost("stt", e, PriceTable.stt_cost(price, e))
+
+    def _llm(self, e: m.LLMUsage, i: int, d: list[Discarded]) -> None:
+        labels = self._usage_labels("voice_agent_llm_tokens_total", e)
+        for kind, n in (("input", e.input_tokens), ("output", e.output_tokens), ("cached", e.cached_tokens)):
+            if n:
+                self.llm_tokens.labels(*labels, kind).inc(n)
+        if self._latency(e.duration_seconds, "duration_seconds", i, d):
+            self.llm_duration.labels(*self._usage_labels("voice_agent_llm_request_duration_seconds", e)).observe(
+                e.duration_seconds)
+        price = self.prices.lookup(e.provider, e.model)
+        if price is not None:
+            self._add_cost("llm", e, PriceTable.llm_cost(price, e))
+
+    def _tts(self, e: m.TTSUsage, i: int, d: list[Discarded]) -> None:
+        if e.characters:
+            self.tts_characters.labels(*self._usage_labels("voice_agent_tts_characters_total", e)).inc(e.characters)
+        price = self.prices.lookup(e.provider, e.model)
+        if price is not None:
+            self._add_cost("tts", e, PriceTable.tts_cost(price, e))
+
+    def _tool_call(self, e: m.ToolCall, i: int, d: list[Discarded]) -> None:
+        if self._latency(e.duration_seconds, "duration_seconds", i, d):
+            metric = "voice_agent_tool_call_duration_seconds"
+            self.tool_duration.labels(self._g(metric, "agent", e.agent), self._g(metric, "tool", e.tool)).observe(
+                e.duration_seconds)
+
+    def _error(self, e: m.Error, i: int, d: list[Discarded]) -> None:
+        metric = "voice_agent_errors_total"
+        self.errors.labels(self._g(metric, "agent", e.agent), e.component,
+                           self._g(metric, "type", e.error_type)).inc()
+
+    # -- time-to-live ------------------------------------------------------------------------------
+
+    def _expire(self, call_id: str) -> None:
+        call = self._active.pop(call_id)
+        self.calls_active.labels(call.agent, call.direction).dec()
+        self.calls_expired.labels(call.agent, call.direction).inc()
+
+    def sweep(self) -> None:
+        """Ends calls older than call_ttl and drops dependency reports older than dependency_ttl."""
+        now = self.clock()
+        while self._active:
+            call_id = next(iter(self._active))
+            if self._active[call_id].deadline > now:
+                break
+            self._expire(call_id)
+        while self._dependencies:
+            key = next(iter(self._dependencies))
+            if self._dependencies[key] > now:
+                break
+            del self._dependencies[key]
+            self.dependency_up.remove(*key)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self._active)
