@@ -1,5 +1,6 @@
-"""`livekit-exporter demo`: the simulator with a lively scenario, the exporter pointed at it, and the
-simulator's webhooks delivered to the exporter's webhook endpoint."""
+"""`livekit-exporter demo`: the simulator with a lively scenario, the exporter pointed at it, the
+simulator's webhooks delivered to the exporter's webhook endpoint, and simulated voice agents
+pushing call-pipeline events to its events API."""
 
 from __future__ import annotations
 
@@ -9,25 +10,29 @@ import secrets
 
 from aiohttp import web
 
-from .config import CollectConfig, Config, LiveKitConfig, RoomDetailConfig, Secret
+from .client import EventsClient
+from .config import CollectConfig, Config, EventsConfig, LiveKitConfig, Price, RoomDetailConfig, Secret
 from .server import build_app
 from .simulator import Scenario, Simulator, WebhookSender, lively
+from .simulator.voice_agents import PRICES, VoiceAgentFleet
 
 log = logging.getLogger(__name__)
 
 
-def demo_config(livekit_url: str, scenario: Scenario) -> Config:
+def demo_config(livekit_url: str, scenario: Scenario, events_token: str) -> Config:
     return Config(
         livekit=LiveKitConfig(url=livekit_url, api_key=scenario.api_key, api_secret=Secret(scenario.api_secret)),
         collect=CollectConfig(room_detail=RoomDetailConfig(enabled=True)),
+        events=EventsConfig(tokens=(Secret(events_token),), prices=tuple(Price(**p) for p in PRICES)),
         source="<demo>",
     )
 
 
 async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> None:
     scenario = Scenario(api_key="demo", api_secret=secrets.token_urlsafe(32))
+    events_token = secrets.token_urlsafe(24)
     async with Simulator(scenario) as sim:
-        config = demo_config(sim.url, scenario)
+        config = demo_config(sim.url, scenario, events_token)
         app = build_app(config, telemetry_path=telemetry_path)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -40,9 +45,12 @@ async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> No
         print(f"Exporter:                      http://{shown}:{port}/", flush=True)
         print(f"Metrics:                       http://{shown}:{port}{telemetry_path}", flush=True)
         print(f"Webhooks:                      POST {webhook_url} (signed as LiveKit signs them)", flush=True)
+        print(f"Voice-agent events:            POST http://{shown}:{port}{config.events.path} (simulated agents)", flush=True)
         print("Press Ctrl+C to stop.", flush=True)
+        client = EventsClient(f"http://{shown}:{port}{config.events.path}", events_token)
         try:
             async with WebhookSender(scenario, webhook_url):
-                await lively.run(scenario)
+                await asyncio.gather(lively.run(scenario), VoiceAgentFleet(client, seed=11).run())
         finally:
+            await client.aclose(timeout=1.0)
             await runner.cleanup()

@@ -93,6 +93,33 @@ DOCS: dict[str, tuple[str, str, str]] = {
     ),
     "livekit_agent_jobs_started_total": ("webhooks", "agent_job_started: Job.agent_name (LiveKit Cloud)", "sum by (agent_name) (rate(livekit_agent_jobs_started_total[5m]))"),
     "livekit_agent_jobs_ended_total": ("webhooks", "agent_job_ended: agent_name, JobState.status (LiveKit Cloud)", 'sum by (agent_name) (increase(livekit_agent_jobs_ended_total{status="failed"}[1h]))'),
+    "voice_agent_calls_started_total": ("events", "call_started", "sum by (agent, direction) (rate(voice_agent_calls_started_total[5m]))"),
+    "voice_agent_calls_answered_total": ("events", "call_answered", 'sum by (agent) (rate(voice_agent_calls_answered_total{answered_by="human"}[1h])) / sum by (agent) (rate(voice_agent_calls_started_total{direction="outbound"}[1h]))  # human answer rate'),
+    "voice_agent_calls_ended_total": ("events", "call_ended", "sum by (agent, outcome) (increase(voice_agent_calls_ended_total[1h]))"),
+    "voice_agent_calls_expired_total": ("events", "calls whose call_ended did not arrive within events.call_ttl", "sum by (agent) (increase(voice_agent_calls_expired_total[1h])) > 0"),
+    "voice_agent_calls_active": ("events", "call_started - call_ended, with the events.call_ttl expiry", "sum by (agent) (voice_agent_calls_active)"),
+    "voice_agent_calls_queued": ("events", "calls_queued (dialers)", "sum by (campaign) (voice_agent_calls_queued)"),
+    "voice_agent_campaign_running": ("events", "campaign_status (dialers)", "voice_agent_campaign_running == 0"),
+    "voice_agent_dependency_up": ("events", "dependency_status; gone after events.dependency_ttl without a report", "min by (dependency) (voice_agent_dependency_up) == 0"),
+    "voice_agent_call_duration_seconds": ("events", "call_ended.duration_seconds", "histogram_quantile(0.5, sum by (agent, le) (rate(voice_agent_call_duration_seconds_bucket[1h])))"),
+    "voice_agent_call_setup_seconds": ("events", "call_answered.setup_seconds", "histogram_quantile(0.9, sum by (direction, le) (rate(voice_agent_call_setup_seconds_bucket[1h])))"),
+    "voice_agent_turns_total": ("events", "turn", 'sum by (agent) (rate(voice_agent_turns_total{interrupted="true"}[15m])) / sum by (agent) (rate(voice_agent_turns_total[15m]))'),
+    "voice_agent_interruptions_total": ("events", "turn.interruptions (default: 1 if interrupted)", "sum by (agent) (rate(voice_agent_interruptions_total[15m]))"),
+    "voice_agent_turn_latency_seconds": ("events", "turn.e2e_latency_seconds", "histogram_quantile(0.95, sum by (agent, le) (rate(voice_agent_turn_latency_seconds_bucket[5m])))"),
+    "voice_agent_end_of_utterance_delay_seconds": ("events", "turn.end_of_utterance_delay_seconds", "histogram_quantile(0.95, sum by (agent, le) (rate(voice_agent_end_of_utterance_delay_seconds_bucket[5m])))"),
+    "voice_agent_transcription_delay_seconds": ("events", "turn.transcription_delay_seconds, labelled by turn.stt_provider / stt_model", "histogram_quantile(0.95, sum by (provider, le) (rate(voice_agent_transcription_delay_seconds_bucket[5m])))"),
+    "voice_agent_llm_time_to_first_token_seconds": ("events", "turn.llm_ttft_seconds, labelled by turn.llm_provider / llm_model", "histogram_quantile(0.95, sum by (provider, model, le) (rate(voice_agent_llm_time_to_first_token_seconds_bucket[5m])))"),
+    "voice_agent_llm_request_duration_seconds": ("events", "llm.duration_seconds", "histogram_quantile(0.95, sum by (model, le) (rate(voice_agent_llm_request_duration_seconds_bucket[5m])))"),
+    "voice_agent_tts_time_to_first_byte_seconds": ("events", "turn.tts_ttfb_seconds, labelled by turn.tts_provider / tts_model", "histogram_quantile(0.95, sum by (provider, le) (rate(voice_agent_tts_time_to_first_byte_seconds_bucket[5m])))"),
+    "voice_agent_tool_call_duration_seconds": ("events", "tool_call.duration_seconds", "histogram_quantile(0.95, sum by (tool, le) (rate(voice_agent_tool_call_duration_seconds_bucket[5m])))"),
+    "voice_agent_llm_tokens_total": ("events", "llm", "sum by (model, type) (rate(voice_agent_llm_tokens_total[1h]))"),
+    "voice_agent_tts_characters_total": ("events", "tts.characters", "sum by (provider) (rate(voice_agent_tts_characters_total[1h]))"),
+    "voice_agent_stt_audio_seconds_total": ("events", "stt.audio_seconds", "sum by (provider) (rate(voice_agent_stt_audio_seconds_total[1h])) * 60  # audio minutes per minute"),
+    "voice_agent_errors_total": ("events", "error", "sum by (agent, component) (rate(voice_agent_errors_total[5m]))"),
+    "voice_agent_estimated_cost_dollars_total": ("events", "llm / stt / tts usage x events.prices", "sum by (agent) (increase(voice_agent_estimated_cost_dollars_total[1d])) / sum by (agent) (increase(voice_agent_calls_ended_total[1d]))  # per call"),
+    "livekit_exporter_events_total": ("exporter", "events accepted by the events API", "sum by (type) (rate(livekit_exporter_events_total[5m]))"),
+    "livekit_exporter_event_requests_rejected_total": ("exporter", "events API requests refused whole (401, 400, 413, 415)", "sum by (reason) (rate(livekit_exporter_event_requests_rejected_total[5m])) > 0"),
+    "livekit_exporter_event_latencies_discarded_total": ("exporter", "timings above events.max_latency (not observed)", "sum by (type, field) (increase(livekit_exporter_event_latencies_discarded_total[1h])) > 0"),
     "livekit_exporter_scrape_duration_seconds": ("exporter", "time the last scrape spent on the LiveKit API", "max_over_time(livekit_exporter_scrape_duration_seconds[10m])"),
     "livekit_exporter_room_detail_rooms": ("exporter", "rooms read / skipped by collect.room_detail.max_rooms", 'livekit_exporter_room_detail_rooms{result="skipped"} > 0'),
     "livekit_exporter_scrapes_total": ("exporter", "scrapes, by new or joined (shared in-flight) collection", "rate(livekit_exporter_scrapes_total[5m])"),
@@ -136,6 +163,19 @@ Differences from the starting catalogue, and why:
   `creation_time`, the participant's `joined_at`, the egress `started_at`), so retries and
   out-of-order delivery do not change them; `created_at` is whole seconds, so delivery delays and
   room and participant durations are too.
+- `voice_agent_estimated_cost_dollars_total` is the catalogue's "estimated cost counter": the unit
+  (US dollars, the currency of `events.prices`) is in the name, as Prometheus naming asks.
+- `livekit_exporter_event_requests_rejected_total{reason}` (was `livekit_exporter_events_rejected_total`):
+  a refused request applies none of its events, and on 401, 413 or 415 they are not even parsed, so
+  it counts requests; the reasons are unauthorized, unsupported_media_type, too_large,
+  too_many_events, malformed (not JSON) and invalid (an event breaks the schema).
+- `livekit_exporter_event_latencies_discarded_total{type,field}` is added: the sanity rule's count
+  of timings above `events.max_latency` (see docs/events-api.md).
+- `voice_agent_calls_expired_total` is added: calls the `events.call_ttl` took out of
+  `voice_agent_calls_active` because their `call_ended` never arrived.
+- `voice_agent_interruptions_total` counts every time a user spoke over the agent (the turn's
+  `interruptions`, false interruptions included); `voice_agent_turns_total{interrupted="true"}`
+  counts turns whose reply was cut short.
 """
 
 
@@ -151,7 +191,7 @@ async def _collect() -> tuple[str, dict[str, tuple[str, ...]]]:
     scenario = Scenario()
     populate(scenario, random.Random(1))
     async with Simulator(scenario) as sim:
-        app = build_app(demo_config(sim.url, scenario))
+        app = build_app(demo_config(sim.url, scenario, EXERCISE_TOKEN))
         async with TestClient(TestServer(app)) as client:
             await exercise(client, scenario)
             resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
@@ -165,6 +205,9 @@ async def _collect() -> tuple[str, dict[str, tuple[str, ...]]]:
     return text, labelnames
 
 
+EXERCISE_TOKEN = "metricsdoc-events-token-0123456789"
+
+
 async def exercise(client: Any, scenario: Any) -> None:
     """Drives every source once, so that its families have samples to show."""
     from .simulator import Fault
@@ -173,6 +216,7 @@ async def exercise(client: Any, scenario: Any) -> None:
     await client.get("/metrics")
     scenario.set_fault("ingress", None)
     await _webhooks(client, scenario)
+    await _events(client)
 
 
 async def _webhooks(client: Any, scenario: Any) -> None:
@@ -198,6 +242,26 @@ async def _webhooks(client: Any, scenario: Any) -> None:
         scenario.set_job_status("docs", d.id, 0, agent.JS_SUCCESS)
         scenario.remove_room("docs")
         await sender.flush()
+
+
+async def _events(client: Any) -> None:
+    """Simulated voice agents through the push client, a refused request, a discarded timing and
+    a call that outlives its TTL."""
+    from .client import EventsClient
+    from .events import PIPELINE
+    from .events import model as m
+    from .simulator.voice_agents import VoiceAgentFleet
+
+    async with EventsClient(str(client.make_url("/")), EXERCISE_TOKEN) as events:
+        fleet = VoiceAgentFleet(events, seed=5)
+        fleet.simulate(calls=12, leave_open=1)
+        events.emit(m.Turn(agent="support-agent", transcription_delay_seconds=120.0))  # a timestamp bug
+        await events.flush()
+    await client.post("/v1/events", data=b"{}", headers={"Content-Type": "application/json"})
+    pipeline = client.app[PIPELINE]
+    now = pipeline.clock()
+    pipeline.clock = lambda: now + pipeline.config.call_ttl + 1  # the open call outlives its TTL
+    pipeline.sweep()
 
 
 def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:

@@ -1,0 +1,230 @@
+"""The push client: voice agents send events to the exporter's events API in batches.
+
+    client = EventsClient("http://exporter:9784", token)      # or EventsClient.from_env()
+    client.emit(CallStarted(agent="support", call_id=cid, direction="inbound"))
+    ...
+    await client.aclose()                                      # flushes what is queued
+
+`emit()` never waits and never does I/O: it appends to a bounded queue and returns at once (False
+when the queue is full and the event was dropped). A background task sends batches, retries with
+exponential backoff on 5xx, 408, 429, timeouts and connection errors, and drops a batch the exporter
+refuses with another 4xx (its answer is logged: it says what was wrong). With the exporter down
+the agent's event loop is not blocked: events queue up to `max_queue`, then are dropped and
+counted in `stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+
+from .events.model import Batch, Event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVENTS_PATH = "/v1/events"
+URL_ENV = "LIVEKIT_EXPORTER_EVENTS_URL"
+TOKEN_ENV = "LIVEKIT_EXPORTER_EVENTS_TOKEN"
+_RETRYABLE = frozenset({408, 429})
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class ClientStats:
+    """What happened to the events handed to emit(); every event ends in exactly one bucket."""
+
+    sent: int = 0
+    dropped_queue_full: int = 0
+    dropped_rejected: int = 0  # the exporter answered a final 4xx for their batch
+    dropped_failed: int = 0  # retries exhausted, or still queued when aclose() gave up
+    retries: int = 0
+
+
+class EventsClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        timeout: float = 5.0,
+    ):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"events URL {url!r}: expected http(s)://host:port[/path], like http://exporter:9784")
+        self.url = url if parts.path not in ("", "/") else url.rstrip("/") + DEFAULT_EVENTS_PATH
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.max_queue, self.batch_size, self.flush_interval = max_queue, batch_size, flush_interval
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.stats = ClientStats()
+        self._queue: collections.deque[Event] = collections.deque()
+        self._in_flight = 0
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._last_drop_log = 0.0
+
+    @classmethod
+    def from_env(cls, **kwargs: object) -> "EventsClient":
+        """From LIVEKIT_EXPORTER_EVENTS_URL and LIVEKIT_EXPORTER_EVENTS_TOKEN."""
+        url, token = os.environ.get(URL_ENV), os.environ.get(TOKEN_ENV)
+        missing = [name for name, v in ((URL_ENV, url), (TOKEN_ENV, token)) if not v]
+        if missing:
+            raise RuntimeError(f"set {' and '.join(missing)} (the exporter's URL and one of its events tokens), "
+                               "or pass a client explicitly")
+        return cls(url, token, **kwargs)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"EventsClient({self.url!r}, queued={len(self._queue)}, stats={self.stats})"
+
+    # -- the agent's side: never waits ----------------------------------------------------------------
+
+    def emit(self, event: Event) -> bool:
+        """Queues one event; False when it was dropped (queue full or client closed)."""
+        if self._closed or len(self._queue) >= self.max_queue:
+            self.stats.dropped_queue_full += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 60:
+                self._last_drop_log = now
+                log.warning("events client queue is full: dropping events (is the exporter reachable?)",
+                            extra={"url": self.url, "max_queue": self.max_queue,
+                                   "dropped": self.stats.dropped_queue_full})
+            return False
+        self._queue.append(event)
+        if self._task is None:
+            self._start()
+        if self._idle is not None:
+            self._idle.clear()
+        if len(self._queue) >= self.batch_size and self._wake is not None:
+            self._wake.set()
+        return True
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) + self._in_flight
+
+    # -- background sending --------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # started by the first emit() or flush() inside a running loop
+        self._wake, self._idle = asyncio.Event(), asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="livekit-exporter-events-client")
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        while True:
+            if not self._queue:
+                self._idle.set()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                except asyncio.TimeoutError:
+                    pass
+            elif len(self._queue) < self.batch_size and not self._wake.is_set():
+                # Let a partial batch fill up for at most one interval.
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                except asyncio.TimeoutError:
+                    pass
+            self._wake.clear()
+            while self._queue:
+                n = min(self.batch_size, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._in_flight = n
+                try:
+                    await self._send(batch)
+                except Exception:  # a bug must not stop delivery of the next batches
+                    self.stats.dropped_failed += n
+                    log.exception("events batch dropped: unexpected error", extra={"url": self.url})
+                finally:
+                    self._in_flight = 0
+
+    async def _send(self, batch: list[Event]) -> None:
+        body = _encoder.encode(Batch(events=batch))
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats.retries += 1
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            try:
+                if self._session is None:
+                    self._session = aiohttp.ClientSession(timeout=self.timeout)
+                async with self._session.post(self.url, data=body, headers=self._headers) as resp:
+                    if resp.status == 200:
+                        self.stats.sent += len(batch)
+                        return
+                    text = (await resp.text())[:2000]
+                    if resp.status < 500 and resp.status not in _RETRYABLE:
+                        self.stats.dropped_rejected += len(batch)
+                        log.warning("the exporter refused a batch of events; they are dropped",
+                                    extra={"url": self.url, "status": resp.status, "answer": text})
+                        return
+                    problem = f"HTTP {resp.status}: {text[:200]}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                problem = f"{type(e).__name__}: {e}"
+            log.debug("events batch not delivered; will retry",
+                      extra={"url": self.url, "attempt": attempt + 1, "problem": problem})
+        self.stats.dropped_failed += len(batch)
+        log.warning("events batch dropped after retries", extra={"url": self.url, "events": len(batch),
+                                                                  "retries": self.max_retries, "problem": problem})
+
+    # -- shutting down ----------------------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Sends everything queued now; True when done within `timeout` seconds."""
+        if self._task is None:
+            if not self._queue:
+                return True
+            self._start()
+        assert self._wake is not None and self._idle is not None
+        if not self._queue and not self._in_flight:
+            return True
+        self._idle.clear()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Flushes for at most `timeout` seconds, then stops; what is left is counted as dropped."""
+        if self._closed:
+            return
+        await self.flush(timeout)
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.stats.dropped_failed += len(self._queue) + self._in_flight
+        self._queue.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> "EventsClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
