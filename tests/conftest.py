@@ -79,3 +79,43 @@ def exporter_client(aiohttp_client, make_config):
         return await aiohttp_client(build_app(config or make_config(**kwargs)))
 
     return start
+
+
+# -- the voice-agent events API -------------------------------------------------------------------
+
+EVENTS_TOKEN = "test-events-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {EVENTS_TOKEN}"}
+
+
+@pytest.fixture
+def events_config(make_config) -> Callable[..., Config]:
+    """make_config() with the events API configured by EventsConfig(**kwargs) (a token by default)."""
+    from livekit_exporter.config import EventsConfig
+
+    def make(**events: Any) -> Config:
+        events.setdefault("tokens", (Secret(EVENTS_TOKEN),))
+        return replace(make_config(), events=EventsConfig(**events))
+
+    return make
+
+
+@pytest.fixture
+def events_exporter(aiohttp_client, events_config):
+    """An aiohttp test client (real HTTP on loopback) for an exporter with the events API."""
+
+    async def start(**events: Any):
+        return await aiohttp_client(build_app(events_config(**events)))
+
+    return start
+
+
+def require_module(name: str) -> None:
+    """Imports an optional dependency; skips without it on a user's machine, fails in CI."""
+    import importlib
+
+    try:
+        importlib.import_module(name)
+    except ImportError as e:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed ({e}); CI installs the extras with `make test`")
+        pytest.skip(f"{name} is not installed: pip install -e '.[agents]'")

@@ -27,6 +27,14 @@ class _RawBatch(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _raw_batch = msgspec.json.Decoder(_RawBatch)
+# field -> the values it may take, for answers that say what is expected.
+_ENUMS: dict[str, tuple[str, ...]] = {
+    name: tuple(prop["enum"])
+    for d in m.schema()["$defs"].values()
+    for name, prop in d.get("properties", {}).items()
+    if "enum" in prop and name != "type"
+}
+_ENUMS["type"] = m.TYPE_NAMES
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -57,7 +65,11 @@ class BadBatch(Exception):
 def _split(error: Exception) -> tuple[str, str]:
     match = _AT.match(str(error))
     assert match is not None  # the pattern matches any text
-    return match["reason"], match["path"] or "$"
+    reason, path = match["reason"], match["path"] or "$"
+    allowed = _ENUMS.get(path.rpartition(".")[2])
+    if allowed and reason.startswith(("Invalid enum value", "Invalid value")):
+        reason += f"; expected one of {', '.join(allowed)}"
+    return reason, path
 
 
 def _too_many(n: int, limit: int) -> BadBatch:
@@ -80,9 +92,9 @@ def _decode_each(items: list[bytes], path: Callable[[int], str], lines: list[int
         line = lines[i] if lines else None
         try:
             e = _event.decode(item)
-        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        except msgspec.DecodeError as err:  # ValidationError included
             reason, where = _split(err)
-            if isinstance(err, msgspec.DecodeError):
+            if not isinstance(err, msgspec.ValidationError):
                 reason = f"not valid JSON: {reason}"
             problems.append(Problem(i, path(i) + where[1:], reason, line))
             continue
@@ -99,7 +111,7 @@ def decode_json(body: bytes, max_events: int) -> list[m.Event]:
     """`{"events": [...]}` -> events. Raises BadBatch."""
     try:
         events = _batch.decode(body).events
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.DecodeError:  # ValidationError included
         events = None
     if events is not None:
         if len(events) > max_events:
@@ -108,12 +120,12 @@ def decode_json(body: bytes, max_events: int) -> list[m.Event]:
             return events
     try:
         raw = _raw_batch.decode(body).events
-    except msgspec.DecodeError as e:
-        raise BadBatch(400, "malformed", f"the body is not valid JSON: {e}; send {{\"events\": [...]}}") from None
-    except msgspec.ValidationError as e:
+    except msgspec.ValidationError as e:  # a subclass of DecodeError: first
         reason, path = _split(e)
         raise BadBatch(400, "invalid", f"the body is not an events batch: {reason} at {path}; "
                        "send {\"events\": [...]}", [Problem(None, path, reason)]) from None
+    except msgspec.DecodeError as e:
+        raise BadBatch(400, "malformed", f"the body is not valid JSON: {e}; send {{\"events\": [...]}}") from None
     if len(raw) > max_events:
         raise _too_many(len(raw), max_events)
     return _decode_each(raw, lambda i: f"$.events[{i}]", None)
