@@ -132,19 +132,12 @@ class EventsClient:
 
     async def _run(self) -> None:
         assert self._wake is not None and self._idle is not None
-        while True:
+        while not self._closed:
             if not self._queue:
                 self._idle.set()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-                except asyncio.TimeoutError:
-                    pass
+                await self._sleep_until_woken()
             elif len(self._queue) < self.batch_size and not self._wake.is_set():
-                # Let a partial batch fill up for at most one interval.
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-                except asyncio.TimeoutError:
-                    pass
+                await self._sleep_until_woken()  # let a partial batch fill up for one interval
             self._wake.clear()
             while self._queue:
                 n = min(self.batch_size, len(self._queue))
@@ -157,6 +150,16 @@ class EventsClient:
                     log.exception("events batch dropped: unexpected error", extra={"url": self.url})
                 finally:
                     self._in_flight = 0
+
+    async def _sleep_until_woken(self) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # races with the wake-up, and aclose() would then wait for the task forever.
+        assert self._wake is not None
+        try:
+            async with asyncio.timeout(self.flush_interval):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
 
     async def _send(self, batch: list[Event]) -> None:
         body = _encoder.encode(Batch(events=batch))
@@ -201,9 +204,10 @@ class EventsClient:
         self._idle.clear()
         self._wake.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def aclose(self, timeout: float = 5.0) -> None:
