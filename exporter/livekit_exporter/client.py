@@ -145,6 +145,9 @@ class EventsClient:
                 self._in_flight = n
                 try:
                     await self._send(batch)
+                except asyncio.CancelledError:  # aclose() gave up on it
+                    self.stats.dropped_failed += n
+                    raise
                 except Exception:  # a bug must not stop delivery of the next batches
                     self.stats.dropped_failed += n
                     log.exception("events batch dropped: unexpected error", extra={"url": self.url})
@@ -222,7 +225,7 @@ class EventsClient:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self.stats.dropped_failed += len(self._queue) + self._in_flight
+        self.stats.dropped_failed += len(self._queue)
         self._queue.clear()
         if self._session is not None:
             await self._session.close()
