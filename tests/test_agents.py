@@ -1,0 +1,250 @@
+"""livekit_exporter.agents with the real livekit-agents package: a real AgentSession running real
+turns (text mode, a scripted LLM provider built on the package's own LLM base class), the
+package's real metric classes and events, and a real exporter on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import pytest
+from conftest import EVENTS_TOKEN, require_module, samples, value
+
+require_module("livekit.agents")
+
+from livekit.agents import Agent, AgentSession, function_tool, llm  # noqa: E402
+from livekit.agents.llm import ChatChunk, ChoiceDelta, CompletionUsage, FunctionToolCall  # noqa: E402
+from livekit.agents.metrics import EOUMetrics, LLMMetrics, STTMetrics, TTSMetrics  # noqa: E402
+from livekit.agents.metrics.base import Metadata  # noqa: E402
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS  # noqa: E402
+from livekit.agents.voice import events as lk_events  # noqa: E402
+
+from livekit_exporter.agents import instrument, preferred_mode  # noqa: E402
+from livekit_exporter.client import EventsClient  # noqa: E402
+from livekit_exporter.server import build_app  # noqa: E402
+
+USAGE = dict(prompt_tokens=120, completion_tokens=8, prompt_cached_tokens=20)
+
+
+class ScriptedLLM(llm.LLM):
+    """An LLM provider that answers from a script: a tool call when asked to look up an order."""
+
+    @property
+    def model(self) -> str:
+        return "script-1"
+
+    @property
+    def provider(self) -> str:
+        return "scripted"
+
+    def chat(self, *, chat_ctx, tools=None, conn_options=DEFAULT_API_CONNECT_OPTIONS, **kwargs):
+        return ScriptedStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+
+
+class ScriptedStream(llm.LLMStream):
+    async def _run(self) -> None:
+        await asyncio.sleep(0.01)
+        last = self._chat_ctx.items[-1]
+        if getattr(last, "role", None) == "user" and "order" in (last.text_content or ""):
+            delta = ChoiceDelta(role="assistant", tool_calls=[
+                FunctionToolCall(name="lookup_order", arguments='{"order_id": "A17"}', call_id="call-1")])
+        else:
+            delta = ChoiceDelta(role="assistant", content="Happy to help.")
+        self._event_ch.send_nowait(ChatChunk(id="r", delta=delta))
+        self._event_ch.send_nowait(ChatChunk(id="r", usage=CompletionUsage(
+            total_tokens=USAGE["prompt_tokens"] + USAGE["completion_tokens"], **USAGE)))
+
+
+class SupportAgent(Agent):
+    def __init__(self) -> None:
+        super().__init__(instructions="Help the caller.")
+
+    @function_tool
+    async def lookup_order(self, order_id: str) -> str:
+        """Looks an order up."""
+        await asyncio.sleep(0.02)
+        return f"order {order_id} ships tomorrow"
+
+
+@pytest.fixture
+async def exporter(events_config, aiohttp_server, aiohttp_client):
+    server = await aiohttp_server(build_app(events_config()))
+    client = await aiohttp_client(server)
+
+    async def scrape() -> dict:
+        return samples(await (await client.get("/metrics")).text())
+
+    return str(server.make_url("/")), scrape
+
+
+def test_the_installed_livekit_agents_has_the_preferred_events():
+    assert preferred_mode() == "usage"
+
+
+async def test_a_real_session_produces_the_expected_metrics(exporter, caplog):
+    url, scrape = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession(llm=ScriptedLLM())
+    call = instrument(session, agent="support-agent", direction="inbound", client=client)
+    await session.start(SupportAgent())
+    await session.run(user_input="hello")
+    await session.run(user_input="where is my order?")
+    call.set_outcome("resolved")
+    await session.aclose()
+    await client.aclose()
+    assert client.stats.sent > 0 and client.stats.dropped_rejected == client.stats.dropped_failed == 0
+    assert "metrics_collected is deprecated" not in caplog.text
+
+    s = await scrape()
+    a = "support-agent"
+    call_labels = dict(agent=a, direction="inbound", campaign="")
+    assert value(s, "voice_agent_calls_started_total", **call_labels) == 1
+    assert value(s, "voice_agent_calls_answered_total", **call_labels, answered_by="human") == 1
+    assert value(s, "voice_agent_calls_ended_total", **call_labels, outcome="resolved") == 1
+    assert value(s, "voice_agent_calls_active", agent=a, direction="inbound") == 0
+    assert value(s, "voice_agent_call_duration_seconds_count", agent=a, direction="inbound", outcome="resolved") == 1
+
+    # Three LLM requests (hello; the order question -> a tool call; the answer after the tool), and
+    # one assistant message for each spoken reply.
+    llm_labels = dict(agent=a, provider="scripted", model="script-1")
+    assert value(s, "voice_agent_llm_tokens_total", **llm_labels, type="input") == 3 * USAGE["prompt_tokens"]
+    assert value(s, "voice_agent_llm_tokens_total", **llm_labels, type="output") == 3 * USAGE["completion_tokens"]
+    assert value(s, "voice_agent_llm_tokens_total", **llm_labels, type="cached") == 3 * USAGE["prompt_cached_tokens"]
+    turns = value(s, "voice_agent_turns_total", agent=a, interrupted="false")
+    assert turns == 2
+    assert value(s, "voice_agent_llm_time_to_first_token_seconds_count", **llm_labels) == turns
+    assert 0 < value(s, "voice_agent_llm_time_to_first_token_seconds_sum", **llm_labels) < 1
+    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent=a, tool="lookup_order") == 1
+    assert 0.02 <= value(s, "voice_agent_tool_call_duration_seconds_sum", agent=a, tool="lookup_order") < 1
+    assert value(s, "livekit_exporter_event_requests_rejected_total", reason="invalid") is None
+
+
+def _message(role: str, **metrics) -> lk_events.ConversationItemAddedEvent:
+    return lk_events.ConversationItemAddedEvent(item=llm.ChatMessage(role=role, content=["..."], metrics=metrics))
+
+
+async def test_turn_metrics_usage_errors_and_the_timestamp_bugs(exporter):
+    url, scrape = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession()
+    instrument(session, agent="a", direction="outbound", campaign="spring", client=client).answered(
+        "machine", setup_seconds=9.5)
+    stt_meta = {"model_provider": "deepgram", "model_name": "nova-3"}
+    session.emit("conversation_item_added", _message(
+        "user", transcription_delay=150.0, end_of_turn_delay=0.4, stt_metadata=stt_meta))  # #6093-style delay
+    session.emit("agent_false_interruption", lk_events.AgentFalseInterruptionEvent(resumed=True))
+    reply = llm.ChatMessage(role="assistant", content=["..."], interrupted=True, metrics={
+        "e2e_latency": 1.1, "llm_node_ttft": -1.0, "tts_node_ttfb": 0.2,  # -1: "not measured"
+        "tts_metadata": {"model_provider": "cartesia", "model_name": "sonic-2"}})
+    session.emit("conversation_item_added", lk_events.ConversationItemAddedEvent(item=reply))
+
+    from livekit.agents.metrics.usage import AgentSessionUsage, STTModelUsage, TTSModelUsage
+
+    for chars, audio in ((100, 30.0), (250, 75.0)):  # cumulative, as livekit-agents reports it
+        session.emit("session_usage_updated", lk_events.SessionUsageUpdatedEvent(usage=AgentSessionUsage(model_usage=[
+            TTSModelUsage(provider="cartesia", model="sonic-2", characters_count=chars),
+            STTModelUsage(provider="deepgram", model="nova-3", audio_duration=audio)])))
+    from livekit.agents.llm import LLMError
+    from livekit.agents._exceptions import APIConnectionError
+
+    session.emit("error", lk_events.ErrorEvent(
+        error=LLMError(timestamp=time.time(), label="x", error=APIConnectionError(), recoverable=True),
+        source=ScriptedLLM()))
+    session.emit("close", lk_events.CloseEvent(reason=lk_events.CloseReason.PARTICIPANT_DISCONNECTED))
+    await client.aclose()
+    assert client.stats.sent == 9 and client.stats.dropped_rejected == 0
+
+    s = await scrape()
+    assert value(s, "voice_agent_calls_answered_total", agent="a", direction="outbound", campaign="spring",
+                 answered_by="machine") == 1
+    assert value(s, "voice_agent_call_setup_seconds_sum", agent="a", direction="outbound") == 9.5
+    assert value(s, "voice_agent_calls_ended_total", agent="a", direction="outbound", campaign="spring",
+                 outcome="participant_disconnected") == 1
+    assert value(s, "voice_agent_turns_total", agent="a", interrupted="true") == 1
+    assert value(s, "voice_agent_interruptions_total", agent="a") == 2  # the false one + the cut reply
+    assert value(s, "voice_agent_turn_latency_seconds_sum", agent="a") == 1.1
+    assert value(s, "voice_agent_end_of_utterance_delay_seconds_sum", agent="a") == 0.4
+    assert value(s, "voice_agent_tts_time_to_first_byte_seconds_sum", agent="a", provider="cartesia",
+                 model="sonic-2") == 0.2
+    # -1 was left out, 150 s was sent and discarded by the exporter's sanity rule.
+    assert value(s, "voice_agent_llm_time_to_first_token_seconds_count", agent="a", provider="unknown",
+                 model="unknown") is None
+    assert value(s, "voice_agent_transcription_delay_seconds_count", agent="a", provider="deepgram",
+                 model="nova-3") is None
+    assert value(s, "livekit_exporter_event_latencies_discarded_total", type="turn",
+                 field="transcription_delay_seconds") == 1
+    assert value(s, "voice_agent_tts_characters_total", agent="a", provider="cartesia", model="sonic-2") == 250
+    assert value(s, "voice_agent_stt_audio_seconds_total", agent="a", provider="deepgram", model="nova-3") == 75
+    assert value(s, "voice_agent_errors_total", agent="a", component="llm", type="APIConnectionError") == 1
+
+
+async def test_the_fallback_reads_the_real_metric_classes(exporter, caplog):
+    url, scrape = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession()
+    instrument(session, agent="old", client=client, mode="metrics_collected")
+    assert "metrics_collected is deprecated" in caplog.text  # livekit-agents 1.8 says so, once
+    meta = Metadata(model_provider="openai", model_name="gpt-4o-mini")
+    now = time.time()
+    for x in (
+        STTMetrics(label="stt", request_id="1", timestamp=now, duration=0.0, audio_duration=4.5, streamed=True,
+                   metadata=Metadata(model_provider="deepgram", model_name="nova-3")),
+        EOUMetrics(timestamp=now, end_of_utterance_delay=0.3, transcription_delay=0.1,
+                   on_user_turn_completed_delay=0.0),
+        LLMMetrics(label="llm", request_id="2", timestamp=now, duration=0.9, ttft=0.25, cancelled=False,
+                   completion_tokens=12, prompt_tokens=300, prompt_cached_tokens=100, total_tokens=312,
+                   tokens_per_second=13.3, metadata=meta),
+        TTSMetrics(label="tts", request_id="3", timestamp=now, ttfb=0.15, duration=1.0, audio_duration=3.0,
+                   cancelled=False, characters_count=42, streamed=True,
+                   metadata=Metadata(model_provider="elevenlabs", model_name="flash")),
+    ):
+        session.emit("metrics_collected", lk_events.MetricsCollectedEvent(metrics=x))
+    session.emit("conversation_item_added", _message("assistant"))
+    await client.aclose()
+
+    s = await scrape()
+    llm_labels = dict(agent="old", provider="openai", model="gpt-4o-mini")
+    assert value(s, "voice_agent_llm_request_duration_seconds_sum", **llm_labels) == 0.9
+    assert value(s, "voice_agent_llm_tokens_total", **llm_labels, type="input") == 300
+    assert value(s, "voice_agent_llm_time_to_first_token_seconds_sum", **llm_labels) == 0.25
+    assert value(s, "voice_agent_transcription_delay_seconds_sum", agent="old", provider="deepgram",
+                 model="nova-3") == 0.1
+    assert value(s, "voice_agent_tts_time_to_first_byte_seconds_sum", agent="old", provider="elevenlabs",
+                 model="flash") == 0.15
+    # LiveKit's formula for the total when the turn metrics are not there: eou + ttft + ttfb.
+    assert value(s, "voice_agent_turn_latency_seconds_sum", agent="old") == pytest.approx(0.7)
+    assert value(s, "voice_agent_tts_characters_total", agent="old", provider="elevenlabs", model="flash") == 42
+    assert value(s, "voice_agent_stt_audio_seconds_total", agent="old", provider="deepgram", model="nova-3") == 4.5
+
+
+async def test_with_the_exporter_down_the_agent_is_never_blocked():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = EventsClient(f"http://127.0.0.1:{port}", EVENTS_TOKEN, backoff=0.05, max_retries=2)
+    session = AgentSession(llm=ScriptedLLM())
+    instrument(session, agent="offline", client=client)
+    await session.start(SupportAgent())
+    worst, period = 0.0, 0.005
+
+    async def ticker():
+        nonlocal worst
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(period)
+            worst = max(worst, time.perf_counter() - t - period)
+
+    tick = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    for _ in range(5):
+        await session.run(user_input="hello")
+    elapsed = time.perf_counter() - started
+    tick.cancel()
+    await session.aclose()
+    await client.aclose(timeout=0.1)
+    assert elapsed < 5, f"5 turns took {elapsed:.1f}s with the exporter down"
+    assert worst < 0.1, f"the agent's loop stalled for {worst * 1000:.0f} ms"
+    assert client.stats.sent == 0 and client.stats.retries >= 1
+    logging.getLogger(__name__).info("exporter down: worst loop lag %.1f ms", worst * 1000)
