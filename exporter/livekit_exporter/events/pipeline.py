@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..config import EventsConfig, Price
+from ..guard import OTHER, LabelGuard
 from ..telemetry import Telemetry
 from . import model as m
 
@@ -79,8 +80,8 @@ class Discarded:
 
 @dataclass
 class _ActiveCall:
-    agent: str
-    direction: str
+    labels: tuple[str, str]  # agent (as guarded for voice_agent_calls_active), direction
+    gauge: Any  # its child of voice_agent_calls_active
     deadline: float
 
 
@@ -113,6 +114,35 @@ class PriceTable:
         return e.characters / 1e6 * p.usd_per_million_characters + e.audio_seconds / 60 * p.usd_per_audio_minute
 
 
+# Labels whose values users choose, so they pass the cardinality guard; the others are enums.
+GUARDED = frozenset({"agent", "campaign", "outcome", "provider", "model", "tool", "dependency"})
+
+
+class Family:
+    """A labelled metric whose children are looked up by the raw label values.
+
+    The guard runs once per new combination: a combination whose values were all admitted is
+    cached (the guard would admit it again, and count nothing). One that was folded into
+    __other__ is never cached, so every later occurrence is counted as an overflow again.
+    """
+
+    def __init__(self, metric: Counter | Gauge | Histogram, name: str, guard: LabelGuard,
+                 guarded: frozenset[str] = GUARDED):
+        self.metric, self.name, self._guard = metric, name, guard
+        self._labels = tuple((label, label in guarded) for label in metric._labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            labels = tuple(self._guard(self.name, label, v) if guarded else v
+                           for (label, guarded), v in zip(self._labels, values))
+            child = self.metric.labels(*labels)
+            if OTHER not in labels:
+                self._children[values] = child
+        return child
+
+
 class Pipeline:
     """Owns the voice_agent_* metrics of one exporter and applies validated batches to them."""
 
@@ -126,11 +156,13 @@ class Pipeline:
         self._dependencies: dict[tuple[str, str], float] = {}
         r = telemetry.registry
 
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(name, doc, labels, registry=r)
+        guard = telemetry.guard
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
-            return Gauge(name, doc, labels, registry=r)
+        def counter(name: str, doc: str, labels: tuple[str, ...], guarded: frozenset[str] = GUARDED) -> Family:
+            return Family(Counter(name, doc, labels, registry=r), name, guard, guarded)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Family:
+            return Family(Gauge(name, doc, labels, registry=r), name, guard)
 
         self.calls_started = counter(
             "voice_agent_calls_started_total", "Calls started (call_started events).",
@@ -177,13 +209,14 @@ class Pipeline:
             ("agent", "provider", "model"))
         self.errors = counter(
             "voice_agent_errors_total", "Errors by pipeline component and error type.",
-            ("agent", "component", "type"))
+            ("agent", "component", "type"), guarded=frozenset({"agent", "type"}))
         self.cost = counter(
             "voice_agent_estimated_cost_dollars_total",
             "Estimated spend in US dollars: usage times the price table in events.prices (unpriced usage adds nothing).",
             ("agent", "component", "provider", "model"))
         self.histograms = {
-            name: Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r)
+            name: Family(Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r),
+                         name, guard)
             for name, (labels, doc, default) in HISTOGRAMS.items()
         }
         h = self.histograms
@@ -193,19 +226,21 @@ class Pipeline:
         self.eou_delay = h["voice_agent_end_of_utterance_delay_seconds"]
         self.llm_duration = h["voice_agent_llm_request_duration_seconds"]
         self.tool_duration = h["voice_agent_tool_call_duration_seconds"]
+        self.transcription_delay = h["voice_agent_transcription_delay_seconds"]
+        self.llm_ttft = h["voice_agent_llm_time_to_first_token_seconds"]
+        self.tts_ttfb = h["voice_agent_tts_time_to_first_byte_seconds"]
 
-        self.events_total = counter(
-            "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",))
-        self.latencies_discarded = counter(
+        self.events_total = Counter(
+            "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",), registry=r)
+        self.latencies_discarded = Counter(
             "livekit_exporter_event_latencies_discarded_total",
             "Timings above events.max_latency, not observed (the rest of their event was applied).",
-            ("type", "field"))
-        self.requests_rejected = counter(
+            ("type", "field"), registry=r)
+        self.requests_rejected = Counter(
             "livekit_exporter_event_requests_rejected_total",
             "Requests to the events API refused whole (none of their events applied), by reason.",
-            ("reason",))
-        for t in m.TYPE_NAMES:
-            self.events_total.labels(t)
+            ("reason",), registry=r)
+        self._events_total = {t: self.events_total.labels(t) for t in m.TYPE_NAMES}
         self._apply = {
             m.CallStarted: self._call_started, m.CallAnswered: self._call_answered,
             m.CallEnded: self._call_ended, m.CallsQueued: self._calls_queued,
@@ -225,13 +260,10 @@ class Pipeline:
             tag = e.__struct_config__.tag
             counts[tag] = counts.get(tag, 0) + 1
         for tag, n in counts.items():
-            self.events_total.labels(tag).inc(n)
+            self._events_total[tag].inc(n)
         for d in discarded:
             self.latencies_discarded.labels(events[d.index].__struct_config__.tag, d.field).inc()
         return discarded
-
-    def _g(self, metric: str, label: str, value: str) -> str:
-        return self.guard(metric, label, value)
 
     def _latency(self, value: float | None, name: str, index: int, discarded: list[Discarded]) -> bool:
         """Whether `value` is to be observed; records it when the sanity rule discards it."""
@@ -242,130 +274,103 @@ class Pipeline:
             return False
         return True
 
-    def _call_labels(self, metric: str, e: m.CallStarted | m.CallAnswered | m.CallEnded) -> tuple[str, str, str]:
-        return self._g(metric, "agent", e.agent), e.direction, self._g(metric, "campaign", e.campaign)
-
     def _call_started(self, e: m.CallStarted, i: int, d: list[Discarded]) -> None:
-        self.calls_started.labels(*self._call_labels("voice_agent_calls_started_total", e)).inc()
+        self.calls_started(e.agent, e.direction, e.campaign).inc()
         if e.call_id in self._active:
             return  # a retried delivery of the same start: the call is counted active once
         if len(self._active) >= MAX_ACTIVE_CALLS:
             self._expire(next(iter(self._active)))
-        agent = self._g("voice_agent_calls_active", "agent", e.agent)
-        self._active[e.call_id] = _ActiveCall(agent, e.direction, self.clock() + self.config.call_ttl)
-        self.calls_active.labels(agent, e.direction).inc()
+        # The guarded agent also labels voice_agent_calls_expired_total when the call expires.
+        agent = self.guard("voice_agent_calls_active", "agent", e.agent)
+        gauge = self.calls_active.metric.labels(agent, e.direction)
+        self._active[e.call_id] = _ActiveCall((agent, e.direction), gauge, self.clock() + self.config.call_ttl)
+        gauge.inc()
 
     def _call_answered(self, e: m.CallAnswered, i: int, d: list[Discarded]) -> None:
-        agent, direction, campaign = self._call_labels("voice_agent_calls_answered_total", e)
-        self.calls_answered.labels(agent, direction, campaign, e.answered_by).inc()
+        self.calls_answered(e.agent, e.direction, e.campaign, e.answered_by).inc()
         if e.setup_seconds is not None:
-            self.call_setup.labels(self._g("voice_agent_call_setup_seconds", "agent", e.agent),
-                                   e.direction).observe(e.setup_seconds)
+            self.call_setup(e.agent, e.direction).observe(e.setup_seconds)
 
     def _call_ended(self, e: m.CallEnded, i: int, d: list[Discarded]) -> None:
-        metric = "voice_agent_calls_ended_total"
-        agent, direction, campaign = self._call_labels(metric, e)
-        self.calls_ended.labels(agent, direction, campaign, self._g(metric, "outcome", e.outcome)).inc()
+        self.calls_ended(e.agent, e.direction, e.campaign, e.outcome).inc()
         if e.duration_seconds is not None:
-            metric = "voice_agent_call_duration_seconds"
-            self.call_duration.labels(self._g(metric, "agent", e.agent), e.direction,
-                                      self._g(metric, "outcome", e.outcome)).observe(e.duration_seconds)
+            self.call_duration(e.agent, e.direction, e.outcome).observe(e.duration_seconds)
         call = self._active.pop(e.call_id, None)
         if call is not None:
-            self.calls_active.labels(call.agent, call.direction).dec()
+            call.gauge.dec()
 
     def _calls_queued(self, e: m.CallsQueued, i: int, d: list[Discarded]) -> None:
-        metric = "voice_agent_calls_queued"
-        self.calls_queued.labels(self._g(metric, "agent", e.agent), self._g(metric, "campaign", e.campaign)).set(e.queued)
+        self.calls_queued(e.agent, e.campaign).set(e.queued)
 
     def _campaign_status(self, e: m.CampaignStatus, i: int, d: list[Discarded]) -> None:
-        self.campaign_running.labels(self._g("voice_agent_campaign_running", "campaign", e.campaign)).set(
-            1 if e.running else 0)
+        self.campaign_running(e.campaign).set(1 if e.running else 0)
 
     def _dependency_status(self, e: m.DependencyStatus, i: int, d: list[Discarded]) -> None:
-        metric = "voice_agent_dependency_up"
-        key = (self._g(metric, "agent", e.agent), self._g(metric, "dependency", e.dependency))
-        self.dependency_up.labels(*key).set(1 if e.up else 0)
+        name = "voice_agent_dependency_up"
+        key = (self.guard(name, "agent", e.agent), self.guard(name, "dependency", e.dependency))
+        self.dependency_up.metric.labels(*key).set(1 if e.up else 0)
         # Re-inserted at the end, so the dict stays ordered by deadline for the sweep.
         self._dependencies.pop(key, None)
         self._dependencies[key] = self.clock() + self.config.dependency_ttl
 
     def _turn(self, e: m.Turn, i: int, d: list[Discarded]) -> None:
-        g = self._g
         agent = e.agent
-        self.turns.labels(g("voice_agent_turns_total", "agent", agent), "true" if e.interrupted else "false").inc()
+        self.turns(agent, "true" if e.interrupted else "false").inc()
         interruptions = e.interruptions if e.interruptions is not None else int(e.interrupted)
         if interruptions:
-            self.interruptions.labels(g("voice_agent_interruptions_total", "agent", agent)).inc(interruptions)
+            self.interruptions(agent).inc(interruptions)
         if self._latency(e.e2e_latency_seconds, "e2e_latency_seconds", i, d):
-            self.turn_latency.labels(g("voice_agent_turn_latency_seconds", "agent", agent)).observe(e.e2e_latency_seconds)
+            self.turn_latency(agent).observe(e.e2e_latency_seconds)
         if self._latency(e.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", i, d):
-            self.eou_delay.labels(g("voice_agent_end_of_utterance_delay_seconds", "agent", agent)).observe(
-                e.end_of_utterance_delay_seconds)
-        for value, field, name, provider, model in (
-            (e.transcription_delay_seconds, "transcription_delay_seconds",
-             "voice_agent_transcription_delay_seconds", e.stt_provider, e.stt_model),
-            (e.llm_ttft_seconds, "llm_ttft_seconds",
-             "voice_agent_llm_time_to_first_token_seconds", e.llm_provider, e.llm_model),
-            (e.tts_ttfb_seconds, "tts_ttfb_seconds",
-             "voice_agent_tts_time_to_first_byte_seconds", e.tts_provider, e.tts_model),
-        ):
-            if self._latency(value, field, i, d):
-                self.histograms[name].labels(g(name, "agent", agent), g(name, "provider", provider or UNKNOWN),
-                                             g(name, "model", model or UNKNOWN)).observe(value)
-
-    def _usage_labels(self, metric: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage) -> tuple[str, str, str]:
-        g = self._g
-        return g(metric, "agent", e.agent), g(metric, "provider", e.provider), g(metric, "model", e.model)
+            self.eou_delay(agent).observe(e.end_of_utterance_delay_seconds)
+        if self._latency(e.transcription_delay_seconds, "transcription_delay_seconds", i, d):
+            self.transcription_delay(agent, e.stt_provider or UNKNOWN, e.stt_model or UNKNOWN).observe(
+                e.transcription_delay_seconds)
+        if self._latency(e.llm_ttft_seconds, "llm_ttft_seconds", i, d):
+            self.llm_ttft(agent, e.llm_provider or UNKNOWN, e.llm_model or UNKNOWN).observe(e.llm_ttft_seconds)
+        if self._latency(e.tts_ttfb_seconds, "tts_ttfb_seconds", i, d):
+            self.tts_ttfb(agent, e.tts_provider or UNKNOWN, e.tts_model or UNKNOWN).observe(e.tts_ttfb_seconds)
 
     def _add_cost(self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage, cost: float) -> None:
         if cost > 0:
-            metric = "voice_agent_estimated_cost_dollars_total"
-            agent, provider, model = self._usage_labels(metric, e)
-            self.cost.labels(agent, component, provider, model).inc(cost)
+            self.cost(e.agent, component, e.provider, e.model).inc(cost)
 
     def _stt(self, e: m.STTUsage, i: int, d: list[Discarded]) -> None:
-        self.stt_audio.labels(*self._usage_labels("voice_agent_stt_audio_seconds_total", e)).inc(e.audio_seconds)
+        self.stt_audio(e.agent, e.provider, e.model).inc(e.audio_seconds)
         price = self.prices.lookup(e.provider, e.model)
         if price is not None:
             self._add_cost("stt", e, PriceTable.stt_cost(price, e))
 
     def _llm(self, e: m.LLMUsage, i: int, d: list[Discarded]) -> None:
-        labels = self._usage_labels("voice_agent_llm_tokens_total", e)
         for kind, n in (("input", e.input_tokens), ("output", e.output_tokens), ("cached", e.cached_tokens)):
             if n:
-                self.llm_tokens.labels(*labels, kind).inc(n)
+                self.llm_tokens(e.agent, e.provider, e.model, kind).inc(n)
         if self._latency(e.duration_seconds, "duration_seconds", i, d):
-            self.llm_duration.labels(*self._usage_labels("voice_agent_llm_request_duration_seconds", e)).observe(
-                e.duration_seconds)
+            self.llm_duration(e.agent, e.provider, e.model).observe(e.duration_seconds)
         price = self.prices.lookup(e.provider, e.model)
         if price is not None:
             self._add_cost("llm", e, PriceTable.llm_cost(price, e))
 
     def _tts(self, e: m.TTSUsage, i: int, d: list[Discarded]) -> None:
         if e.characters:
-            self.tts_characters.labels(*self._usage_labels("voice_agent_tts_characters_total", e)).inc(e.characters)
+            self.tts_characters(e.agent, e.provider, e.model).inc(e.characters)
         price = self.prices.lookup(e.provider, e.model)
         if price is not None:
             self._add_cost("tts", e, PriceTable.tts_cost(price, e))
 
     def _tool_call(self, e: m.ToolCall, i: int, d: list[Discarded]) -> None:
         if self._latency(e.duration_seconds, "duration_seconds", i, d):
-            metric = "voice_agent_tool_call_duration_seconds"
-            self.tool_duration.labels(self._g(metric, "agent", e.agent), self._g(metric, "tool", e.tool)).observe(
-                e.duration_seconds)
+            self.tool_duration(e.agent, e.tool).observe(e.duration_seconds)
 
     def _error(self, e: m.Error, i: int, d: list[Discarded]) -> None:
-        metric = "voice_agent_errors_total"
-        self.errors.labels(self._g(metric, "agent", e.agent), e.component,
-                           self._g(metric, "type", e.error_type)).inc()
+        self.errors(e.agent, e.component, e.error_type).inc()
 
     # -- time-to-live ------------------------------------------------------------------------------
 
     def _expire(self, call_id: str) -> None:
         call = self._active.pop(call_id)
-        self.calls_active.labels(call.agent, call.direction).dec()
-        self.calls_expired.labels(call.agent, call.direction).inc()
+        call.gauge.dec()
+        self.calls_expired.metric.labels(*call.labels).inc()
 
     def sweep(self) -> None:
         """Ends calls older than call_ttl and drops dependency reports older than dependency_ttl."""
@@ -380,7 +385,7 @@ class Pipeline:
             if self._dependencies[key] > now:
                 break
             del self._dependencies[key]
-            self.dependency_up.remove(*key)
+            self.dependency_up.metric.remove(*key)
 
     @property
     def active_calls(self) -> int:
