@@ -91,6 +91,9 @@ def serve(kind: str, port: int) -> None:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/v1/events", handler)
     else:
+        import logging
+
+        logging.disable(logging.WARNING)  # no LiveKit behind it: its state collector would complain
         from livekit_exporter.config import Config, EventsConfig, LiveKitConfig, Secret
         from livekit_exporter.server import build_app
 
