@@ -15,7 +15,6 @@ answered for. Takes about 2 x rounds x duration seconds plus a few seconds of se
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil

@@ -110,6 +110,7 @@ class CallInstrumentation:
         self._false_interruptions = 0
         self._usage: dict[tuple[str, str, str], dict[str, float]] = {}
         self._ended = False
+        self._flush: asyncio.Task[bool] | None = None
         self._emit(m.CallStarted(agent=agent, call_id=call_id, direction=direction, campaign=campaign))
         if answered:
             self.answered("human")
@@ -277,7 +278,8 @@ class CallInstrumentation:
         self._emit(m.CallEnded(agent=self.agent, call_id=self.call_id, direction=self.direction,
                                campaign=self.campaign, outcome=(self.outcome or reason)[:128],
                                duration_seconds=_seconds(self.clock() - self.started)))
-        asyncio.get_running_loop().create_task(self.client.flush(5.0), name="livekit-exporter-flush")
+        # Kept on self: the loop holds only a weak reference to a task.
+        self._flush = asyncio.get_running_loop().create_task(self.client.flush(5.0), name="livekit-exporter-flush")
 
 
 def instrument(session: AgentSession, *, agent: str, direction: Literal["inbound", "outbound", "web"] = "web",

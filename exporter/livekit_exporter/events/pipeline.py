@@ -136,7 +136,7 @@ class Family:
         child = self._children.get(values)
         if child is None:
             labels = tuple(self._guard(self.name, label, v) if guarded else v
-                           for (label, guarded), v in zip(self._labels, values))
+                           for (label, guarded), v in zip(self._labels, values, strict=True))
             child = self.metric.labels(*labels)
             if OTHER not in labels:
                 self._children[values] = child
