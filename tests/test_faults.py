@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 
 from conftest import value
-from livekit_exporter.config import LiveKitConfig
 from livekit_exporter.simulator import Fault
 
 TIMEOUT_HEADER = {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}

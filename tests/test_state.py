@@ -17,7 +17,7 @@ from livekit.protocol import models as proto_models
 
 from conftest import samples, value
 from livekit_exporter.simulator import Scenario
-from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind, State
+from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
 
 SECTION_1 = {
     "livekit_rooms", "livekit_rooms_full", "livekit_room_participants", "livekit_room_publishers",
@@ -131,7 +131,7 @@ async def test_a_room_that_leaves_leaves_metrics_at_the_next_scrape(scenario, si
 async def test_paginated_lists_are_followed_to_the_end(scenario, simulator, exporter_client):
     scenario.page_size = 2
     scenario.add_room("r")
-    for i in range(7):
+    for _ in range(7):
         scenario.add_egress("r", "track", proto_egress.EGRESS_ACTIVE)
         scenario.add_ingress(proto_ingress.WHIP_INPUT, proto_ingress.IngressState.ENDPOINT_BUFFERING)
     for _ in range(2345):  # SIP lists page by 1000 through Pagination.after_id

@@ -331,7 +331,7 @@ async def test_simulated_run_with_retries_duplicates_and_reordering(scenario, ho
     async with WebhookSender(scenario, str(hook.make_url("/webhook")), delivery=delivery) as sender:
         rng = random.Random(2)
         populate(scenario, rng)
-        for eid, e in list(scenario.egress.items()):
+        for eid in list(scenario.egress):
             scenario.set_egress_status(eid, egress.EGRESS_COMPLETE, output_bytes=rng.randrange(10**6, 10**8))
         for name in list(scenario.rooms)[:5]:
             scenario.remove_room(name)

@@ -159,7 +159,7 @@ class StateCollector:
         results = await asyncio.gather(
             *(jobs[s](deadline, snap) for s in services), return_exceptions=True
         )
-        for service, result in zip(services, results):
+        for service, result in zip(services, results, strict=True):
             snap.up[service] = not isinstance(result, BaseException)
             if isinstance(result, BaseException) and not isinstance(result, _CallFailed):
                 log.error("collecting %s failed unexpectedly", service, exc_info=result)
@@ -209,7 +209,7 @@ class StateCollector:
         token = ""
         while True:
             req = proto_egress.ListEgressRequest(active=True, page_token=proto_models.TokenPagination(token=token))
-            res = await self._call("egress", "ListEgress", deadline, lambda: self._lkapi.egress.list_egress(req))
+            res = await self._call("egress", "ListEgress", deadline, lambda req=req: self._lkapi.egress.list_egress(req))
             items.extend(res.items)
             token = res.next_page_token.token
             if not token:
@@ -221,7 +221,7 @@ class StateCollector:
         token = ""
         while True:
             req = proto_ingress.ListIngressRequest(page_token=proto_models.TokenPagination(token=token))
-            res = await self._call("ingress", "ListIngress", deadline, lambda: self._lkapi.ingress.list_ingress(req))
+            res = await self._call("ingress", "ListIngress", deadline, lambda req=req: self._lkapi.ingress.list_ingress(req))
             items.extend(res.items)
             token = res.next_page_token.token
             if not token:
@@ -232,7 +232,7 @@ class StateCollector:
         count, after = 0, ""
         while True:
             req = request_cls(page=proto_models.Pagination(after_id=after, limit=SIP_PAGE_SIZE))
-            res = await self._call("sip", method, deadline, lambda: list_fn(req))
+            res = await self._call("sip", method, deadline, lambda req=req: list_fn(req))
             count += len(res.items)
             if len(res.items) < SIP_PAGE_SIZE:
                 return count
@@ -397,7 +397,7 @@ def _room_families(rooms: list[proto_models.Room], bounds: tuple[float, ...]) ->
         "Open rooms by number of participants (as Room.num_participants counts them).",
     )
     cumulative, pairs = 0, []
-    for b, c in zip(list(bounds) + [float("inf")], buckets):
+    for b, c in zip(list(bounds) + [float("inf")], buckets, strict=True):
         cumulative += c
         pairs.append(("+Inf" if b == float("inf") else _fmt_bound(b), cumulative))
     size_f.add_metric([], pairs, gsum_value=participants)

@@ -357,7 +357,7 @@ class Scenario:
             1 for r in rooms if any(e.room_name == r.info.name and e.status in ACTIVE_EGRESS for e in self.egress.values())
         ))
         put("livekit_rooms_full", sum(
-            1 for r, n in zip(rooms, people) if r.info.max_participants and n >= r.info.max_participants
+            1 for r, n in zip(rooms, people, strict=True) if r.info.max_participants and n >= r.info.max_participants
         ))
         for e in self.egress.values():
             if e.status in ACTIVE_EGRESS:
