@@ -30,26 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_events import TOKEN, Collector, start  # noqa: E402
+from bench_events import TOKEN, start  # noqa: E402
+from common import ListSink  # noqa: E402
 
 
 def workload(n: int) -> list:
     from livekit_exporter.simulator.voice_agents import VoiceAgentFleet
 
-    sink = Collector()
+    sink = ListSink()
     fleet = VoiceAgentFleet(sink, seed=9)  # type: ignore[arg-type]
     while len(sink.events) < n:
         fleet.simulate(calls=50)
     return sink.events[:n]
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.items: list = []
-
-    def emit(self, event) -> bool:
-        self.items.append(event)
-        return True
 
 
 async def run(emitter, events: list, settle) -> dict[str, float]:
@@ -96,7 +88,7 @@ async def once(kind: str, events: list, port: int) -> tuple[dict[str, float], st
         async def settle() -> None:
             pass
 
-        return await run(sink, events, settle), f"{len(sink.items)} kept"
+        return await run(sink, events, settle), f"{len(sink.events)} kept"
     if kind == "up":
         client = EventsClient(f"http://127.0.0.1:{port}", TOKEN, max_queue=len(events))
 

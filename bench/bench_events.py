@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
+
+from common import ListSink, free_port, wait_listening  # noqa: E402
 
 TOKEN = "bench-events-token-0123456789abcdef"
 
@@ -47,24 +48,13 @@ end
 """
 
 
-class Collector:
-    """Stands in for the push client: keeps what the simulated agents emit."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-
-    def emit(self, event) -> bool:
-        self.events.append(event)
-        return True
-
-
 def batch_of_100() -> bytes:
     import msgspec
 
     from livekit_exporter.events.model import Batch, CallStarted, CallEnded
     from livekit_exporter.simulator.voice_agents import VoiceAgentFleet
 
-    sink = Collector()
+    sink = ListSink()
     VoiceAgentFleet(sink, seed=3).simulate(calls=30)  # type: ignore[arg-type]
     # Every request sends the same body: call ids repeat, which the active-call table tolerates
     # (a repeated start counts once), so keep the lifecycle events but mostly turns and usage.
@@ -105,24 +95,11 @@ def serve(kind: str, port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(kind: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port)])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the {kind} server did not start on port {port}")
+    wait_listening(port, proc)
+    return proc, port
 
 
 def wrk(port: int, script: str, duration: int, connections: int) -> dict[str, float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,14 +31,10 @@ from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
 
+from common import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY, SECRET = "benchkey", "bench-secret-" + "b" * 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start(args: list[str], env: dict, ready: str) -> asyncio.subprocess.Process:
