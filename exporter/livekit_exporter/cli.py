@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import __version__
 from . import config as config_mod
-from . import logsetup
+from . import logsetup, webconfig
 from .server import DEFAULT_LISTEN_ADDRESS, DEFAULT_TELEMETRY_PATH, build_app, parse_listen_address
 
 log = logging.getLogger("livekit_exporter")
@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{serve,demo,check-config}")
     serve = sub.add_parser("serve", help="run the exporter (the default)")
     _common(serve)
+    serve.add_argument("--web.config.file", dest="web_config_file", default=None,
+                       help="exporter-toolkit style file for TLS and basic auth of the exporter's endpoints")
     serve.add_argument("--config.file", dest="config_file", default=None,
                        help="YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)")
     demo = sub.add_parser("demo", help="run a simulated LiveKit and the exporter pointed at it")
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = config_mod.load(args.config_file)
+        web_cfg = webconfig.load(args.web_config_file) if args.web_config_file else webconfig.WebConfig()
     except config_mod.ConfigError as e:
         print("livekit-exporter: the configuration is not usable:", file=sys.stderr)
         for problem in e.problems:
@@ -78,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     secrets = [cfg.livekit.api_secret.reveal(), *(k.api_secret.reveal() for k in cfg.webhooks.keys),
                *(t.reveal() for t in cfg.events.tokens)]
     logsetup.setup(level, args.log_format, secrets)
-    app = build_app(cfg, telemetry_path=args.telemetry_path)
+    app = build_app(cfg, telemetry_path=args.telemetry_path, web_config=web_cfg)
     log.info("starting livekit-exporter", extra={"version": __version__, "address": f"{host}:{port}",
-                                                "livekit": cfg.livekit.url, "config": cfg.source})
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+                                                "livekit": cfg.livekit.url, "config": cfg.source,
+                                                "tls": web_cfg.ssl_context is not None,
+                                                "basic_auth": bool(web_cfg.basic_auth_users)})
+    web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=web_cfg.ssl_context)
     return 0
 
 

@@ -24,6 +24,7 @@ from . import events, webhooks
 from .config import Config
 from .livekit_state import ScrapeView, StateCollector, families
 from .telemetry import Telemetry
+from .webconfig import WebConfig, basic_auth_middleware
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,18 @@ def build_app(
     *,
     telemetry: Telemetry | None = None,
     telemetry_path: str = DEFAULT_TELEMETRY_PATH,
+    web_config: WebConfig | None = None,
 ) -> web.Application:
     telemetry = telemetry or Telemetry(config.label_max_values)
     state = StateCollector(config.livekit, config.collect, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
     # Bodies are read by the handlers with their own limits; this is only aiohttp's outer bound.
-    app = web.Application(client_max_size=max_body + 1)
+    middlewares = []
+    if web_config and web_config.basic_auth_users:
+        # The webhook and events endpoints authenticate every request themselves.
+        exempt = [c.path for c in (config.webhooks, config.events) if c.enabled]
+        middlewares.append(basic_auth_middleware(web_config.basic_auth_users, exempt))
+    app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
     app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path)
     app.router.add_get("/", handle_index)
     app.router.add_get(telemetry_path, handle_metrics)
