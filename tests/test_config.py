@@ -163,3 +163,37 @@ def test_missing_secret_file_is_reported(tmp_path):
 @pytest.mark.parametrize("text,seconds", [("500ms", 0.5), ("10s", 10), ("1m30s", 90), ("2h", 7200), ("1d", 86400)])
 def test_durations(text, seconds):
     assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("body,expected", [
+    pytest.param("collect:\n  room_size_buckets: [1, 1, 2]\n", "must not repeat an item", id="duplicate-buckets"),
+    pytest.param("collect:\n  room_size_buckets: [1, .inf]\n", "must be finite numbers", id="infinite-bucket"),
+    pytest.param("collect:\n  services: []\n", "must have at least 1 item", id="no-services"),
+    pytest.param("livekit:\n  url: https://x y\n", "must be an http(s):// or ws(s):// URL", id="url-with-space"),
+    pytest.param("collect:\n  timeout_margin: 1s\n  timeout_margin: 2s\n", "livekit-exporter.yml:4: not valid YAML: key 'timeout_margin' is given twice (first on line 3)", id="duplicate-key"),
+    pytest.param(f"livekit:\n  api_secret: {SECRET}\n  api_secret_file: /x\n", "not both", id="secret-and-file"),
+])
+def test_more_bad_files(tmp_path, body, expected):
+    base = "livekit: {url: https://lk.example.com, api_key: k, api_secret: s}\n"
+    text = body if body.startswith("livekit") else base + body
+    r = run_check(write(tmp_path, text))
+    assert r.returncode == 2
+    assert expected in r.stderr, r.stderr
+    assert SECRET not in r.stderr
+
+
+def test_a_secret_file_given_as_the_config_is_not_echoed(tmp_path):
+    p = tmp_path / "secret"
+    p.write_text(SECRET + "\n")
+    r = run_check(p)
+    assert r.returncode == 2
+    assert "(top level): must be of type object" in r.stderr
+    assert SECRET not in r.stderr
+
+
+def test_a_binary_file_is_reported_not_a_traceback(tmp_path):
+    p = tmp_path / "cfg.yml"
+    p.write_bytes(b"\xff\xfe\x00livekit: 1\n")
+    r = run_check(p)
+    assert r.returncode == 2
+    assert "not UTF-8 text" in r.stderr and "Traceback" not in r.stderr

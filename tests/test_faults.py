@@ -120,3 +120,83 @@ async def test_wrong_secret_is_unauthenticated_and_never_shown(scenario, simulat
     logged = " ".join(str(r.__dict__) for r in caplog.records)
     assert wrong not in logged and scenario.api_secret not in logged
     assert any(getattr(r, "code", None) == "unauthenticated" for r in caplog.records)
+
+
+async def test_a_hanging_service_leaves_room_detail_alone(scenario, simulator, exporter_client):
+    """Detail follows ListRooms inside the room job: a hung egress cannot starve it."""
+    for i in range(20):
+        scenario.add_room(f"r{i}")
+        scenario.add_participant(f"r{i}", "u")
+        scenario.add_dispatch(f"r{i}", "agent", [1])
+    client = await exporter_client(detail=True)
+    scenario.set_fault("egress", Fault("hang"))
+    text, took = await scrape(client)
+    assert took < 1.5
+    assert value(text, "livekit_api_up", service="egress") == 0
+    assert value(text, "livekit_api_up", service="room") == 1
+    assert value(text, "livekit_api_up", service="agent_dispatch") == 1
+    assert value(text, "livekit_participants", kind="standard", state="active") == 20
+    assert value(text, "livekit_agent_jobs", agent_name="agent", status="running") == 20
+    assert value(text, "livekit_api_errors_total", service="room", method="ListParticipants", code="timeout") is None
+
+
+async def test_detail_that_misses_the_deadline_is_one_timeout_not_a_wrong_sum(scenario, simulator, exporter_client):
+    for i in range(30):
+        scenario.add_room(f"r{i}")
+        scenario.add_participant(f"r{i}", "u")
+    client = await exporter_client(detail=True, max_rooms=30, concurrency=2)
+    await scrape(client)
+    scenario.set_fault("room", Fault(latency=0.1))  # 30 rooms, 2 at a time, 0.2 s a room: ~3 s > 1 s budget
+    text, took = await scrape(client)
+    assert took < 1.5
+    assert value(text, "livekit_api_up", service="room") == 0
+    assert value(text, "livekit_api_up", service="egress") == 1
+    assert value(text, "livekit_participants", kind="standard", state="active") is None  # no partial sum
+    assert value(text, "livekit_rooms", occupancy="occupied") is None
+    errors = value(text, "livekit_api_errors_total", service="room", method="ListParticipants", code="timeout")
+    assert errors is not None and errors <= 3  # the calls in flight at the deadline, plus one for the rest
+
+
+async def test_a_joiner_with_a_shorter_timeout_gets_what_was_read(scenario, simulator, exporter_client):
+    """An HA pair of Prometheus servers with different scrape timeouts share one collection."""
+    import asyncio
+
+    scenario.add_room("r")
+    scenario.add_participant("r", "u")
+    client = await exporter_client()
+    await scrape(client)
+    scenario.set_fault("egress", Fault("hang"))
+    long = asyncio.ensure_future(client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "4"}))
+    await asyncio.sleep(0.2)
+    resp = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1"})
+    text = await resp.text()
+    assert value(text, "livekit_api_up", service="egress") == 0
+    for s in ("room", "ingress", "sip"):
+        assert value(text, "livekit_api_up", service=s) == 1
+    assert value(text, "livekit_room_participants") == 1
+    long_text = await (await long).text()
+    assert value(long_text, "livekit_api_up", service="room") == 1
+    assert value(long_text, "livekit_api_errors_total", service="egress", method="ListEgress", code="timeout") == 1
+
+
+async def test_request_timeout_bounds_each_call(scenario, simulator, make_config, exporter_client):
+    cfg = make_config()
+    cfg = replace(cfg, livekit=replace(cfg.livekit, request_timeout=0.3))
+    client = await exporter_client(cfg)
+    scenario.set_fault("sip", Fault("hang"))
+    t0 = time.monotonic()
+    resp = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "30"})
+    took = time.monotonic() - t0
+    text = await resp.text()
+    assert took < 2, f"request_timeout 0.3 s did not bound the call ({took:.1f} s)"
+    assert value(text, "livekit_api_up", service="sip") == 0
+    assert value(text, "livekit_api_errors_total", service="sip", method="ListSIPInboundTrunk", code="timeout") == 1
+
+
+async def test_an_absurd_timeout_header_is_cut(scenario, simulator, make_config, exporter_client):
+    client = await exporter_client(make_config(max_scrape_timeout=1.0))
+    scenario.set_fault("ingress", Fault("hang"))
+    t0 = time.monotonic()
+    text = await (await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1e9"})).text()
+    assert time.monotonic() - t0 < 2
+    assert value(text, "livekit_api_up", service="ingress") == 0

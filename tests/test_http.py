@@ -67,10 +67,21 @@ async def test_custom_telemetry_path(aiohttp_client, make_config):
 
 
 def test_scrape_budget():
-    assert scrape_budget("10", 10, 0.5) == 9.5
-    assert scrape_budget(None, 8, 0.5) == 7.5
-    assert scrape_budget("garbage", 8, 0.5) == 7.5
-    assert scrape_budget("0.6", 10, 0.5) == 0.3  # never less than half of a short timeout
+    assert scrape_budget("10", 10, 0.5, 120) == 9.5
+    assert scrape_budget(None, 8, 0.5, 120) == 7.5
+    assert scrape_budget("garbage", 8, 0.5, 120) == 7.5
+    assert scrape_budget("0.6", 10, 0.5, 120) == 0.3  # never less than half of a short timeout
+    for absurd in ("inf", "nan", "-3", "0"):
+        assert scrape_budget(absurd, 8, 0.5, 120) == 7.5
+    assert scrape_budget("1e9", 8, 0.5, 120) == 119.5  # cut to collect.max_scrape_timeout
+
+
+def test_listen_address():
+    from livekit_exporter.server import parse_listen_address
+
+    assert parse_listen_address(":9784") == (None, 9784)  # every address, IPv6 included
+    assert parse_listen_address("127.0.0.1:9784") == ("127.0.0.1", 9784)
+    assert parse_listen_address("[::1]:9784") == ("::1", 9784)
 
 
 async def test_promtool_finds_nothing_in_the_output(scenario, simulator, exporter_client):

@@ -56,7 +56,7 @@ def build_world(s: Scenario) -> None:
     for k, etype in enumerate(EGRESS_TYPES):
         for status in proto_egress.EgressStatus.values():
             if (k + status) % 2 == 0:
-                e = s.add_egress(f"room-{k + 1}", etype, proto_egress.EGRESS_ACTIVE)
+                e = s.add_egress(f"room-{k % 6 + 1}", etype, proto_egress.EGRESS_ACTIVE)
                 if status != proto_egress.EGRESS_ACTIVE:
                     s.set_egress_status(e.egress_id, status)
     for it in proto_ingress.IngressInput.values():
@@ -204,7 +204,8 @@ async def test_user_named_labels_pass_the_guard(scenario, simulator, exporter_cl
 
 
 async def test_simulator_checks_jwt_and_grants(scenario, simulator):
-    """The simulator answers as LiveKit does: wrong key -> 401, missing grant -> 403."""
+    """The simulator answers as LiveKit does: a wrong key and a missing grant are both 401
+    unauthenticated (LiveKit's twirpAuthError), told apart only by the message."""
     scenario.add_room("r")
     async with aiohttp.ClientSession() as session:
         bad = api.LiveKitAPI(simulator.url, scenario.api_key, "w" * 40, session=session)
@@ -217,14 +218,14 @@ async def test_simulator_checks_jwt_and_grants(scenario, simulator):
         limited = api.LiveKitAPI.with_token(token, simulator.url, session=session)
         with pytest.raises(api.TwirpError) as e:
             await limited.room.list_rooms(api.ListRoomsRequest())
-        assert (e.value.status, e.value.code) == (403, "permission_denied")
+        assert (e.value.status, e.value.code, e.value.message) == (401, "unauthenticated", "permissions denied")
         # roomAdmin for room "r" does not let you list the participants of another room
         token = api.AccessToken(scenario.api_key, scenario.api_secret).with_grants(
             api.VideoGrants(room_admin=True, room="other")).to_jwt()
         with pytest.raises(api.TwirpError) as e:
             await api.LiveKitAPI.with_token(token, simulator.url, session=session).room.list_participants(
                 api.ListParticipantsRequest(room="r"))
-        assert e.value.code == "permission_denied"
+        assert (e.value.code, e.value.message) == ("unauthenticated", "permissions denied")
         good = api.LiveKitAPI(simulator.url, scenario.api_key, scenario.api_secret, session=session)
         assert [r.name for r in (await good.room.list_rooms(api.ListRoomsRequest())).rooms] == ["r"]
         # Twirp error bodies are JSON with the right status
@@ -248,3 +249,26 @@ async def test_concurrent_scrapes_share_one_collection(scenario, simulator, expo
     scenario.set_fault("room", None)
     after = await scrape(client)
     assert value(after, "livekit_exporter_scrapes_total", collection="joined") - joined_before == 4
+
+
+async def test_publishers_count_agents_as_livekit_does(scenario, simulator, exporter_client):
+    """Room.num_participants leaves agents and egress out; num_publishers does not (Room.updateProto)."""
+    scenario.add_room("call")
+    trunk = scenario.add_trunk("inbound")
+    scenario.add_sip_call("call", trunk)
+    scenario.add_participant("call", "agent", kind=Kind.AGENT, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
+    client = await exporter_client()
+    text = await scrape(client)
+    assert value(text, "livekit_room_participants") == 1
+    assert value(text, "livekit_room_publishers") == 2
+
+
+async def test_unified_and_replay_egress_types(scenario, simulator, exporter_client):
+    scenario.add_room("r")
+    scenario.add_egress("r", "media")
+    scenario.add_egress("r", "replay")
+    client = await exporter_client()
+    text = await scrape(client)
+    assert value(text, "livekit_egress_active", type="media", status="active") == 1
+    assert value(text, "livekit_egress_active", type="replay", status="active") == 1
+    assert value(text, "livekit_egress_active", type="web", status="active") == 0

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                *(t.reveal() for t in cfg.events.tokens)]
     logsetup.setup(level, args.log_format, secrets)
     app = build_app(cfg, telemetry_path=args.telemetry_path, web_config=web_cfg)
-    log.info("starting livekit-exporter", extra={"version": __version__, "address": f"{host}:{port}",
+    log.info("starting livekit-exporter", extra={"version": __version__, "address": f"{host or '*'}:{port}",
                                                 "livekit": cfg.livekit.url, "config": cfg.source,
                                                 "tls": web_cfg.ssl_context is not None,
                                                 "basic_auth": bool(web_cfg.basic_auth_users)})

@@ -7,6 +7,7 @@ defaults and resolves secrets. Errors name the YAML path and line and never echo
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class RoomDetailConfig:
 class CollectConfig:
     services: tuple[str, ...] = DEFAULT_SERVICES
     default_scrape_timeout: float = 10.0
+    max_scrape_timeout: float = 120.0
     timeout_margin: float = 0.5
     room_size_buckets: tuple[float, ...] = DEFAULT_ROOM_SIZE_BUCKETS
     room_detail: RoomDetailConfig = field(default_factory=RoomDetailConfig)
@@ -178,6 +180,43 @@ def _is_secret_path(path: list[Any]) -> bool:
     return any(isinstance(p, str) and p in SECRET_KEYS for p in path)
 
 
+# Keys whose values an error may quote. Everything else (a secret, or a whole file that is not a
+# mapping, such as a secret file given as --config.file by mistake) is never echoed.
+_SHOWABLE = frozenset({
+    "url", "request_timeout", "default_scrape_timeout", "max_scrape_timeout", "timeout_margin",
+    "services", "room_size_buckets", "enabled", "max_rooms", "concurrency", "agent_dispatch",
+    "max_values", "path", "max_body_bytes", "dedup_ttl", "dedup_max_entries", "max_events", "call_ttl",
+    "dependency_ttl", "max_latency",
+})
+
+
+def _may_show(path: list[Any], value: Any) -> bool:
+    names = [p for p in path if isinstance(p, str)]
+    return (
+        bool(names) and names[-1] in _SHOWABLE and not _is_secret_path(path)
+        and not isinstance(value, (dict, list)) and len(repr(value)) <= 80
+    )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (first on line {seen[key]})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def _line_of(root: yaml.Node | None, path: list[Any]) -> int | None:
     """The 1-based line of the YAML node at `path` (or of its nearest existing parent)."""
     node = root
@@ -201,8 +240,7 @@ def _line_of(root: yaml.Node | None, path: list[Any]) -> int | None:
 def _describe(error: jsonschema.ValidationError) -> str:
     """A message that says what is wrong and what to do, never echoing a secret value."""
     v, expected = error.validator, error.validator_value
-    secret = _is_secret_path(list(error.absolute_path))
-    shown = "" if secret or isinstance(error.instance, (dict, list)) else f" (got {error.instance!r})"
+    shown = f" (got {error.instance!r})" if _may_show(list(error.absolute_path), error.instance) else ""
     if v == "type":
         return f"must be of type {expected}{shown}"
     if v == "additionalProperties":
@@ -258,9 +296,11 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
                 text = f.read()
         except OSError as e:
             raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"{path}: not UTF-8 text: is this the configuration file?"]) from None
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
-            raw = yaml.safe_load(text)
+            raw = yaml.load(text, Loader=_StrictLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else path
@@ -305,11 +345,13 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
     url = env.get("LIVEKIT_URL") or lk.get("url")
     key = env.get("LIVEKIT_API_KEY") or lk.get("api_key")
     secret = env.get("LIVEKIT_API_SECRET") or lk.get("api_secret")
+    if lk.get("api_secret") and lk.get("api_secret_file"):
+        problems.append(f"{source}: livekit: give api_secret or api_secret_file, not both")
     if not secret and lk.get("api_secret_file"):
         secret = _read_secret_file(lk["api_secret_file"], f"{source}: livekit.api_secret_file", problems)
     if not url:
         problems.append(f"{source}: livekit.url: missing; set it in the file or in LIVEKIT_URL")
-    elif not re.match(r"^(https?|wss?)://[^\s/]+", url):
+    elif not re.fullmatch(r"(https?|wss?)://[^\s/]+(/\S*)?", url):
         problems.append(f"{source}: LIVEKIT_URL: must be an http(s):// or ws(s):// URL (got {url!r})")
     ca = lk.get("tls_ca_file")
     if ca and not os.path.isfile(ca):
@@ -326,6 +368,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
     collect = CollectConfig(
         services=tuple(col.get("services", DEFAULT_SERVICES)),
         default_scrape_timeout=parse_duration(col.get("default_scrape_timeout", "10s")),
+        max_scrape_timeout=parse_duration(col.get("max_scrape_timeout", "2m")),
         timeout_margin=parse_duration(col.get("timeout_margin", "500ms")),
         room_size_buckets=tuple(sorted(col.get("room_size_buckets", DEFAULT_ROOM_SIZE_BUCKETS))),
         room_detail=RoomDetailConfig(
@@ -335,6 +378,8 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
             agent_dispatch=det.get("agent_dispatch", True),
         ),
     )
+    if not all(math.isfinite(b) for b in collect.room_size_buckets):
+        problems.append(f"{source}: collect.room_size_buckets: must be finite numbers (+Inf is always added)")
     if collect.timeout_margin >= collect.default_scrape_timeout:
         problems.append(
             f"{source}: collect.timeout_margin: must be shorter than collect.default_scrape_timeout"

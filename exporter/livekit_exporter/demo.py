@@ -28,7 +28,7 @@ def demo_config(livekit_url: str, scenario: Scenario, events_token: str) -> Conf
     )
 
 
-async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> None:
+async def run_demo(host: str | None, port: int, telemetry_path: str = "/metrics") -> None:
     scenario = Scenario(api_key="demo", api_secret=secrets.token_urlsafe(32))
     events_token = secrets.token_urlsafe(24)
     async with Simulator(scenario) as sim:
@@ -39,7 +39,7 @@ async def run_demo(host: str, port: int, telemetry_path: str = "/metrics") -> No
         site = web.TCPSite(runner, host, port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # the one picked when asked for port 0
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        shown = "127.0.0.1" if host in (None, "0.0.0.0", "::") else host
         webhook_url = f"http://{shown}:{port}{config.webhooks.path}"
         print(f"LiveKit simulator (Twirp API): {sim.url}", flush=True)
         print(f"Exporter:                      http://{shown}:{port}/", flush=True)

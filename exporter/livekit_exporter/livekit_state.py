@@ -19,6 +19,7 @@ A sample of the default output:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import ssl
 import time
@@ -33,17 +34,20 @@ from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
+from prometheus_client import Counter
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import lkenums as E
 from .config import CollectConfig, LiveKitConfig
-from .guard import LabelGuard
+from .guard import OTHER
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 SIP_PAGE_SIZE = 1000
+# A scrape waits this long past its budget for the collection it started or joined.
+COLLECTION_GRACE = 0.1
 NOT_FOUND_CODES = {"not_found"}
 DETAIL_SERVICES = ("room", "agent_dispatch")
 
@@ -64,9 +68,23 @@ class Snapshot:
     detail_skipped_rooms: int = 0
     duration: float = 0.0
 
+    def partial(self, services: Iterable[str], elapsed: float) -> "Snapshot":
+        """What a collection still running has read: finished services as they are, the rest down.
+
+        Lists are assigned only once read in full, so every list here is complete."""
+        view = copy.copy(self)
+        view.up = {s: self.up.get(s, False) for s in services}
+        view.duration = elapsed
+        return view
+
 
 class _CallFailed(Exception):
-    pass
+    """A failed API call, already counted; `fields` describe it for one log line."""
+
+    def __init__(self, code: str, method: str, error: str):
+        super().__init__(code)
+        self.code = code
+        self.fields = {"method": method, "code": code, "error": error}
 
 
 def _error_code(exc: BaseException) -> str:
@@ -91,6 +109,8 @@ class StateCollector:
         self._lkapi: api.LiveKitAPI | None = None
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Future[Snapshot] | None = None
+        self._snap = Snapshot()
+        self._started = 0.0
         self.answered_once = False
 
     @property
@@ -131,70 +151,74 @@ class StateCollector:
     # -- collection ---------------------------------------------------------------------------
 
     async def snapshot(self, budget: float, *, scrape: bool = True) -> Snapshot:
-        """A collection bounded by `budget` seconds; joins one already in flight."""
+        """What LiveKit answered within `budget` seconds; joins a collection already in flight.
+
+        A scrape whose budget ends before the collection it joined gets what the collection has
+        read so far: the services that finished, and every other one marked down.
+        """
+        loop = asyncio.get_running_loop()
         joined = self._inflight is not None and not self._inflight.done()
         if scrape:
             self.telemetry.scrapes.labels("joined" if joined else "new").inc()
         if not joined:
-            self._inflight = asyncio.ensure_future(self._collect(budget))
-        try:
-            # shield: a scrape whose client went away must not cancel the collection others share.
-            return await asyncio.wait_for(asyncio.shield(self._inflight), budget + 0.05)
-        except asyncio.TimeoutError:
-            # Only a joiner with a shorter budget than the collection it joined gets here.
-            return Snapshot(up={s: False for s in self.enabled_services}, duration=budget)
+            self._snap = Snapshot()
+            self._started = loop.time()
+            self._inflight = asyncio.ensure_future(self._collect(self._snap, self._started + budget))
+        task, snap = self._inflight, self._snap
+        # asyncio.wait never cancels the task: a scrape whose client went away leaves the
+        # collection running for the others that share it.
+        await asyncio.wait({task}, timeout=budget + COLLECTION_GRACE)
+        if task.done():
+            return task.result()
+        return snap.partial(self.enabled_services, loop.time() - self._started)
 
-    async def _collect(self, budget: float) -> Snapshot:
+    async def _collect(self, snap: Snapshot, deadline: float) -> Snapshot:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        deadline = start + budget
-        snap = Snapshot()
         jobs: dict[str, Callable[[float, Snapshot], Awaitable[None]]] = {
             "room": self._collect_rooms,
             "egress": self._collect_egress,
             "ingress": self._collect_ingress,
             "sip": self._collect_sip,
         }
-        services = [s for s in self.cfg.services if s in jobs]
-        results = await asyncio.gather(
-            *(jobs[s](deadline, snap) for s in services), return_exceptions=True
-        )
-        for service, result in zip(services, results, strict=True):
-            snap.up[service] = not isinstance(result, BaseException)
-            if isinstance(result, BaseException) and not isinstance(result, _CallFailed):
-                log.error("collecting %s failed unexpectedly", service, exc_info=result)
-        if self.cfg.room_detail.enabled and "room" in services:
+
+        async def run(service: str) -> None:
             try:
-                await self._collect_detail(deadline, snap)
+                await jobs[service](deadline, snap)
+                ok = True
+            except _CallFailed as failure:
+                ok = False
+                log.warning("LiveKit API service failed", extra={"service": service, **failure.fields})
             except Exception:
-                log.error("collecting per-room detail failed unexpectedly", exc_info=True)
-                snap.up["room"] = False
-                snap.up["agent_dispatch"] = False
-                snap.participants = snap.dispatches = None
+                ok = False
+                log.error("collecting %s failed unexpectedly", service, exc_info=True)
+            snap.up[service] = ok
+
+        await asyncio.gather(*(run(s) for s in self.cfg.services if s in jobs))
         snap.duration = loop.time() - start
         if any(snap.up.values()):
             self.answered_once = True
         return snap
 
     async def _call(
-        self, service: str, method: str, deadline: float, request: Callable[[], Awaitable[Any]]
+        self, service: str, method: str, deadline: float, request: Callable[[], Awaitable[Any]],
+        *, benign: frozenset[str] = frozenset(),
     ) -> Any:
-        """One API call: timed, bounded by the deadline, errors counted by code."""
-        remaining = deadline - asyncio.get_running_loop().time()
+        """One API call, bounded by the deadline and livekit.request_timeout, timed, and on failure
+        counted by code (unless the code is `benign` for this call)."""
+        remaining = min(deadline - asyncio.get_running_loop().time(), self.livekit.request_timeout)
         t0 = time.perf_counter()
         try:
             if remaining <= 0:
                 raise asyncio.TimeoutError
+            # livekit-api passes timeout=None to aiohttp, which disables the session's own timeout:
+            # this is the only bound on a call.
             return await asyncio.wait_for(request(), remaining)
         except Exception as exc:
             code = _error_code(exc)
-            self.telemetry.api_errors.labels(service, method, code).inc()
-            if code not in NOT_FOUND_CODES:
-                log.warning(
-                    "LiveKit API call failed",
-                    extra={"service": service, "method": method, "code": code, "error": _safe_error(exc)},
-                )
-            raise _CallFailed(code) from exc
+            if code not in benign:
+                self.telemetry.api_errors.labels(service, method, code).inc()
+            raise _CallFailed(code, method, _safe_error(exc)) from exc
         finally:
             self.telemetry.api_request_duration.labels(service, method).observe(time.perf_counter() - t0)
 
@@ -202,7 +226,12 @@ class StateCollector:
         res = await self._call(
             "room", "ListRooms", deadline, lambda: self._lkapi.room.list_rooms(api.ListRoomsRequest())
         )
-        snap.rooms = list(res.rooms)
+        rooms = list(res.rooms)
+        if self.cfg.room_detail.enabled:
+            # Detail runs right after ListRooms, inside the room service's own job: a slow egress
+            # or SIP service never eats its time.
+            await self._collect_detail(deadline, snap, rooms)
+        snap.rooms = rooms
 
     async def _collect_egress(self, deadline: float, snap: Snapshot) -> None:
         items: list[proto_egress.EgressInfo] = []
@@ -229,6 +258,7 @@ class StateCollector:
         snap.ingress = items
 
     async def _sip_count(self, method: str, deadline: float, list_fn, request_cls, id_field: str) -> int:
+        """Follows LiveKit's SIP pagination: ids ascending after `after_id`, at most `limit` a page."""
         count, after = 0, ""
         while True:
             req = request_cls(page=proto_models.Pagination(after_id=after, limit=SIP_PAGE_SIZE))
@@ -236,7 +266,12 @@ class StateCollector:
             count += len(res.items)
             if len(res.items) < SIP_PAGE_SIZE:
                 return count
-            after = getattr(res.items[-1], id_field)
+            last = getattr(res.items[-1], id_field)
+            if last <= after:
+                # A server that ignores after_id would hand out the same page forever.
+                self.telemetry.api_errors.labels("sip", method, "unknown").inc()
+                raise _CallFailed("unknown", method, "SIP pagination did not advance (after_id ignored?)")
+            after = last
 
     async def _collect_sip(self, deadline: float, snap: Snapshot) -> None:
         sip = self._lkapi.sip
@@ -254,56 +289,86 @@ class StateCollector:
                 raise r
         snap.inbound_trunks, snap.outbound_trunks, snap.dispatch_rules = inbound, outbound, rules
 
-    async def _collect_detail(self, deadline: float, snap: Snapshot) -> None:
+    async def _collect_detail(self, deadline: float, snap: Snapshot, rooms: list[proto_models.Room]) -> None:
+        """ListParticipants (and ListDispatch) for the fullest rooms, `concurrency` at a time.
+
+        The detail families are served only when every chosen room was read: a partial sum would
+        be a wrong number. Rooms not reached by the deadline fail the service with one timeout.
+        """
         det = self.cfg.room_detail
-        if snap.rooms is None:
-            return
+        loop = asyncio.get_running_loop()
         # The fullest rooms first: they matter most when the cap cuts the list.
-        rooms = sorted(snap.rooms, key=lambda r: (-r.num_participants, r.name))
-        chosen, snap.detail_skipped_rooms = rooms[: det.max_rooms], max(0, len(rooms) - det.max_rooms)
+        ordered = sorted(rooms, key=lambda r: (-r.num_participants, r.name))
+        chosen = ordered[: det.max_rooms]
+        snap.detail_skipped_rooms = len(ordered) - len(chosen)
         sem = asyncio.Semaphore(det.concurrency)
         participants: dict[str, list[proto_models.ParticipantInfo]] = {}
         dispatches: dict[str, list[proto_dispatch.AgentDispatch]] = {}
-        failed: set[str] = set()
+        failures: dict[str, _CallFailed] = {}
+        unreached = 0
 
         async def one(room: str) -> None:
+            nonlocal unreached
             async with sem:
-                try:
-                    res = await self._call(
-                        "room", "ListParticipants", deadline,
-                        lambda: self._lkapi.room.list_participants(api.ListParticipantsRequest(room=room)),
-                    )
-                    participants[room] = list(res.participants)
-                except _CallFailed as e:
-                    # A room that closed between ListRooms and now is no failure of the service.
-                    if str(e) not in NOT_FOUND_CODES:
-                        failed.add("room")
-                if det.agent_dispatch:
+                if loop.time() >= deadline or len(failures) == 2 or "room" in failures and not det.agent_dispatch:
+                    unreached += 1
+                    return
+                if "room" not in failures:
+                    try:
+                        res = await self._call(
+                            "room", "ListParticipants", deadline,
+                            lambda: self._lkapi.room.list_participants(api.ListParticipantsRequest(room=room)),
+                            benign=NOT_FOUND_CODES,
+                        )
+                        participants[room] = list(res.participants)
+                    except _CallFailed as e:
+                        # A room that closed since ListRooms is no failure of the service.
+                        if e.code not in NOT_FOUND_CODES:
+                            failures.setdefault("room", e)
+                if det.agent_dispatch and "agent_dispatch" not in failures:
                     try:
                         dispatches[room] = await self._call(
                             "agent_dispatch", "ListDispatch", deadline,
                             lambda: self._lkapi.agent_dispatch.list_dispatch(room),
+                            benign=NOT_FOUND_CODES,
                         )
                     except _CallFailed as e:
-                        if str(e) not in NOT_FOUND_CODES:
-                            failed.add("agent_dispatch")
+                        if e.code not in NOT_FOUND_CODES:
+                            failures.setdefault("agent_dispatch", e)
 
         await asyncio.gather(*(one(r.name) for r in chosen))
-        if "room" in failed:
-            snap.up["room"] = False
-        else:
-            snap.participants = participants
+        if unreached and loop.time() >= deadline:
+            for service, method in (("room", "ListParticipants"), ("agent_dispatch", "ListDispatch")):
+                if service == "room" or det.agent_dispatch:
+                    if service not in failures:
+                        self.telemetry.api_errors.labels(service, method, "timeout").inc()
+                        failures[service] = _CallFailed(
+                            "timeout", method, f"{unreached} of {len(chosen)} rooms not read before the scrape deadline"
+                        )
         if det.agent_dispatch:
-            snap.up["agent_dispatch"] = "agent_dispatch" not in failed
-            if "agent_dispatch" not in failed:
+            snap.up["agent_dispatch"] = "agent_dispatch" not in failures
+            if "agent_dispatch" in failures:
+                log.warning("LiveKit API service failed",
+                            extra={"service": "agent_dispatch", **failures["agent_dispatch"].fields})
+            else:
                 snap.dispatches = dispatches
+        if "room" in failures:
+            raise failures["room"]
+        snap.participants = participants
 
 
 def _safe_error(exc: BaseException) -> str:
-    """An error's description for logs: a Twirp message or an exception type, never request data."""
+    """An error's description for logs: what LiveKit said, or the exception type; never request data."""
     if isinstance(exc, api.TwirpError):
-        return f"{exc.code}: {exc.message}"[:200]
-    return type(exc).__name__
+        text = f"HTTP {exc.status} {exc.code}: {exc.message}"[:200]
+        if exc.code == "unknown" or not exc.message:
+            text += " (no Twirp error from the server: is livekit.url the LiveKit server itself?)"
+        elif exc.code == "unauthenticated":
+            text += " (a wrong API key or secret, or a key without the grant this call needs)"
+        return text
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer before the scrape deadline or livekit.request_timeout"
+    return f"{type(exc).__name__}: {exc}"[:200] if isinstance(exc, OSError | aiohttp.ClientError) else type(exc).__name__
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -313,8 +378,34 @@ def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
-def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], guard: LabelGuard) -> list[Any]:
-    """Fresh metric families for one snapshot. Families of a failed service are left out."""
+class ScrapeFolder:
+    """The cardinality guard for gauges rebuilt on every scrape: the `max_values` busiest values of a
+    label this scrape keep their name, the rest are summed into __other__ (nothing is lost), and each
+    folded value is counted in livekit_exporter_label_overflow_total once per scrape."""
+
+    def __init__(self, max_values: int, overflow: Counter):
+        self.max_values = max_values
+        self.overflow = overflow
+
+    def fold(self, metric: str, label: str, tally: Tally[tuple[str, ...]], index: int) -> Tally[tuple[str, ...]]:
+        per_value: Tally[str] = Tally()
+        for key, n in tally.items():
+            per_value[key[index]] += n
+        if len(per_value) <= self.max_values:
+            return tally
+        ranked = sorted(per_value.items(), key=lambda kv: (-kv[1], kv[0]))
+        keep = {v for v, _ in ranked[: self.max_values]}
+        folded: Tally[tuple[str, ...]] = Tally()
+        for key, n in tally.items():
+            if key[index] not in keep:
+                key = key[:index] + (OTHER,) + key[index + 1:]
+            folded[key] += n
+        self.overflow.labels(metric, label).inc(len(per_value) - len(keep))
+        return folded
+
+
+def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], folder: ScrapeFolder) -> list[Any]:
+    """Fresh metric families for one snapshot: a family is served when its list was read in full."""
     out: list[Any] = []
     up = _gauge("livekit_up", "1 when every enabled LiveKit API service answered this scrape.")
     services = tuple(services)
@@ -353,9 +444,9 @@ def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], guard:
         rd.add_metric(["skipped"], snap.detail_skipped_rooms)
         out.append(rd)
     if snap.participants is not None:
-        out += _participant_families(snap.participants, guard)
+        out += _participant_families(snap.participants, folder)
     if snap.dispatches is not None:
-        out.append(_dispatch_family(snap.dispatches, guard))
+        out.append(_dispatch_family(snap.dispatches, folder))
     return out
 
 
@@ -388,7 +479,10 @@ def _room_families(rooms: list[proto_models.Room], bounds: tuple[float, ...]) ->
         "Participants in all rooms, as Room.num_participants counts them: agents and egress are not included.",
     )
     part_f.add_metric([], participants)
-    pub_f = _gauge("livekit_room_publishers", "Participants publishing media, summed over all rooms.")
+    pub_f = _gauge(
+        "livekit_room_publishers",
+        "Participants publishing media, summed over all rooms (Room.num_publishers: agents and egress included).",
+    )
     pub_f.add_metric([], publishers)
     rec_f = _gauge("livekit_rooms_recording", "Rooms with an active recording.")
     rec_f.add_metric([], recording)
@@ -446,7 +540,7 @@ def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
     return [f, b]
 
 
-def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]], guard: LabelGuard) -> list[Any]:
+def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]], folder: ScrapeFolder) -> list[Any]:
     by_kind: Tally[tuple[str, str]] = Tally()
     tracks: Tally[tuple[str, str]] = Tally()
     calls: Tally[tuple[str, str]] = Tally()
@@ -473,26 +567,19 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
     for (t, s), n in sorted(tracks.items()):
         tf.add_metric([t, s], n)
     cf = _gauge("livekit_sip_calls", "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.", ["status", "trunk"])
-    folded: Tally[tuple[str, str]] = Tally()
-    # Folding keeps the busiest trunks when there are more than the guard admits.
-    for (status, trunk), n in sorted(calls.items(), key=lambda kv: -kv[1]):
-        folded[(status, guard("livekit_sip_calls", "trunk", trunk))] += n
-    for (status, trunk), n in sorted(folded.items()):
+    for (status, trunk), n in sorted(folder.fold("livekit_sip_calls", "trunk", calls, 1).items()):
         cf.add_metric([status, trunk], n)
     return [pf, tf, cf]
 
 
-def _dispatch_family(per_room: dict[str, list[proto_dispatch.AgentDispatch]], guard: LabelGuard) -> GaugeMetricFamily:
+def _dispatch_family(per_room: dict[str, list[proto_dispatch.AgentDispatch]], folder: ScrapeFolder) -> GaugeMetricFamily:
     jobs: Tally[tuple[str, str]] = Tally()
     for dlist in per_room.values():
         for d in dlist:
             for j in d.state.jobs:
                 jobs[(d.agent_name or j.agent_name or "unnamed", E.label(E.JOB_STATUS, j.state.status))] += 1
     f = _gauge("livekit_agent_jobs", "Agent jobs of the dispatches in the rooms read for detail, by agent name and status.", ["agent_name", "status"])
-    folded: Tally[tuple[str, str]] = Tally()
-    for (name, status), n in sorted(jobs.items(), key=lambda kv: -kv[1]):
-        folded[(guard("livekit_agent_jobs", "agent_name", name), status)] += n
-    for (name, status), n in sorted(folded.items()):
+    for (name, status), n in sorted(folder.fold("livekit_agent_jobs", "agent_name", jobs, 0).items()):
         f.add_metric([name, status], n)
     return f
 

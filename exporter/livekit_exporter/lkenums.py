@@ -34,9 +34,11 @@ INGRESS_STATUS = _labels(ingress.IngressState.Status, prefix="ENDPOINT_")
 JOB_STATUS = _labels(agent.JobStatus, prefix="JS_")
 DISCONNECT_REASON = _labels(models.DisconnectReason)
 ROOM_END_REASON = _labels(models.RoomEndReason, prefix="ROOM_END_")
-# The `request` oneof of EgressInfo names the egress type. These five are always exported (zero
-# when none runs); any other member of the oneof appears when LiveKit reports one.
-EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track")
+# The egress type: the `request` oneof of EgressInfo, except that the unified StartEgress request
+# (`egress`) is named by its source (template -> room_composite, web, media). All are exported,
+# zero when none runs; a type a newer LiveKit adds appears when it is reported.
+EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track", "media", "replay")
+_UNIFIED_SOURCE = {"template": "room_composite", "web": "web", "media": "media"}
 # ListEgress(active=True) returns egress in these states.
 EGRESS_ACTIVE_STATUSES = ("starting", "active", "ending")
 
@@ -46,4 +48,7 @@ def label(table: dict[int, str], number: int) -> str:
 
 
 def egress_type(info: egress.EgressInfo) -> str:
-    return info.WhichOneof("request") or UNKNOWN
+    request = info.WhichOneof("request")
+    if request == "egress":
+        return _UNIFIED_SOURCE.get(info.egress.WhichOneof("source") or "", UNKNOWN)
+    return request or UNKNOWN

@@ -139,8 +139,8 @@ Label rules: every label has a bounded set of values. Room names, identities, ca
 numbers are never labels. User-named labels (agent, campaign, outcome, provider, model, trunk, tool,
 agent_name) pass a cardinality guard: at most `labels.max_values` (default 50) distinct values per
 label and metric; the rest become `__other__` and are counted in `livekit_exporter_label_overflow_total`.
-For scrape-time gauges the guard keeps the values it admitted first for the life of the process and
-counts each folded series once per scrape.
+Gauges rebuilt on every scrape (`livekit_sip_calls`, `livekit_agent_jobs`) keep the label's busiest
+values of that scrape and sum the rest into `__other__`, counting each folded value once per scrape.
 
 Enum labels are the protobuf enum names, lower-cased, with the enum's prefix dropped
 (`EGRESS_ACTIVE` -> `active`, `RTMP_INPUT` -> `rtmp`, `JS_RUNNING` -> `running`). Section-1 gauges with

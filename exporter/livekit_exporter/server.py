@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
+import math
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import events, webhooks
 from .config import Config
-from .livekit_state import ScrapeView, StateCollector, families
+from .livekit_state import ScrapeFolder, ScrapeView, StateCollector, families
 from .telemetry import Telemetry
 from .webconfig import WebConfig, basic_auth_middleware
 
@@ -41,21 +42,26 @@ class Exporter:
     telemetry: Telemetry
     state: StateCollector
     telemetry_path: str
+    folder: ScrapeFolder
 
 
 EXPORTER = web.AppKey("exporter", Exporter)
 
 
-def scrape_budget(header: str | None, default: float, margin: float) -> float:
-    """Seconds the collection may take: Prometheus's scrape timeout minus a margin."""
+def scrape_budget(header: str | None, default: float, margin: float, maximum: float) -> float:
+    """Seconds the collection may take: Prometheus's scrape timeout minus a margin.
+
+    A missing, unparsable, non-positive or non-finite header means the default; a larger one than
+    `maximum` (collect.max_scrape_timeout) is cut to it, so no request can hold a collection open.
+    """
     timeout = default
     if header:
         try:
             value = float(header)
-            if value > 0:
-                timeout = value
         except ValueError:
-            pass
+            value = 0.0
+        if math.isfinite(value) and value > 0:
+            timeout = min(value, maximum)
     # A margin larger than a short timeout would leave nothing: keep at least half of it.
     return max(timeout - margin, timeout / 2)
 
@@ -64,10 +70,11 @@ async def handle_metrics(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     cfg = ex.config.collect
     budget = scrape_budget(
-        request.headers.get(SCRAPE_TIMEOUT_HEADER), cfg.default_scrape_timeout, cfg.timeout_margin
+        request.headers.get(SCRAPE_TIMEOUT_HEADER), cfg.default_scrape_timeout, cfg.timeout_margin,
+        cfg.max_scrape_timeout,
     )
     snap = await ex.state.snapshot(budget)
-    fresh = families(snap, cfg, ex.state.enabled_services, ex.telemetry.guard)
+    fresh = families(snap, cfg, ex.state.enabled_services, ex.folder)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(ScrapeView(ex.telemetry.registry, fresh))
     headers = {"Content-Type": content_type}
@@ -127,7 +134,8 @@ def build_app(
         exempt = [c.path for c in (config.webhooks, config.events) if c.enabled]
         middlewares.append(basic_auth_middleware(web_config.basic_auth_users, exempt))
     app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
-    app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path)
+    folder = ScrapeFolder(config.label_max_values, telemetry.label_overflow)
+    app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path, folder)
     app.router.add_get("/", handle_index)
     app.router.add_get(telemetry_path, handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
@@ -140,7 +148,10 @@ def build_app(
     async def lifecycle(app: web.Application):
         await state.start()
         # One collection at startup, so /-/ready can turn green before Prometheus's first scrape.
-        probe = asyncio.ensure_future(state.snapshot(config.collect.default_scrape_timeout, scrape=False))
+        collect = config.collect
+        probe = asyncio.ensure_future(
+            state.snapshot(collect.default_scrape_timeout - collect.timeout_margin, scrape=False)
+        )
         yield
         probe.cancel()
         await state.close()
@@ -149,10 +160,10 @@ def build_app(
     return app
 
 
-def parse_listen_address(addr: str) -> tuple[str, int]:
-    """':9784' -> ('0.0.0.0', 9784); '127.0.0.1:9784'; '[::1]:9784'."""
+def parse_listen_address(addr: str) -> tuple[str | None, int]:
+    """':9784' -> (None, 9784): every address; '127.0.0.1:9784'; '[::1]:9784'."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"--web.listen-address {addr!r}: expected HOST:PORT or :PORT, like :9784")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    # An empty host listens on every address, IPv6 included, as exporter-toolkit exporters do.
+    return host.strip("[]") or None, int(port)

@@ -2,7 +2,8 @@
 
 The scenario is the single source of truth for tests, the demo and the benchmarks. It holds the
 real livekit-protocol messages that the Twirp face serves, keeps the derived fields LiveKit keeps
-(Room.num_participants excludes agents and egress; num_publishers counts publishing participants),
+(Room.num_participants excludes agents and egress; num_publishers counts every publishing
+participant, agents and egress included),
 records every API call it serves, and tells listeners about every change (the webhook face turns
 those into the events LiveKit would send).
 
@@ -30,7 +31,9 @@ State = proto_models.ParticipantInfo.State
 # Kinds that LiveKit counts apart from Room.num_participants ("dependent" participants).
 DEPENDENT_KINDS = frozenset({Kind.AGENT, Kind.EGRESS})
 SERVICES = ("room", "egress", "ingress", "sip", "agent_dispatch")
-EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track")
+# The legacy requests by their oneof name; "media" is the unified StartEgress request with a media
+# source, "replay" an ExportReplay request.
+EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track", "media", "replay")
 ACTIVE_EGRESS = frozenset({proto_egress.EGRESS_STARTING, proto_egress.EGRESS_ACTIVE, proto_egress.EGRESS_ENDING})
 
 
@@ -104,9 +107,9 @@ class Scenario:
         room.info.num_participants = sum(
             1 for p in room.participants.values() if p.kind not in DEPENDENT_KINDS
         )
-        room.info.num_publishers = sum(
-            1 for p in room.participants.values() if p.kind not in DEPENDENT_KINDS and p.tracks
-        )
+        # LiveKit's Room.updateProto counts every publisher, agents and egress included; only
+        # num_participants leaves the dependent kinds out.
+        room.info.num_publishers = sum(1 for p in room.participants.values() if p.tracks)
 
     # -- rooms and participants ---------------------------------------------------------------
 
@@ -219,7 +222,10 @@ class Scenario:
             egress_id=self._id("EG"), room_id=r.info.sid, room_name=room, status=status,
             started_at=now_ns, updated_at=now_ns,
         )
-        getattr(info, etype).SetInParent()
+        if etype == "media":
+            info.egress.media.SetInParent()
+        else:
+            getattr(info, etype).SetInParent()
         self.egress[info.egress_id] = info
         r.info.active_recording = any(
             e.room_name == room and e.status in ACTIVE_EGRESS for e in self.egress.values()
@@ -350,9 +356,7 @@ class Scenario:
         put("livekit_rooms", sum(1 for n in people if n == 0), occupancy="empty")
         put("livekit_rooms", sum(1 for n in people if n > 0), occupancy="occupied")
         put("livekit_room_participants", sum(people))
-        put("livekit_room_publishers", sum(
-            1 for r in rooms for p in r.participants.values() if p.kind not in DEPENDENT_KINDS and p.tracks
-        ))
+        put("livekit_room_publishers", sum(1 for r in rooms for p in r.participants.values() if p.tracks))
         put("livekit_rooms_recording", sum(
             1 for r in rooms if any(e.room_name == r.info.name and e.status in ACTIVE_EGRESS for e in self.egress.values())
         ))
@@ -361,7 +365,8 @@ class Scenario:
         ))
         for e in self.egress.values():
             if e.status in ACTIVE_EGRESS:
-                put("livekit_egress_active", 1, type=e.WhichOneof("request"),
+                kind = e.WhichOneof("request")
+                put("livekit_egress_active", 1, type=e.egress.WhichOneof("source") if kind == "egress" else kind,
                     status=proto_egress.EgressStatus.Name(e.status).removeprefix("EGRESS_").lower())
         for i in self.ingress.values():
             it = proto_ingress.IngressInput.Name(i.input_type).removesuffix("_INPUT").lower()

@@ -76,9 +76,8 @@ def _list_rooms(s: Scenario, req: proto_room.ListRoomsRequest) -> Message:
 
 def _list_participants(s: Scenario, req: proto_room.ListParticipantsRequest) -> Message:
     room = s.rooms.get(req.room)
-    if room is None:
-        raise TwirpFailure("not_found", "requested room does not exist")
-    return proto_room.ListParticipantsResponse(participants=list(room.participants.values()))
+    # Open-source LiveKit answers a room that does not exist (or no longer does) with an empty list.
+    return proto_room.ListParticipantsResponse(participants=list(room.participants.values()) if room else [])
 
 
 def _list_egress(s: Scenario, req: proto_egress.ListEgressRequest) -> Message:
@@ -194,7 +193,8 @@ def build_twirp_app(scenario: Scenario) -> web.Application:
         except DecodeError:
             return twirp_error("malformed", "could not decode the request body")
         if not method.grant(claims.video, claims.sip, req):
-            return twirp_error("permission_denied", "permissions denied")
+            # LiveKit's twirpAuthError: a missing grant is "unauthenticated", like a bad token.
+            return twirp_error("unauthenticated", "permissions denied")
         key = (method.service, method_name)
         scenario.api_calls[key] += 1
         scenario.in_flight[key] += 1
