@@ -24,9 +24,14 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 DEFAULT_SERVICES = ("room", "egress", "ingress", "sip")
 DEFAULT_ROOM_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
-# A LiveKit webhook token lives 5 minutes, and livekit-api's TokenVerifier allows 1 minute of clock
-# leeway: an event id must be remembered at least that long, or a replayed request would count twice.
-WEBHOOK_REPLAY_WINDOW = 360.0
+# LiveKit signs every webhook with a token valid for 5 minutes. The exporter allows 1 minute of clock
+# difference with LiveKit (livekit-api's TokenVerifier default) on `nbf` and `exp`, and refuses a token
+# whose `exp` lies further ahead than 5 minutes plus that minute. So an accepted request can be
+# replayed for at most 5 + 1 + 1 minutes: an event id must be remembered that long, or a replay
+# would count twice.
+WEBHOOK_TOKEN_TTL = 300.0
+WEBHOOK_CLOCK_LEEWAY = 60.0
+WEBHOOK_REPLAY_WINDOW = WEBHOOK_TOKEN_TTL + 2 * WEBHOOK_CLOCK_LEEWAY
 
 
 class ConfigError(Exception):
@@ -404,8 +409,9 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
 
     if webhooks.dedup_ttl < WEBHOOK_REPLAY_WINDOW:
         problems.append(
-            f"{source}: webhooks.dedup_ttl: must be at least 6m: a LiveKit webhook token is valid for 5 minutes "
-            "(plus 1 minute of clock leeway), and a delivery replayed after its id is forgotten would count twice"
+            f"{source}: webhooks.dedup_ttl: must be at least 7m: a LiveKit webhook token is valid for 5 minutes, "
+            "plus 1 minute of clock difference on each end, and a delivery replayed after its id is forgotten "
+            "would count twice"
         )
 
     ev = raw.get("events") or {}

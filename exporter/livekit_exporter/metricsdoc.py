@@ -61,7 +61,7 @@ DOCS: dict[str, tuple[str, str, str]] = {
         "histogram_quantile(0.99, sum by (le) (rate(livekit_webhook_delivery_delay_seconds_bucket[5m])))",
     ),
     "livekit_room_sessions_started_total": ("webhooks", "room_started", "increase(livekit_room_sessions_started_total[1h])"),
-    "livekit_room_sessions_ended_total": ("webhooks", "room_finished: room_end_reason", "sum by (end_reason) (increase(livekit_room_sessions_ended_total[1h]))"),
+    "livekit_room_sessions_ended_total": ("webhooks", "room_finished: room_end_reason (unknown when LiveKit sends none)", "sum by (end_reason) (increase(livekit_room_sessions_ended_total[1h]))"),
     "livekit_room_session_duration_seconds": (
         "webhooks", "room_finished: created_at - Room.creation_time",
         "histogram_quantile(0.5, sum by (le) (rate(livekit_room_session_duration_seconds_bucket[1h])))",
@@ -86,10 +86,10 @@ DOCS: dict[str, tuple[str, str, str]] = {
     "livekit_egress_output_bytes_total": ("webhooks", "egress_ended: file_results / segment_results sizes", "sum by (type) (increase(livekit_egress_output_bytes_total[1d]))"),
     "livekit_ingress_started_total": ("webhooks", "ingress_started: IngressInfo.input_type", "sum by (input_type) (increase(livekit_ingress_started_total[1h]))"),
     "livekit_ingress_ended_total": ("webhooks", "ingress_ended: input_type, IngressState.status", 'increase(livekit_ingress_ended_total{status="error"}[1h]) > 0'),
-    "livekit_sip_calls_started_total": ("webhooks", "participant_joined of kind sip: the sip.trunkID attribute", "sum by (trunk) (rate(livekit_sip_calls_started_total[5m]))"),
+    "livekit_sip_calls_started_total": ("webhooks", "participant_joined of kind sip: the sip.trunkID attribute (outbound: every dial attempt)", "sum by (trunk) (rate(livekit_sip_calls_started_total[5m]))"),
     "livekit_sip_calls_ended_total": (
-        "webhooks", "participant_left / participant_connection_aborted of kind sip: sip.trunkID, disconnect_reason",
-        '1 - sum(increase(livekit_sip_calls_ended_total{reason=~"user_unavailable|user_rejected"}[1h])) / sum(increase(livekit_sip_calls_started_total[1h]))  # answer ratio',
+        "webhooks", "participant_left of kind sip: sip.trunkID, disconnect_reason",
+        'clamp_min(1 - sum(increase(livekit_sip_calls_ended_total{reason=~"user_unavailable|user_rejected"}[1h])) / sum(increase(livekit_sip_calls_started_total[1h])), 0)  # answer ratio (approximate)',
     ),
     "livekit_agent_jobs_started_total": ("webhooks", "agent_job_started: Job.agent_name (LiveKit Cloud)", "sum by (agent_name) (rate(livekit_agent_jobs_started_total[5m]))"),
     "livekit_agent_jobs_ended_total": ("webhooks", "agent_job_ended: agent_name, JobState.status (LiveKit Cloud)", 'sum by (agent_name) (increase(livekit_agent_jobs_ended_total{status="failed"}[1h]))'),
@@ -156,9 +156,24 @@ Differences from the starting catalogue, and why:
 - `livekit_rooms_full` is added: rooms whose `max_participants` limit is reached.
 - `livekit_exporter_room_detail_rooms` is added: how much of the opt-in per-room detail the cap let through.
 - `livekit_agent_jobs_started_total` is added, so job starts and ends can be compared.
-- `livekit_webhook_rejected_total` has two more reasons: `invalid_token` (a verified token LiveKit
-  would not issue: no `exp`, not yet valid, no issuer) and `unsupported_media_type` (a Content-Type
-  other than LiveKit's `application/webhook+json` or `application/json`).
+- `livekit_webhook_rejected_total` has three more reasons than the catalogue: `invalid_token`,
+  `not_yet_valid` and `unsupported_media_type`. Every reason and its status is in the table
+  "Webhook rejections" below; a rejected request changes no other metric.
+- `livekit_sip_calls_ended_total` counts `participant_left` of kind sip only, not
+  `participant_connection_aborted` (the catalogue had both): an aborted participant never sent
+  `participant_joined`, so it was never a call started, and counting it as ended would let ended
+  run ahead of started and the answer ratio go below zero. Aborted SIP participants stay visible in
+  `livekit_participant_connections_aborted_total{kind="sip"}`. An outbound call's participant joins
+  before it dials, so `livekit_sip_calls_started_total` counts dial attempts for outbound calls.
+  LiveKit ends a call with `user_unavailable` when the callee did not respond in time and
+  `user_rejected` when the callee rejected it (busy); an unanswered call can carry another reason,
+  so the answer ratio below is an estimate.
+- `livekit_room_sessions_ended_total{end_reason}` reads `room_end_reason`, which only LiveKit
+  versions that set the field send (it is in livekit-protocol, but the open-source server may not
+  set it); `end_reason="unknown"` means LiveKit sent none (or one newer than this version).
+- `livekit_ingress_ended_total` counts every change of an ingress into error, inactive or complete
+  (LiveKit sends ingress_ended on each, published or not); `livekit_egress_ended_total` includes
+  auto-egress that never started, so it can exceed `livekit_egress_started_total`.
 - Webhook durations come from each event's own timestamps (`created_at` against the room's
   `creation_time`, the participant's `joined_at`, the egress `started_at`), so retries and
   out-of-order delivery do not change them; `created_at` is whole seconds, so delivery delays and
@@ -264,6 +279,17 @@ async def _events(client: Any) -> None:
     pipeline.sweep()
 
 
+def _rejections() -> str:
+    from .webhooks import REJECTIONS
+
+    rows = "".join(f"| `{reason}` | {status} | {when} |\n" for reason, (status, when) in REJECTIONS.items())
+    return (
+        "\n## Webhook rejections\n\nEvery request `POST /webhook` refuses gets a 4xx (LiveKit retries 5xx, never "
+        "4xx) and counts once in `livekit_webhook_rejected_total{reason}`:\n\n"
+        "| reason | status | when |\n|---|---|---|\n" + rows
+    )
+
+
 def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
     fams: dict[str, list[tuple[str, str, str, str]]] = {k: [] for k in SECTIONS}
     seen: set[str] = set()
@@ -283,7 +309,7 @@ def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
     if missing:
         raise SystemExit(f"metricsdoc: no DOCS entry for {', '.join(missing)}: add one in metricsdoc.py")
     undocumented_in_output = sorted(set(DOCS) - {f for f in seen} - {f + "_total" for f in seen})
-    out = [INTRO]
+    out = [INTRO, _rejections()]
     for key, title in SECTIONS.items():
         if not fams[key]:
             continue

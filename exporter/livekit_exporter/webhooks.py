@@ -2,20 +2,25 @@
 
 LiveKit POSTs every event to `webhooks.path` (default /webhook) as protojson (camelCase keys, enum
 names, int64 as strings), with `Authorization: <JWT>`: HS256 with a key pair both sides know,
-5-minute expiry, and a `sha256` claim holding base64(SHA-256(body)). A request walks one path:
+5-minute expiry, and a `sha256` claim holding base64(SHA-256(body)). A request walks one path,
+cheapest checks first, and reads the body only once the token is good:
 
-    size limit -> content type -> token (issuer picks the key, livekit-api's TokenVerifier checks
-    signature and expiry) -> body hash -> decode into an Event -> first time this id? -> metrics
+    Content-Length limit -> content type -> token (issuer picks the key, livekit-api's TokenVerifier
+    checks signature, expiry and not-before; the exporter its lifetime) -> body, read up to the limit
+    -> body hash -> decode into an Event -> first time this id? -> metrics -> remember the id
 
 LiveKit retries 5xx and connection errors (never a 4xx) and drops events older than 30 s, so every
-bad request gets a 4xx, and a retried delivery is recognised by its event id and counted once.
+bad request gets a 4xx, and a retried delivery is recognised by its event id and counted once. An
+event changes the metrics all at once or not at all: decode does every check and conversion, so
+applying it cannot fail, and its id is remembered only once it is applied.
 
 Why not `WebhookReceiver.receive`: it parses the body into the full protobuf WebhookEvent with
-`json_format.Parse`, which costs about three quarters of a verified request (PERFORMANCE.md), and it
+`json_format.Parse`, which alone costs as much as all of our own checks (bench/README.md), and it
 raises one bare Exception for every failure. We keep its checks (TokenVerifier, then the sha256
 claim against the raw bytes) and decode only the fields the metrics read, straight from orjson,
-accepting what protojson accepts: camelCase or proto field names, enum names or numbers, int64 as
-strings or numbers, absent fields as defaults.
+refusing what protobuf's parser refuses among them: duplicate keys, int64 values that are not
+decimal integers (a JSON integer or a string of digits) within int64, wrong types. Like it, we take
+camelCase or proto field names, enum names or numbers, and absent fields as defaults.
 
 A sample of the output:
 
@@ -29,9 +34,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import hmac
+import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -46,7 +54,7 @@ from livekit.protocol import agent, egress, ingress, models
 from prometheus_client import Counter, Histogram
 
 from . import lkenums as E
-from .config import Config, KeyPair, WebhooksConfig
+from .config import WEBHOOK_CLOCK_LEEWAY, WEBHOOK_TOKEN_TTL, Config, KeyPair, WebhooksConfig
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -60,17 +68,21 @@ EVENTS = (
     "agent_job_started", "agent_job_ended",
 )
 UNKNOWN_EVENT = "unknown"
-# reason -> HTTP status. Every one is a 4xx: LiveKit never retries those.
-REJECTIONS = {
-    "missing_auth": 401,
-    "bad_signature": 401,
-    "invalid_token": 401,
-    "expired": 401,
-    "unknown_key": 401,
-    "hash_mismatch": 401,
-    "malformed": 400,
-    "too_large": 413,
-    "unsupported_media_type": 415,
+# reason -> (HTTP status, when). Every status is a 4xx: LiveKit never retries those. The README and
+# docs/metrics.md list these; a test checks the README's table against this one.
+REJECTIONS: dict[str, tuple[int, str]] = {
+    "missing_auth": (401, "no Authorization header, or an empty one"),
+    "bad_signature": (401, "not a JWT, or its HS256 signature does not verify with the key pair its issuer names"),
+    "invalid_token": (401, ("a verified token LiveKit would not issue: no exp, no issuer, a lifetime beyond "
+                            "5 minutes, a non-string sha256 claim, claims livekit-api cannot read")),
+    "expired": (401, "the token's exp is more than 1 minute in the past"),
+    "not_yet_valid": (401, "the token's nbf is more than 1 minute in the future (LiveKit's clock runs ahead)"),
+    "unknown_key": (401, "the token's issuer is not a configured API key"),
+    "hash_mismatch": (401, "the token's sha256 claim is missing, not base64, or not the SHA-256 of the body"),
+    "malformed": (400, ("a validly signed body that is not a webhook event: not JSON, duplicate keys, no "
+                        "event name or id, a field of the wrong type or out of range")),
+    "too_large": (413, "the body exceeds webhooks.max_body_bytes"),
+    "unsupported_media_type": (415, "a Content-Type other than application/webhook+json or application/json"),
 }
 # LiveKit sends application/webhook+json; plain JSON is what a relay in between may turn it into.
 CONTENT_TYPES = frozenset({"application/webhook+json", "application/json"})
@@ -78,6 +90,12 @@ CONTENT_TYPES = frozenset({"application/webhook+json", "application/json"})
 _SUBJECT = {"room": "room", "participant": "participant", "track": "track", "egress": "egress_info",
             "ingress": "ingress_info", "agent": "job"}
 NO_AUTH = "no Authorization header: LiveKit signs every webhook; point only LiveKit here"
+# A token may claim to live this long from now: LiveKit's 5 minutes, plus its clock running ahead.
+MAX_TOKEN_LIFETIME = WEBHOOK_TOKEN_TTL + WEBHOOK_CLOCK_LEEWAY
+# Warnings per rejection reason and minute; the rest are summed up in one line when the minute ends.
+# livekit_webhook_rejected_total carries the rate.
+REJECTION_LOG_LINES = 5
+REJECTION_LOG_WINDOW = 60.0
 
 DELIVERY_DELAY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120)
 ROOM_DURATION_BUCKETS = (10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -91,40 +109,45 @@ class Rejected(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
-        self.status = REJECTIONS[reason]
+        self.status = REJECTIONS[reason][0]
         self.detail = detail
 
 
 # -- verification -----------------------------------------------------------------------------
 
 
-def _unverified_issuer(token: str) -> str:
-    """The `iss` claim, read without trusting it: it only picks which key to verify with."""
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The token's claims, read without trusting them: `iss` only picks the key to verify with,
+    and the rest is read once the signature vouched for these very bytes."""
     try:
-        payload = token.split(".")[1]
+        _header, payload, _signature = token.split(".")
         claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, binascii.Error, orjson.JSONDecodeError):
         raise Rejected("bad_signature", "the Authorization header is not a JWT") from None
-    iss = claims.get("iss") if isinstance(claims, dict) else None
-    if not isinstance(iss, str) or not iss:
-        raise Rejected("invalid_token", "the token names no issuer (iss claim): it cannot come from LiveKit")
-    return iss
+    if not isinstance(claims, dict):
+        raise Rejected("bad_signature", "the Authorization header is not a JWT (its payload is not an object)")
+    return claims
 
 
 class Verifier:
     """Checks a request exactly as LiveKit signs it, with any of the configured key pairs."""
 
-    def __init__(self, keys: Iterable[KeyPair]):
-        self._by_key = {k.api_key: TokenVerifier(k.api_key, k.api_secret.reveal()) for k in keys}
+    def __init__(self, keys: Iterable[KeyPair], clock: Callable[[], float] = time.time):
+        leeway = datetime.timedelta(seconds=WEBHOOK_CLOCK_LEEWAY)
+        self._by_key = {k.api_key: TokenVerifier(k.api_key, k.api_secret.reveal(), leeway=leeway) for k in keys}
+        self._clock = clock
 
-    def verify(self, body: bytes, authorization: str) -> None:
-        """Returns when a configured key pair signed exactly `body`; raises Rejected otherwise."""
+    def verify_token(self, authorization: str) -> bytes:
+        """The SHA-256 digest a configured key pair vouches for; raises Rejected otherwise."""
         token = authorization.strip()
         if token[:7].lower() == "bearer ":
             token = token[7:].lstrip()
         if not token:
             raise Rejected("missing_auth", NO_AUTH)
-        iss = _unverified_issuer(token)
+        unverified = _unverified_claims(token)
+        iss = unverified.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise Rejected("invalid_token", "the token names no issuer (iss claim): it cannot come from LiveKit")
         verifier = self._by_key.get(iss)
         if verifier is None:
             raise Rejected(
@@ -135,21 +158,40 @@ class Verifier:
         try:
             claims = verifier.verify(token)
         except jwt.ExpiredSignatureError:
-            raise Rejected("expired", "the token has expired: a replay, or the clocks of LiveKit and the exporter differ") from None
-        except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError, jwt.DecodeError):
+            raise Rejected("expired", "the token has expired: a replay, or the clocks of LiveKit and the "
+                           "exporter differ by more than a minute (check NTP on both)") from None
+        except jwt.ImmatureSignatureError:
+            raise Rejected("not_yet_valid", "the token is not valid yet (nbf): LiveKit's clock runs more than "
+                           "a minute ahead of the exporter's (check NTP on both)") from None
+        except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError):
             raise Rejected(
                 "bad_signature",
                 f"the signature does not verify with the secret of API key {iss!r}: check webhooks.keys",
             ) from None
-        except (jwt.InvalidTokenError, TypeError, ValueError, AttributeError) as e:
-            raise Rejected("invalid_token", f"the token is not one LiveKit issues ({type(e).__name__})") from None
-        if not claims.sha256:
+        except jwt.InvalidTokenError as e:  # PyJWT's messages name the claim, never a value
+            raise Rejected("invalid_token", f"the token is not one LiveKit issues: {str(e)[:120]}") from None
+        except Exception as e:  # noqa: BLE001 - livekit-api reading the grants of a signed token
+            raise Rejected("invalid_token", "the token's claims are not ones LiveKit issues (livekit-api "
+                           f"cannot read them: {type(e).__name__})") from None
+        # These bytes are verified now, and PyJWT took int() of exp, so this cannot fail.
+        exp, now = int(unverified["exp"]), self._clock()
+        if exp > now + MAX_TOKEN_LIFETIME:
+            raise Rejected("invalid_token", f"the token is valid for another {exp - int(now)} s: LiveKit signs "
+                           f"webhooks for {WEBHOOK_TOKEN_TTL:.0f} s, and a longer-lived token could be replayed "
+                           "after its event id is forgotten")
+        sha256 = claims.sha256
+        if not isinstance(sha256, str):
+            raise Rejected("invalid_token", "the token's sha256 claim is not a string")
+        if not sha256:
             raise Rejected("hash_mismatch", "the token carries no sha256 claim, so it does not vouch for this body")
         try:
-            claimed = base64.b64decode(claims.sha256, validate=True)
+            return base64.b64decode(sha256, validate=True)
         except (binascii.Error, ValueError):
             raise Rejected("hash_mismatch", "the token's sha256 claim is not base64") from None
-        if not hmac.compare_digest(hashlib.sha256(body).digest(), claimed):
+
+    @staticmethod
+    def check_body(body: bytes, digest: bytes) -> None:
+        if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
             raise Rejected("hash_mismatch", "the body is not the one the token was signed for (altered on the way?)")
 
 
@@ -186,21 +228,28 @@ def _obj(doc: dict[str, Any], f: _Field, where: str) -> dict[str, Any] | None:
     raise Malformed(f"{where}{f.json}: expected an object")
 
 
+# protojson's int64 in a string: an optional minus and decimal digits (19 at most, leading zeros aside).
+_INT64 = re.compile(r"(-?)0*([0-9]{1,19})")
+_INT64_MAX = (1 << 63) - 1
+
+
 def _int(doc: dict[str, Any], f: _Field, where: str) -> int:
-    """An integer field; protojson writes int64 as a decimal string."""
+    """A timestamp or size: an int64 as protojson writes it (a decimal string, or a JSON integer),
+    never negative, where a negative value has no meaning."""
     v = f.get(doc)
     if v is None:
         return 0
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
     if isinstance(v, str):
-        try:
-            return int(v)
-        except ValueError:
-            pass
-    elif isinstance(v, float) and v.is_integer():
-        return int(v)
-    raise Malformed(f"{where}{f.json}: expected an integer")
+        digits = _INT64.fullmatch(v)
+        if digits is None:
+            raise Malformed(f"{where}{f.json}: expected an int64 (a JSON integer or a string of decimal digits, "
+                            "at most 2^63-1)")
+        v = int(digits[1] + digits[2])
+    elif not isinstance(v, int) or isinstance(v, bool):
+        raise Malformed(f"{where}{f.json}: expected an int64 (a JSON integer or a string of decimal digits)")
+    if not 0 <= v <= _INT64_MAX:
+        raise Malformed(f"{where}{f.json}: {v} is out of range (0 to 2^63-1)")
+    return v
 
 
 def _str(doc: dict[str, Any], f: _Field, where: str) -> str:
@@ -255,12 +304,14 @@ _EGRESS_REQUEST = tuple(
 
 @dataclass(slots=True)
 class Event:
-    """What one webhook says, reduced to label values and numbers; nothing here is unbounded but
-    `trunk` and `agent_name`, which pass the cardinality guard when applied."""
+    """What one webhook says, reduced to label values and finite non-negative numbers, so applying it
+    cannot fail; nothing here is unbounded but `trunk` and `agent_name`, which pass the cardinality
+    guard when applied."""
 
     name: str  # one of EVENTS, or UNKNOWN_EVENT
     id: str
-    created_at: int  # seconds; 0 when absent
+    key: bytes  # a digest of the id: what deduplication remembers, 16 bytes whatever the id's length
+    created_at: float  # seconds; 0 when absent
     kind: str = ""
     reason: str = ""
     type: str = ""
@@ -269,8 +320,15 @@ class Event:
     trunk: str | None = None  # SIP participants only
     agent_name: str = ""
     duration: float | None = None  # seconds
-    output_bytes: int = 0
+    output_bytes: float = 0.0
     raw_name: str = ""  # the event name as sent, for logging an unknown one
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> None:
+    if len({k for k, _ in pairs}) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise Malformed(f"the key {duplicate[:64]!r} appears twice in one object (protobuf's parser refuses that)")
 
 
 def decode(body: bytes) -> Event:
@@ -281,6 +339,12 @@ def decode(body: bytes) -> Event:
         raise Malformed(f"not JSON ({e.msg} at character {e.pos})") from None
     if not isinstance(doc, dict):
         raise Malformed("not a JSON object")
+    # orjson keeps the last of duplicate keys silently; the json module can show them to a hook
+    # (about 5 µs for a typical event). orjson has checked the UTF-8 and the syntax already.
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise Malformed("nested too deeply for a webhook event") from None
     name = _str(doc, _F["event"], "")
     event_id = _str(doc, _F["id"], "")
     if not name:
@@ -288,7 +352,8 @@ def decode(body: bytes) -> Event:
     if not event_id:
         raise Malformed("no event id (the `id` field), so a retry could not be recognised")
     ev = Event(name=name if name in _DECODERS else UNKNOWN_EVENT, id=event_id,
-               created_at=_int(doc, _F["created_at"], ""), raw_name=name)
+               key=hashlib.blake2b(event_id.encode(), digest_size=16).digest(),
+               created_at=float(_int(doc, _F["created_at"], "")), raw_name=name)
     decoder = _DECODERS.get(name)
     if decoder is not None:
         field = _F[_SUBJECT[name.split("_", 1)[0]]]
@@ -303,7 +368,7 @@ def _since(ev: Event, start: int) -> float | None:
     """Seconds from `start` to the event; clock skew between LiveKit nodes never makes it negative."""
     if not start or not ev.created_at:
         return None
-    return float(max(0, ev.created_at - start))
+    return max(0.0, ev.created_at - start)
 
 
 def _room_finished(ev: Event, doc: dict, room: dict, where: str) -> None:
@@ -353,7 +418,7 @@ def _egress_ended(ev: Event, doc: dict, info: dict, where: str) -> None:
         results.extend(items)
     if not results:
         results = [r for r in (_obj(info, _F["file"], where), _obj(info, _F["segments"], where)) if r]
-    ev.output_bytes = sum(max(0, _int(r, _F["size"], where + "results.")) for r in results)
+    ev.output_bytes = float(sum(_int(r, _F["size"], where + "results.") for r in results))
 
 
 def _ingress(ev: Event, doc: dict, info: dict, where: str) -> None:
@@ -392,23 +457,28 @@ _DECODERS: dict[str, Callable[[Event, dict, dict, str], None]] = {
 
 
 class RecentIds:
-    """Event ids seen in the last `ttl` seconds, at most `max_entries` (the oldest go first).
+    """Event ids (their fixed-size digests) seen in the last `ttl` seconds, at most `max_entries`:
+    an id is forgotten when its ttl ends or when max_entries newer ones came, whichever is first.
 
     The ttl is the same for every id, so insertion order is expiry order: expired ids are dropped
-    from the front on each insert, and memory never exceeds max_entries ids.
+    from the front on each insert, and memory never exceeds max_entries entries of a fixed size.
     """
 
     def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._expiry: OrderedDict[bytes, float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def add(self, event_id: str) -> bool:
-        """True when the id is new (and now remembered); False for one seen within the ttl."""
+    def __contains__(self, key: bytes) -> bool:
+        until = self._expiry.get(key)
+        return until is not None and until > self._clock()
+
+    def add(self, key: bytes) -> None:
+        """Remembers `key` for ttl seconds from now."""
         now = self._clock()
         expiry = self._expiry
         while expiry:
@@ -416,12 +486,10 @@ class RecentIds:
             if until > now:
                 break
             del expiry[oldest]
-        if event_id in expiry:
-            return False
-        expiry[event_id] = now + self.ttl
+        expiry.pop(key, None)
+        expiry[key] = now + self.ttl
         if len(expiry) > self.max_entries:
             expiry.popitem(last=False)
-        return True
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -450,8 +518,9 @@ class WebhookMetrics:
         self.rooms_started = Counter(
             "livekit_room_sessions_started", "Rooms created (room_started webhooks).", registry=r)
         self.rooms_ended = Counter(
-            "livekit_room_sessions_ended", "Rooms closed (room_finished webhooks), by LiveKit's room end "
-            "reason.", ["end_reason"], registry=r)
+            "livekit_room_sessions_ended", "Rooms closed (room_finished webhooks), by the event's "
+            "room_end_reason; end_reason=\"unknown\" when LiveKit sent none (servers that do not set the "
+            "field) or one this version does not know.", ["end_reason"], registry=r)
         self.room_duration = Histogram(
             "livekit_room_session_duration_seconds", "Room lifetimes: room_finished time minus the room's "
             "creation_time.", buckets=ROOM_DURATION_BUCKETS, registry=r)
@@ -475,7 +544,8 @@ class WebhookMetrics:
             ["type"], registry=r)
         self.egress_ended = Counter(
             "livekit_egress_ended", "Egress ended (egress_ended webhooks), by egress type and final "
-            "status.", ["type", "status"], registry=r)
+            "status; LiveKit sends one for an auto-egress that never started too, so it can "
+            "exceed livekit_egress_started_total.", ["type", "status"], registry=r)
         self.egress_duration = Histogram(
             "livekit_egress_duration_seconds", "Egress run time: ended_at minus started_at of ended "
             "egress (LiveKit sends nanoseconds), by egress type.", ["type"],
@@ -487,15 +557,21 @@ class WebhookMetrics:
             "livekit_ingress_started", "Ingress that started publishing (ingress_started webhooks), by "
             "input type.", ["input_type"], registry=r)
         self.ingress_ended = Counter(
-            "livekit_ingress_ended", "Ingress that stopped publishing (ingress_ended webhooks), by input "
-            "type and final status.", ["input_type", "status"], registry=r)
+            "livekit_ingress_ended", "Ingress state changes into error, inactive or complete "
+            "(ingress_ended webhooks, sent on every such change, whether or not the ingress had "
+            "published), by input type and the new status.", ["input_type", "status"], registry=r)
         self.sip_started = Counter(
             "livekit_sip_calls_started", "SIP calls whose participant became active (participant_joined "
-            "of kind sip), by trunk id (the sip.trunkID attribute).", ["trunk"], registry=r)
+            "of kind sip), by trunk id (the sip.trunkID attribute). An outbound call's participant joins "
+            "before it dials, so for outbound calls this counts dial attempts, answered or not.",
+            ["trunk"], registry=r)
         self.sip_ended = Counter(
-            "livekit_sip_calls_ended", "SIP call participants that left or never connected "
-            "(participant_left / participant_connection_aborted of kind sip), by trunk id and disconnect "
-            "reason (user_unavailable, user_rejected: not answered).", ["trunk", "reason"], registry=r)
+            "livekit_sip_calls_ended", "SIP calls whose participant left after becoming active "
+            "(participant_left of kind sip), by trunk id and disconnect reason. LiveKit gives "
+            "user_unavailable when the callee did not respond in time and user_rejected when the callee "
+            "rejected the call (busy); an unanswered call may end with another reason "
+            "(sip_trunk_failure, ...). SIP participants that never became active are in "
+            "livekit_participant_connections_aborted_total{kind=\"sip\"}.", ["trunk", "reason"], registry=r)
         self.jobs_started = Counter(
             "livekit_agent_jobs_started", "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), "
             "by agent name.", ["agent_name"], registry=r)
@@ -507,7 +583,7 @@ class WebhookMetrics:
             self.events.labels(name)
         for reason in REJECTIONS:
             self.rejected.labels(reason)
-        self._apply = {
+        self._updates_by_event = {
             "room_started": self._room_started, "room_finished": self._room_finished,
             "participant_joined": self._participant_joined, "participant_left": self._participant_left,
             "participant_connection_aborted": self._participant_aborted,
@@ -518,70 +594,76 @@ class WebhookMetrics:
         }
 
     def apply(self, ev: Event, now: float) -> None:
-        self.events.labels(ev.name).inc()
+        """Every update of one event, all or none: the series are looked up first, then updated with
+        finite non-negative numbers (Event holds no other kind), which cannot fail."""
+        for update, amount in self._updates(ev, now):
+            update(amount)
+
+    def _updates(self, ev: Event, now: float) -> list[tuple[Callable[[float], None], float]]:
+        steps = [(self.events.labels(ev.name).inc, 1.0)]
         if ev.created_at:
-            self.delay.labels(ev.name).observe(max(0.0, now - ev.created_at))
-        handler = self._apply.get(ev.name)
+            steps.append((self.delay.labels(ev.name).observe, max(0.0, now - ev.created_at)))
+        handler = self._updates_by_event.get(ev.name)
         if handler is not None:
-            handler(ev)
+            handler(ev, steps)
+        return steps
 
-    def _room_started(self, ev: Event) -> None:
-        self.rooms_started.inc()
+    def _room_started(self, ev: Event, steps: list) -> None:
+        steps.append((self.rooms_started.inc, 1.0))
 
-    def _room_finished(self, ev: Event) -> None:
-        self.rooms_ended.labels(ev.reason).inc()
+    def _room_finished(self, ev: Event, steps: list) -> None:
+        steps.append((self.rooms_ended.labels(ev.reason).inc, 1.0))
         if ev.duration is not None:
-            self.room_duration.observe(ev.duration)
+            steps.append((self.room_duration.observe, ev.duration))
 
     def _trunk(self, metric: str, ev: Event) -> str:
         return self.guard(metric, "trunk", ev.trunk or "none")
 
-    def _participant_joined(self, ev: Event) -> None:
-        self.participants_started.labels(ev.kind).inc()
+    def _participant_joined(self, ev: Event, steps: list) -> None:
+        steps.append((self.participants_started.labels(ev.kind).inc, 1.0))
         if ev.trunk is not None:
-            self.sip_started.labels(self._trunk("livekit_sip_calls_started_total", ev)).inc()
+            steps.append((self.sip_started.labels(self._trunk("livekit_sip_calls_started_total", ev)).inc, 1.0))
 
-    def _participant_left(self, ev: Event) -> None:
-        self.participants_ended.labels(ev.kind, ev.reason).inc()
+    def _participant_left(self, ev: Event, steps: list) -> None:
+        steps.append((self.participants_ended.labels(ev.kind, ev.reason).inc, 1.0))
         if ev.duration is not None:
-            self.participant_duration.labels(ev.kind).observe(ev.duration)
-        self._sip_ended(ev)
-
-    def _participant_aborted(self, ev: Event) -> None:
-        self.participants_aborted.labels(ev.kind).inc()
-        self._sip_ended(ev)
-
-    def _sip_ended(self, ev: Event) -> None:
+            steps.append((self.participant_duration.labels(ev.kind).observe, ev.duration))
         if ev.trunk is not None:
-            self.sip_ended.labels(self._trunk("livekit_sip_calls_ended_total", ev), ev.reason).inc()
+            trunk = self._trunk("livekit_sip_calls_ended_total", ev)
+            steps.append((self.sip_ended.labels(trunk, ev.reason).inc, 1.0))
 
-    def _track_published(self, ev: Event) -> None:
-        self.tracks.labels(ev.type, ev.source).inc()
+    def _participant_aborted(self, ev: Event, steps: list) -> None:
+        # Not a SIP call ended: it never counted as started (no participant_joined), and
+        # livekit_sip_calls_started_total - livekit_sip_calls_ended_total must not go below zero.
+        steps.append((self.participants_aborted.labels(ev.kind).inc, 1.0))
 
-    def _egress_started(self, ev: Event) -> None:
-        self.egress_started.labels(ev.type).inc()
+    def _track_published(self, ev: Event, steps: list) -> None:
+        steps.append((self.tracks.labels(ev.type, ev.source).inc, 1.0))
 
-    def _egress_ended(self, ev: Event) -> None:
-        self.egress_ended.labels(ev.type, ev.status).inc()
+    def _egress_started(self, ev: Event, steps: list) -> None:
+        steps.append((self.egress_started.labels(ev.type).inc, 1.0))
+
+    def _egress_ended(self, ev: Event, steps: list) -> None:
+        steps.append((self.egress_ended.labels(ev.type, ev.status).inc, 1.0))
         if ev.duration is not None:
-            self.egress_duration.labels(ev.type).observe(ev.duration)
+            steps.append((self.egress_duration.labels(ev.type).observe, ev.duration))
         if ev.output_bytes:
-            self.egress_bytes.labels(ev.type).inc(ev.output_bytes)
+            steps.append((self.egress_bytes.labels(ev.type).inc, ev.output_bytes))
 
-    def _ingress_started(self, ev: Event) -> None:
-        self.ingress_started.labels(ev.type).inc()
+    def _ingress_started(self, ev: Event, steps: list) -> None:
+        steps.append((self.ingress_started.labels(ev.type).inc, 1.0))
 
-    def _ingress_ended(self, ev: Event) -> None:
-        self.ingress_ended.labels(ev.type, ev.status).inc()
+    def _ingress_ended(self, ev: Event, steps: list) -> None:
+        steps.append((self.ingress_ended.labels(ev.type, ev.status).inc, 1.0))
 
     def _agent(self, metric: str, ev: Event) -> str:
         return self.guard(metric, "agent_name", ev.agent_name)
 
-    def _job_started(self, ev: Event) -> None:
-        self.jobs_started.labels(self._agent("livekit_agent_jobs_started_total", ev)).inc()
+    def _job_started(self, ev: Event, steps: list) -> None:
+        steps.append((self.jobs_started.labels(self._agent("livekit_agent_jobs_started_total", ev)).inc, 1.0))
 
-    def _job_ended(self, ev: Event) -> None:
-        self.jobs_ended.labels(self._agent("livekit_agent_jobs_ended_total", ev), ev.status).inc()
+    def _job_ended(self, ev: Event, steps: list) -> None:
+        steps.append((self.jobs_ended.labels(self._agent("livekit_agent_jobs_ended_total", ev), ev.status).inc, 1.0))
 
 
 # -- the HTTP face ----------------------------------------------------------------------------
@@ -593,6 +675,33 @@ def _answer(status: int, **fields: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(fields) + b"\n", content_type="application/json")
 
 
+class RejectionLog:
+    """Logs rejections, at most `lines` a reason per `window` seconds; when a window with more ends,
+    one line says how many were left out (written with the next rejection of that reason)."""
+
+    def __init__(self, lines: int = REJECTION_LOG_LINES, window: float = REJECTION_LOG_WINDOW,
+                 clock: Callable[[], float] = time.monotonic):
+        self.lines = lines
+        self.window = window
+        self._clock = clock
+        self._windows: dict[str, list] = {}  # reason -> [window start, lines logged, lines left out]
+
+    def warn(self, r: Rejected, remote: str | None) -> None:
+        now = self._clock()
+        w = self._windows.get(r.reason)
+        if w is None or now - w[0] >= self.window:
+            if w is not None and w[2]:
+                log.warning("webhook rejections not logged", extra={
+                    "reason": r.reason, "not_logged": w[2], "seconds": round(now - w[0])})
+            w = self._windows[r.reason] = [now, 0, 0]
+        if w[1] < self.lines:
+            w[1] += 1
+            log.warning("webhook rejected", extra={"reason": r.reason, "detail": r.detail, "remote": remote,
+                                                   "status": r.status})
+        else:
+            w[2] += 1
+
+
 class WebhookHandler:
     """POST <webhooks.path>: one request, one straight path to the metrics."""
 
@@ -601,25 +710,30 @@ class WebhookHandler:
         self.verifier = verifier
         self.metrics = metrics
         self.seen = RecentIds(cfg.dedup_ttl, cfg.dedup_max_entries)
+        self.rejections = RejectionLog()
         self._unknown_logged: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
+            self._check_headers(request)
+            digest = self.verifier.verify_token(request.headers.get("Authorization", ""))
             body = await self._read(request)
-            self.verifier.verify(body, request.headers.get("Authorization", ""))
+            self.verifier.check_body(body, digest)
             try:
                 ev = decode(body)
             except Malformed as e:
                 raise Rejected("malformed", f"a validly signed body that is not a LiveKit webhook event: {e}") from None
         except Rejected as r:
             self.metrics.rejected.labels(r.reason).inc()
-            log.warning("webhook rejected", extra={"reason": r.reason, "detail": r.detail,
-                                                   "remote": request.remote, "status": r.status})
+            self.rejections.warn(r, request.remote)
             return _answer(r.status, error=r.detail, reason=r.reason)
-        if not self.seen.add(ev.id):
+        if ev.key in self.seen:
             self.metrics.duplicates.inc()
             return _answer(200, result="duplicate", id=ev.id)
+        # Remembered only once applied: should applying ever fail, the 500 makes LiveKit retry, and
+        # the retry is counted rather than taken for a duplicate.
         self.metrics.apply(ev, time.time())
+        self.seen.add(ev.key)
         if ev.name == UNKNOWN_EVENT and ev.raw_name not in self._unknown_logged:
             if len(self._unknown_logged) < _UNKNOWN_NAMES_LOGGED:
                 self._unknown_logged.add(ev.raw_name)
@@ -627,22 +741,27 @@ class WebhookHandler:
                          extra={"event": ev.raw_name[:64]})
         return _answer(200, result="accepted", id=ev.id)
 
-    async def _read(self, request: web.Request) -> bytes:
+    def _check_headers(self, request: web.Request) -> None:
         if request.content_length is not None and request.content_length > self.max_body:
             raise Rejected("too_large", f"the body of {request.content_length} bytes exceeds "
                            f"webhooks.max_body_bytes ({self.max_body})")
         if request.content_type not in CONTENT_TYPES:
-            raise Rejected("unsupported_media_type", f"Content-Type {request.content_type!r}: LiveKit sends "
-                           "application/webhook+json; send webhooks here only from LiveKit")
+            raise Rejected("unsupported_media_type", f"Content-Type {request.content_type[:64]!r}: LiveKit "
+                           "sends application/webhook+json; send webhooks here only from LiveKit")
         if not request.headers.get("Authorization", "").strip():
             raise Rejected("missing_auth", NO_AUTH)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            body = None
-        if body is None or len(body) > self.max_body:
-            raise Rejected("too_large", f"the body exceeds webhooks.max_body_bytes ({self.max_body})")
-        return body
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The body, read no further than max_body_bytes + 1 whatever the framing (a chunked body
+        has no Content-Length); aiohttp's own limit is the larger one of all endpoints."""
+        limit = self.max_body
+        chunks, size = [], 0
+        while chunk := await request.content.read(limit + 1 - size):
+            size += len(chunk)
+            if size > limit:
+                raise Rejected("too_large", f"the body exceeds webhooks.max_body_bytes ({limit})")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def setup(app: web.Application, config: Config, telemetry: Telemetry) -> WebhookHandler:

@@ -307,11 +307,12 @@ class Scenario:
         self.dispatch_rules[rid] = proto_sip.SIPDispatchRuleInfo(sip_dispatch_rule_id=rid, trunk_ids=list(trunk_ids))
         return rid
 
-    def add_sip_call(self, room: str, trunk_id: str, status: str = "active", identity: str | None = None) -> proto_models.ParticipantInfo:
+    def add_sip_call(self, room: str, trunk_id: str, status: str = "active", identity: str | None = None,
+                     state: int = State.ACTIVE) -> proto_models.ParticipantInfo:
         identity = identity or f"sip_{next(self._ids)}"
         call_id = self._id("SCL")
         return self.add_participant(
-            room, identity, kind=Kind.SIP, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)],
+            room, identity, kind=Kind.SIP, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)], state=state,
             attributes={
                 "sip.callID": call_id, "sip.trunkID": trunk_id, "sip.callStatus": status,
                 "sip.phoneNumber": "+15550100" + str(next(self._ids) % 100).zfill(2),

@@ -11,9 +11,10 @@ pkg/telemetry/events.go): a WebhookEvent with `id` EV_..., `created_at` in secon
 LiveKit attaches (track events carry a room with only sid and name and a participant with only sid
 and identity; room_finished carries the room and its room_end_reason); the body in protojson
 (camelCase keys, enum names, int64 as strings); `Authorization: <JWT>` without "Bearer", HS256 with
-the key pair, valid 5 minutes, claim sha256 = base64(SHA-256(body)), signed afresh for each attempt;
+the key pair, valid 5 minutes, claim sha256 = base64(SHA-256(body)), signed once per delivery;
 `Content-Type: application/webhook+json`. Delivery follows LiveKit's client (hashicorp
-go-retryablehttp defaults): retries on connection errors, 429 and 5xx except 501, waiting
+go-retryablehttp defaults, which resend the same request, Authorization included): retries on
+connection errors, 429 and 5xx except 501, waiting
 1 s, 2 s, 4 s, 8 s (capped at 30 s), at most 4 retries; a 4xx is final; an event that waited in
 the queue longer than 30 s is dropped unsent.
 
@@ -193,8 +194,8 @@ class WebhookSender:
             self.stats["dropped_too_old"] += 1
             return
         attempt = 0
+        headers = request_headers(sign(item.body, self.api_key, self.api_secret))
         while True:
-            headers = request_headers(sign(item.body, self.api_key, self.api_secret))
             status = await self._post(item.body, headers)
             ok = status is not None and 200 <= status < 300
             if ok:
@@ -257,14 +258,13 @@ class WebhookSender:
                 put("livekit_participant_sessions_started_total", 1, kind=kind)
                 if kind == "sip":
                     put("livekit_sip_calls_started_total", 1, trunk=trunk)
-            elif name in ("participant_left", "participant_connection_aborted"):
-                if name == "participant_left":
-                    put("livekit_participant_sessions_ended_total", 1, kind=kind, reason=reason)
-                    observe("livekit_participant_session_duration_seconds", max(0, ev.created_at - p.joined_at), kind=kind)
-                else:
-                    put("livekit_participant_connections_aborted_total", 1, kind=kind)
+            elif name == "participant_left":
+                put("livekit_participant_sessions_ended_total", 1, kind=kind, reason=reason)
+                observe("livekit_participant_session_duration_seconds", max(0, ev.created_at - p.joined_at), kind=kind)
                 if kind == "sip":
                     put("livekit_sip_calls_ended_total", 1, trunk=trunk, reason=reason)
+            elif name == "participant_connection_aborted":
+                put("livekit_participant_connections_aborted_total", 1, kind=kind)
             elif name == "track_published":
                 put("livekit_track_publications_total", 1, type=E.label(E.TRACK_TYPE, ev.track.type),
                     source=E.label(E.TRACK_SOURCE, ev.track.source))
