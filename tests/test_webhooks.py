@@ -363,6 +363,11 @@ async def test_numbers_protobuf_refuses_are_refused_whole(scenario, hook, event)
         200, {"result": "accepted", "id": "EV_1"})
 
 
+async def test_leading_zeros_are_an_int64_too(scenario, hook):
+    body = b'{"event": "room_started", "id": "EV_0", "createdAt": "' + b"0" * 4000 + b'5", "room": {}}'
+    assert (await post(hook, body, request_headers(sign(body, scenario.api_key, scenario.api_secret))))[0] == 200
+
+
 async def test_a_livekit_clock_a_little_ahead_is_accepted(scenario, hook):
     """LiveKit's clock 50 s ahead: nbf and exp 50 s later than ours, within the leeway."""
     now = int(time.time())
