@@ -757,8 +757,11 @@ class WebhookHandler:
             raise Rejected("missing_auth", NO_AUTH)
 
     async def _read(self, request: web.Request) -> bytes:
-        """The body, read no further than max_body_bytes + 1 whatever the framing (a chunked body
-        has no Content-Length); aiohttp's own limit is the larger one of all endpoints."""
+        """The body, read no further than max_body_bytes + 1 whatever the framing. aiohttp's own
+        limit is the largest of all endpoints', so only a Content-Length (checked against ours
+        already, and where aiohttp stops) lets it read the body in one go (a few % faster)."""
+        if request.content_length is not None:
+            return await request.read()
         limit = self.max_body
         chunks, size = [], 0
         while chunk := await request.content.read(limit + 1 - size):
