@@ -17,10 +17,11 @@ applying it cannot fail, and its id is remembered only once it is applied.
 Why not `WebhookReceiver.receive`: it parses the body into the full protobuf WebhookEvent with
 `json_format.Parse`, which alone costs as much as all of our own checks (bench/README.md), and it
 raises one bare Exception for every failure. We keep its checks (TokenVerifier, then the sha256
-claim against the raw bytes) and decode only the fields the metrics read, straight from orjson,
-refusing what protobuf's parser refuses among them: duplicate keys, int64 values that are not
-decimal integers (a JSON integer or a string of digits) within int64, wrong types. Like it, we take
-camelCase or proto field names, enum names or numbers, and absent fields as defaults.
+claim against the raw bytes) and decode only the fields the metrics read, straight from orjson.
+We refuse what protobuf's parser refuses in them (duplicate keys, wrong types, int64 out of range)
+and a little more: an int64 must be a JSON integer or a string of decimal digits (not 5.0), and a
+timestamp or size must not be negative. Like it, we take camelCase or proto field names, enum names
+or numbers, and absent fields as defaults.
 
 A sample of the output:
 
@@ -131,10 +132,9 @@ def _unverified_claims(token: str) -> dict[str, Any]:
 class Verifier:
     """Checks a request exactly as LiveKit signs it, with any of the configured key pairs."""
 
-    def __init__(self, keys: Iterable[KeyPair], clock: Callable[[], float] = time.time):
+    def __init__(self, keys: Iterable[KeyPair]):
         leeway = datetime.timedelta(seconds=WEBHOOK_CLOCK_LEEWAY)
         self._by_key = {k.api_key: TokenVerifier(k.api_key, k.api_secret.reveal(), leeway=leeway) for k in keys}
-        self._clock = clock
 
     def verify_token(self, authorization: str) -> bytes:
         """The SHA-256 digest a configured key pair vouches for; raises Rejected otherwise."""
@@ -173,7 +173,7 @@ class Verifier:
             raise Rejected("invalid_token", "the token's claims are not ones LiveKit issues (livekit-api "
                            f"cannot read them: {type(e).__name__})") from None
         # These bytes are verified now, and PyJWT took int() of exp, so this cannot fail.
-        exp, now = int(unverified["exp"]), self._clock()
+        exp, now = int(unverified["exp"]), time.time()
         if exp > now + MAX_TOKEN_LIFETIME:
             raise Rejected("invalid_token", f"the token is valid for another {exp - int(now)} s: LiveKit signs "
                            f"webhooks for {WEBHOOK_TOKEN_TTL:.0f} s, and a longer-lived token could be replayed "
