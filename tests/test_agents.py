@@ -177,7 +177,8 @@ async def test_turn_metrics_usage_errors_and_the_timestamp_bugs(exporter):
                  field="transcription_delay_seconds") == 1
     assert value(s, "voice_agent_tts_characters_total", agent="a", provider="cartesia", model="sonic-2") == 250
     assert value(s, "voice_agent_stt_audio_seconds_total", agent="a", provider="deepgram", model="nova-3") == 75
-    assert value(s, "voice_agent_errors_total", agent="a", component="llm", type="APIConnectionError") == 1
+    assert value(s, "voice_agent_errors_total", agent="a", component="llm", type="APIConnectionError",
+                 recoverable="true") == 1
 
 
 async def test_the_fallback_reads_the_real_metric_classes(exporter, caplog):

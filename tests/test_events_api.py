@@ -11,12 +11,12 @@ from conftest import AUTH, EVENTS_TOKEN, require_binary, samples, value
 
 from livekit_exporter.config import Price
 from livekit_exporter.events import PIPELINE
-from livekit_exporter.events.pipeline import CALL_BUCKETS, STAGE_BUCKETS, TURN_BUCKETS
+from livekit_exporter.events.pipeline import CALL_BUCKETS, REQUEST_BUCKETS, STAGE_BUCKETS, TURN_BUCKETS
 
 PRICES = (
     Price("openai", "gpt-4o-mini", usd_per_million_input_tokens=0.15, usd_per_million_output_tokens=0.6,
           usd_per_million_cached_tokens=0.075),
-    Price("deepgram", usd_per_audio_minute=0.0077),
+    Price("deepgram", usd_per_stt_audio_minute=0.0077),
     Price("elevenlabs", usd_per_million_characters=50.0),
 )
 
@@ -105,16 +105,18 @@ async def test_each_event_type_moves_its_metrics(events_exporter):
     assert buckets(s, "voice_agent_llm_time_to_first_token_seconds", STAGE_BUCKETS, **llm) == cumulative(STAGE_BUCKETS, 0.33)
     tts_unknown = dict(agent=A, provider="unknown", model="unknown")
     assert buckets(s, "voice_agent_tts_time_to_first_byte_seconds", STAGE_BUCKETS, **tts_unknown) == cumulative(STAGE_BUCKETS, 0.18)
-    assert buckets(s, "voice_agent_llm_request_duration_seconds", STAGE_BUCKETS, **llm) == cumulative(STAGE_BUCKETS, 1.1)
-    assert buckets(s, "voice_agent_tool_call_duration_seconds", STAGE_BUCKETS, agent=A, tool="lookup_order") == \
-        cumulative(STAGE_BUCKETS, 0.45)
+    assert buckets(s, "voice_agent_llm_request_duration_seconds", REQUEST_BUCKETS, **llm) == \
+        cumulative(REQUEST_BUCKETS, 1.1)
+    assert buckets(s, "voice_agent_tool_call_duration_seconds", REQUEST_BUCKETS, agent=A, tool="lookup_order") == \
+        cumulative(REQUEST_BUCKETS, 0.45)
 
     assert value(s, "voice_agent_llm_tokens_total", **llm, type="input") == 1000
     assert value(s, "voice_agent_llm_tokens_total", **llm, type="output") == 200
     assert value(s, "voice_agent_llm_tokens_total", **llm, type="cached") == 400
     assert value(s, "voice_agent_stt_audio_seconds_total", **stt) == 90
     assert value(s, "voice_agent_tts_characters_total", agent=A, provider="elevenlabs", model="flash") == 500
-    assert value(s, "voice_agent_errors_total", agent=A, component="llm", type="rate_limited") == 1
+    assert value(s, "voice_agent_errors_total", agent=A, component="llm", type="rate_limited",
+                 recoverable="false") == 1
 
     cost = "voice_agent_estimated_cost_dollars_total"
     # 600 uncached input x 0.15 + 400 cached x 0.075 + 200 output x 0.6, per million tokens
@@ -160,6 +162,7 @@ BAD_BATCH = [
     {"type": "turn", "agent": "", "e2e_latency_seconds": 0.5},
     {"type": "error", "agent": A, "component": "database", "error_type": "x"},
     {"type": "turn", "agent": A, "e2e_latency_seconds": 2e6},
+    {"type": "turn", "agent": A, "interrupted": True, "interruptions": 0},
 ]
 BAD_PROBLEMS = [
     {"index": 1, "path": "$.events[1].e2e_latency_seconds", "reason": "Expected `float` >= 0.0"},
@@ -174,6 +177,9 @@ BAD_PROBLEMS = [
     {"index": 8, "path": "$.events[8].component",
      "reason": "Invalid enum value 'database'; expected one of llm, other, stt, tool, transport, tts"},
     {"index": 9, "path": "$.events[9].e2e_latency_seconds", "reason": "Expected `float` <= 1000000.0"},
+    {"index": 10, "path": "$.events[10].interruptions",
+     "reason": "interruptions is 0 but interrupted is true; a turn the user cut short had at least 1 "
+               "interruption (leave interruptions out to count 1)"},
 ]
 
 
@@ -204,7 +210,13 @@ REJECTIONS = {
     "not a batch": (dict(body='{"evnts": []}'), 400, "invalid",
                     "the body is not an events batch: Object contains unknown field `evnts` at $"),
     "events not a list": (dict(body='{"events": {}}'), 400, "invalid", "Expected `array`, got `object` at $.events"),
-    "bad events": (dict(events=BAD_BATCH), 400, "invalid", "9 invalid event(s); nothing was applied"),
+    "bad events": (dict(events=BAD_BATCH), 400, "invalid", "10 invalid event(s); nothing was applied"),
+    "NaN": (dict(body='{"events": [{"type": "turn", "agent": "a", "e2e_latency_seconds": NaN}]}'), 400, "malformed",
+            "NaN/Infinity are not JSON; send null for not measured (byte 66)"),
+    "-Infinity": (dict(body='{"events": [{"type": "turn", "agent": "a", "llm_ttft_seconds": -Infinity}]}'), 400,
+                  "malformed", "NaN/Infinity are not JSON; send null for not measured"),
+    "bad idempotency key": (dict(events=ONE_OF_EACH, headers={**AUTH, "Idempotency-Key": "a b"}), 400, "invalid",
+                            "Idempotency-Key header must be 1 to 255 visible ASCII characters"),
 }
 
 
@@ -237,7 +249,8 @@ async def test_ndjson_problems_name_the_line(events_exporter):
     resp = await post(client, body=body, ctype="application/x-ndjson")
     assert resp.status == 400
     assert (await resp.json())["problems"] == [
-        {"index": 1, "path": "$", "reason": "not valid JSON: JSON is malformed: invalid character (byte 54)", "line": 3},
+        {"index": 1, "path": "$", "reason": "not valid JSON: NaN/Infinity are not JSON; send null for not measured "
+                                            "(byte 54)", "line": 3},
         {"index": 2, "path": "$.cached_tokens",
          "reason": "cached_tokens (9) exceeds input_tokens (5); input_tokens counts cached tokens too", "line": 4},
         {"index": 3, "path": "$.e2e_latency_seconds", "reason": "Number out of range", "line": 5},
@@ -289,24 +302,58 @@ async def test_absurd_latencies_are_discarded_and_counted(events_exporter):
     client = await events_exporter()  # max_latency 30 s
     turn = {"type": "turn", "agent": A, "e2e_latency_seconds": 0.9, "transcription_delay_seconds": 150.0,
             "end_of_utterance_delay_seconds": 61.0}
-    tool = {"type": "tool_call", "agent": A, "tool": "slow", "duration_seconds": 31}
-    resp = await post(client, [turn, tool])
+    resp = await post(client, [ONE_OF_EACH[0], turn])
     assert resp.status == 200
     body = await resp.json()
     assert body["accepted"] == 2
+    # The full path, as in a 400's problems.
     assert [(d["index"], d["path"]) for d in body["discarded"]] == [
-        (0, "$.end_of_utterance_delay_seconds"), (0, "$.transcription_delay_seconds"), (1, "$.duration_seconds")]
+        (1, "$.events[1].end_of_utterance_delay_seconds"), (1, "$.events[1].transcription_delay_seconds")]
     assert "150 s is above events.max_latency (30 s)" in body["discarded"][1]["reason"]
     s = await scrape(client)
     assert value(s, "voice_agent_turn_latency_seconds_count", agent=A) == 1
     assert value(s, "voice_agent_turns_total", agent=A, interrupted="false") == 1
     assert value(s, "voice_agent_transcription_delay_seconds_count", agent=A, provider="unknown", model="unknown") is None
     assert value(s, "voice_agent_end_of_utterance_delay_seconds_count", agent=A) is None
-    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent=A, tool="slow") is None
     d = "livekit_exporter_event_latencies_discarded_total"
     assert value(s, d, type="turn", field="transcription_delay_seconds") == 1
     assert value(s, d, type="turn", field="end_of_utterance_delay_seconds") == 1
-    assert value(s, d, type="tool_call", field="duration_seconds") == 1
+
+
+async def test_ndjson_discarded_timings_name_the_line(events_exporter):
+    client = await events_exporter()
+    body = "\n".join([json.dumps(ONE_OF_EACH[0]), "", json.dumps({"type": "turn", "agent": A, "llm_ttft_seconds": 45})])
+    resp = await post(client, body=body, ctype="application/x-ndjson")
+    assert resp.status == 200
+    [d] = (await resp.json())["discarded"]
+    assert (d["index"], d["path"], d["line"]) == (1, "$.llm_ttft_seconds", 3)
+
+
+async def test_long_tool_calls_and_llm_requests_are_observed(events_exporter):
+    """events.max_latency is for the turn stages livekit-agents' timestamp bugs hit, not for a
+    tool that waits two minutes on a backend or a long LLM request."""
+    client = await events_exporter(max_latency=30.0)
+    resp = await post(client, [
+        {"type": "tool_call", "agent": A, "tool": "slow", "duration_seconds": 95},
+        {"type": "llm", "agent": A, "provider": "openai", "model": "o3", "output_tokens": 9000, "duration_seconds": 75.5},
+    ])
+    assert (await resp.json())["discarded"] == []
+    s = await scrape(client)
+    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent=A, tool="slow") == 1
+    assert value(s, "voice_agent_tool_call_duration_seconds_sum", agent=A, tool="slow") == 95
+    assert buckets(s, "voice_agent_tool_call_duration_seconds", REQUEST_BUCKETS, agent=A, tool="slow") == \
+        cumulative(REQUEST_BUCKETS, 95)
+    assert value(s, "voice_agent_llm_request_duration_seconds_sum", agent=A, provider="openai", model="o3") == 75.5
+
+
+async def test_a_utf8_byte_order_mark_is_ignored(events_exporter):
+    client = await events_exporter()
+    bom = b"\xef\xbb\xbf"
+    for body, ctype in ((bom + json.dumps({"events": ONE_OF_EACH[:1]}).encode(), "application/json"),
+                        (bom + json.dumps(ONE_OF_EACH[2]).encode() + b"\n", "application/x-ndjson")):
+        resp = await post(client, body=body, ctype=ctype)
+        assert resp.status == 200, await resp.text()
+    assert value(await scrape(client), "livekit_exporter_events_total", type="call_started") == 2
 
 
 # -- cardinality --------------------------------------------------------------------------------
@@ -393,3 +440,186 @@ async def test_promtool_accepts_the_voice_agent_families(events_exporter, tmp_pa
     run = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.strip() == "" and run.stderr.strip() == "", run.stdout + run.stderr
+
+
+# -- cost: per-component prices, case-insensitive lookup, unpriced usage -------------------------
+
+
+async def test_each_component_is_charged_its_own_price(events_exporter):
+    """An STT price per audio minute is never charged on TTS audio (and the reverse)."""
+    prices = (Price("deepgram", usd_per_stt_audio_minute=0.0077, usd_per_tts_audio_minute=0.015),
+              Price("openai", usd_per_stt_audio_minute=0.006))
+    client = await events_exporter(prices=prices)
+    resp = await post(client, [
+        {"type": "stt", "agent": A, "provider": "deepgram", "model": "nova-3", "audio_seconds": 60},
+        {"type": "tts", "agent": A, "provider": "deepgram", "model": "aura-2", "characters": 300, "audio_seconds": 120},
+        {"type": "tts", "agent": A, "provider": "openai", "model": "tts-1", "characters": 1000, "audio_seconds": 60},
+    ])
+    assert resp.status == 200
+    s = await scrape(client)
+    cost = "voice_agent_estimated_cost_dollars_total"
+    assert value(s, cost, agent=A, component="stt", provider="deepgram", model="nova-3") == pytest.approx(0.0077)
+    assert value(s, cost, agent=A, component="tts", provider="deepgram", model="aura-2") == pytest.approx(2 * 0.015)
+    # openai's entry prices STT only: its TTS is unpriced, not charged the STT rate.
+    assert value(s, cost, agent=A, component="tts", provider="openai", model="tts-1") is None
+    assert value(s, "livekit_exporter_unpriced_usage_events_total", component="tts", provider="openai",
+                 model="tts-1") == 1
+
+
+async def test_unpriced_usage_is_counted_and_warned_about_once(events_exporter, caplog):
+    client = await events_exporter(prices=(Price("OpenAI", "GPT-4o-mini", usd_per_million_input_tokens=0.15,
+                                                 usd_per_million_output_tokens=0.6),))
+    llm = {"type": "llm", "agent": A, "input_tokens": 1000, "output_tokens": 100}
+    resp = await post(client, [
+        {**llm, "provider": "openai", "model": "gpt-4o-mini"},  # priced: the lookup ignores case
+        {**llm, "provider": "anthropic", "model": "claude-haiku-4-5"},
+        {**llm, "provider": "anthropic", "model": "claude-haiku-4-5"},
+    ])
+    assert resp.status == 200
+    s = await scrape(client)
+    assert value(s, "voice_agent_estimated_cost_dollars_total", agent=A, component="llm", provider="openai",
+                 model="gpt-4o-mini") == pytest.approx((1000 * 0.15 + 100 * 0.6) / 1e6)
+    assert value(s, "livekit_exporter_unpriced_usage_events_total", component="llm", provider="anthropic",
+                 model="claude-haiku-4-5") == 2
+    assert value(s, "livekit_exporter_unpriced_usage_events_total", component="llm", provider="openai",
+                 model="gpt-4o-mini") is None
+    warnings = [r for r in caplog.records if "no price in events.prices" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].provider == "anthropic"
+
+
+# -- idempotency ----------------------------------------------------------------------------------
+
+
+async def test_a_retried_batch_is_applied_once(events_exporter):
+    client = await events_exporter()
+    batch = [ONE_OF_EACH[7], ONE_OF_EACH[12], {"type": "turn", "agent": A, "llm_ttft_seconds": 40}]
+    headers = {**AUTH, "Idempotency-Key": "batch-7f3a"}
+    first = await post(client, batch, headers=headers)
+    again = await post(client, batch, headers=headers)
+    assert first.status == again.status == 200
+    assert await again.read() == await first.read()
+    assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
+    s = await scrape(client)
+    assert value(s, "voice_agent_turns_total", agent=A, interrupted="true") == 1
+    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent=A, tool="lookup_order") == 1
+    assert value(s, "livekit_exporter_events_total", type="turn") == 2
+
+    # Another batch under the same key: refused, nothing applied.
+    resp = await post(client, [ONE_OF_EACH[12]], headers=headers)
+    assert resp.status == 422
+    assert "already used for a different batch" in (await resp.json())["error"]
+    assert value(await scrape(client), "voice_agent_tool_call_duration_seconds_count", agent=A,
+                 tool="lookup_order") == 1
+    # Without a key, or with a new one, a batch is applied.
+    await post(client, [ONE_OF_EACH[12]])
+    await post(client, [ONE_OF_EACH[12]], headers={**AUTH, "Idempotency-Key": "batch-7f3b"})
+    assert value(await scrape(client), "voice_agent_tool_call_duration_seconds_count", agent=A,
+                 tool="lookup_order") == 3
+
+
+async def test_idempotency_keys_are_remembered_for_a_bounded_time_and_number():
+    from livekit_exporter.events import IdempotencyCache
+
+    now = [0.0]
+    cache = IdempotencyCache(ttl=60, max_entries=3, clock=lambda: now[0])
+    for i in range(5):
+        cache.put((0, f"k{i}"), b"d", b"{}")
+    assert len(cache) == 3 and cache.get((0, "k0")) is None and cache.get((0, "k4")) is not None
+    assert cache.get((1, "k4")) is None  # another token's keys are its own
+    now[0] = 61
+    assert cache.get((0, "k4")) is None and len(cache) == 0
+
+
+# -- gauges under the cardinality guard -----------------------------------------------------------
+
+
+async def test_report_gauges_never_write_into_other(events_exporter, make_config, aiohttp_client):
+    """A dependency report over the guard's cap is dropped, not set on __other__ (where one "up"
+    would hide another dependency's outage); expired dependencies free their slot."""
+    from dataclasses import replace
+
+    from livekit_exporter.config import EventsConfig, Secret
+    from livekit_exporter.server import build_app
+
+    config = replace(make_config(), label_max_values=2,
+                     events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),), dependency_ttl=60.0, campaign_ttl=60.0))
+    client = await aiohttp_client(build_app(config))
+    pipeline = client.app[PIPELINE]
+    now = [0.0]
+    pipeline.clock = lambda: now[0]
+
+    def dep(name, up):
+        return {"type": "dependency_status", "agent": A, "dependency": name, "up": up}
+
+    await post(client, [dep("d1", True), dep("d2", True)])
+    await post(client, [dep("db", False), dep("redis", True)])  # over the cap of 2: dropped
+    s = await scrape(client)
+    assert value(s, "voice_agent_dependency_up", agent=A, dependency="__other__") is None
+    assert value(s, "livekit_exporter_label_overflow_total", metric="voice_agent_dependency_up",
+                 label="dependency") == 2
+
+    now[0] = 61
+    pipeline.sweep()  # d1 and d2 expire and give their slots back
+    await post(client, [dep("db", False), dep("redis", True)])
+    s = await scrape(client)
+    assert value(s, "voice_agent_dependency_up", agent=A, dependency="db") == 0
+    assert value(s, "voice_agent_dependency_up", agent=A, dependency="redis") == 1
+    assert value(s, "voice_agent_dependency_up", agent=A, dependency="__other__") is None
+    assert value(s, "voice_agent_dependency_up", agent=A, dependency="d1") is None
+
+    # Queue depths and campaigns over the cap are dropped too.
+    await post(client, [{"type": "campaign_status", "campaign": c, "running": True} for c in ("c1", "c2", "c3")]
+               + [{"type": "calls_queued", "agent": A, "campaign": c, "queued": 5} for c in ("c1", "c2", "c3")])
+    s = await scrape(client)
+    assert value(s, "voice_agent_campaign_running", campaign="__other__") is None
+    assert value(s, "voice_agent_calls_queued", agent=A, campaign="__other__") is None
+    assert value(s, "voice_agent_campaign_running", campaign="c2") == 1
+
+
+async def test_campaign_reports_expire(events_exporter):
+    client = await events_exporter(campaign_ttl=900.0)
+    pipeline = client.app[PIPELINE]
+    now = [0.0]
+    pipeline.clock = lambda: now[0]
+    await post(client, [{"type": "campaign_status", "campaign": "spring", "running": True},
+                        {"type": "calls_queued", "agent": A, "campaign": "spring", "queued": 12}])
+    now[0] = 600
+    await post(client, [{"type": "campaign_status", "campaign": "spring", "running": True}])  # re-reported
+    now[0] = 901
+    pipeline.sweep()
+    s = await scrape(client)
+    assert value(s, "voice_agent_campaign_running", campaign="spring") == 1
+    assert value(s, "voice_agent_calls_queued", agent=A, campaign="spring") is None  # last report at 0
+    now[0] = 1501
+    pipeline.sweep()
+    assert value(await scrape(client), "voice_agent_campaign_running", campaign="spring") is None
+
+
+async def test_an_agent_is_itself_or_other_in_every_voice_agent_metric(events_exporter, make_config, aiohttp_client):
+    from dataclasses import replace
+
+    from livekit_exporter.config import EventsConfig, Secret
+    from livekit_exporter.server import build_app
+
+    client = await aiohttp_client(build_app(replace(make_config(), label_max_values=2,
+                                                     events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),)))))
+    # a1, a2 fill the agent slots through turns; a3 then has a turn, and a tool call.
+    await post(client, [{"type": "turn", "agent": a} for a in ("a1", "a2", "a3")])
+    await post(client, [{"type": "tool_call", "agent": a, "tool": "t", "duration_seconds": 1} for a in ("a3", "a1")])
+    s = await scrape(client)
+    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent="a3", tool="t") is None
+    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent="__other__", tool="t") == 1
+    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent="a1", tool="t") == 1
+    overflow = "livekit_exporter_label_overflow_total"
+    assert value(s, overflow, metric="voice_agent_turns_total", label="agent") == 1
+    assert value(s, overflow, metric="voice_agent_tool_call_duration_seconds", label="agent") == 1
+
+
+async def test_recoverable_errors_are_labelled(events_exporter):
+    client = await events_exporter()
+    err = {"type": "error", "agent": A, "component": "tts", "error_type": "APITimeoutError"}
+    await post(client, [err, {**err, "recoverable": True}, {**err, "recoverable": True}])
+    s = await scrape(client)
+    labels = dict(agent=A, component="tts", type="APITimeoutError")
+    assert value(s, "voice_agent_errors_total", **labels, recoverable="false") == 1
+    assert value(s, "voice_agent_errors_total", **labels, recoverable="true") == 2

@@ -63,8 +63,10 @@ async def test_the_exporter_shows_what_the_fleet_sent(events_config, aiohttp_ser
                      model=model) == pytest.approx(n)
     for (agent, tool), n in t.tool_calls.items():
         assert value(s, "voice_agent_tool_call_duration_seconds_count", agent=agent, tool=tool) == n
-    for (agent, component, kind), n in t.errors.items():
-        assert value(s, "voice_agent_errors_total", agent=agent, component=component, type=kind) == n
+    for (agent, component, kind, recoverable), n in t.errors.items():
+        assert value(s, "voice_agent_errors_total", agent=agent, component=component, type=kind,
+                     recoverable=recoverable) == n
+    assert {r for *_, r in t.errors} == {"true", "false"}
     for name, n in t.events.items():
         assert value(s, "livekit_exporter_events_total", type=name) == n
     # Every simulated provider is priced: each agent has a cost for each of its three components.

@@ -267,7 +267,8 @@ class CallInstrumentation:
         component = _ERROR_COMPONENTS.get(getattr(err, "type", ""), "other")
         cause = getattr(err, "error", err)
         self._emit(m.Error(agent=self.agent, component=component,  # type: ignore[arg-type]
-                           error_type=type(cause).__name__[:128]))
+                           error_type=type(cause).__name__[:128],
+                           recoverable=bool(getattr(err, "recoverable", False))))
 
     @_safe
     def _on_close(self, ev: lk_events.CloseEvent) -> None:

@@ -32,6 +32,8 @@ DEFAULT_ROOM_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100)
 WEBHOOK_TOKEN_TTL = 300.0
 WEBHOOK_CLOCK_LEEWAY = 60.0
 WEBHOOK_REPLAY_WINDOW = WEBHOOK_TOKEN_TTL + 2 * WEBHOOK_CLOCK_LEEWAY
+# Bearer tokens of the events API, however given (inline, files, environment).
+MIN_TOKEN_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -120,16 +122,21 @@ class WebhooksConfig:
 
 @dataclass(frozen=True)
 class Price:
-    """Prices of one provider's model (model "*" matches any of its models), in US dollars."""
+    """Prices of one provider's model (model "*" matches any of its models), in US dollars.
+
+    Each component reads its own fields: llm the token prices, stt usd_per_stt_audio_minute, tts
+    usd_per_million_characters and usd_per_tts_audio_minute. None means "not priced" (the usage
+    is counted as unpriced); 0 means free. Provider and model match case-insensitively."""
 
     provider: str
     model: str = "*"
-    usd_per_million_input_tokens: float = 0.0
-    usd_per_million_output_tokens: float = 0.0
+    usd_per_million_input_tokens: float | None = None
+    usd_per_million_output_tokens: float | None = None
     # None: cached tokens cost the input price.
     usd_per_million_cached_tokens: float | None = None
-    usd_per_million_characters: float = 0.0
-    usd_per_audio_minute: float = 0.0
+    usd_per_million_characters: float | None = None
+    usd_per_stt_audio_minute: float | None = None
+    usd_per_tts_audio_minute: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,10 @@ class EventsConfig:
     max_events: int = 1000
     call_ttl: float = 7200.0
     dependency_ttl: float = 300.0
+    campaign_ttl: float = 900.0
     max_latency: float = 30.0
+    idempotency_ttl: float = 600.0
+    idempotency_max_entries: int = 100_000
     buckets: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     prices: tuple[Price, ...] = ()
 
@@ -191,7 +201,7 @@ _SHOWABLE = frozenset({
     "url", "request_timeout", "default_scrape_timeout", "max_scrape_timeout", "timeout_margin",
     "services", "room_size_buckets", "enabled", "max_rooms", "concurrency", "agent_dispatch",
     "max_values", "path", "max_body_bytes", "dedup_ttl", "dedup_max_entries", "max_events", "call_ttl",
-    "dependency_ttl", "max_latency",
+    "dependency_ttl", "max_latency", "campaign_ttl", "idempotency_ttl", "idempotency_max_entries",
 })
 
 
@@ -334,7 +344,7 @@ def _prices(raw: list[dict[str, Any]], source: str, problems: list[str]) -> tupl
     prices, seen = [], {}
     for i, entry in enumerate(raw):
         price = Price(**entry)
-        key = (price.provider, price.model)
+        key = (price.provider.lower(), price.model.lower())
         if key in seen:
             problems.append(
                 f"{source}: events.prices[{i}]: provider {price.provider!r} model {price.model!r} "
@@ -343,6 +353,15 @@ def _prices(raw: list[dict[str, Any]], source: str, problems: list[str]) -> tupl
         seen[key] = i
         prices.append(price)
     return tuple(prices)
+
+
+def _token(token: str, where: str, problems: list[str]) -> str | None:
+    """An events token from a file or the environment, held to the inline tokens' minimum length."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        problems.append(f"{where}: an events token must be at least {MIN_TOKEN_LENGTH} characters long "
+                        f"(this one has {len(token)}); use a random one, e.g. `openssl rand -hex 24`")
+        return None
+    return token
 
 
 def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: list[str]) -> Config:
@@ -415,21 +434,34 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
         )
 
     ev = raw.get("events") or {}
-    tokens = list(ev.get("tokens", []))
+    tokens = list(ev.get("tokens", []))  # the schema checked their length
     for i, tf in enumerate(ev.get("token_files", [])):
         t = _read_secret_file(tf, f"{source}: events.token_files[{i}]", problems)
         if t:
-            tokens.extend(line.strip() for line in t.splitlines() if line.strip())
-    tokens.extend(t.strip() for t in env.get("LIVEKIT_EXPORTER_EVENTS_TOKENS", "").split(",") if t.strip())
+            for n, line in enumerate(t.splitlines(), 1):
+                if line.strip():
+                    tokens.append(_token(line.strip(), f"{source}: events.token_files[{i}] ({tf!r}) line {n}",
+                                         problems))
+    for n, t in enumerate(env.get("LIVEKIT_EXPORTER_EVENTS_TOKENS", "").split(","), 1):
+        if t.strip():
+            tokens.append(_token(t.strip(), f"LIVEKIT_EXPORTER_EVENTS_TOKENS: token {n} (comma-separated)",
+                                 problems))
+    tokens = [t for t in tokens if t]
+    durations = {}
+    for name, default in (("call_ttl", "2h"), ("dependency_ttl", "5m"), ("campaign_ttl", "15m"),
+                          ("max_latency", "30s"), ("idempotency_ttl", "10m")):
+        durations[name] = parse_duration(ev.get(name, default))
+        if durations[name] <= 0:
+            problems.append(f"{source}: events.{name}: must be longer than 0 (got {ev[name]!r}); "
+                            f"the default is {default}")
     events = EventsConfig(
         enabled=ev.get("enabled", True),
         path=ev.get("path", "/v1/events"),
         tokens=tuple(Secret(t) for t in dict.fromkeys(tokens)),
         max_body_bytes=ev.get("max_body_bytes", 1 << 20),
         max_events=ev.get("max_events", 1000),
-        call_ttl=parse_duration(ev.get("call_ttl", "2h")),
-        dependency_ttl=parse_duration(ev.get("dependency_ttl", "5m")),
-        max_latency=parse_duration(ev.get("max_latency", "30s")),
+        **durations,
+        idempotency_max_entries=ev.get("idempotency_max_entries", 100_000),
         buckets={k: tuple(sorted(v)) for k, v in (ev.get("buckets") or {}).items()},
         prices=_prices(ev.get("prices", ()), source, problems),
     )

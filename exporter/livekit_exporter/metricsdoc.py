@@ -115,11 +115,12 @@ DOCS: dict[str, tuple[str, str, str]] = {
     "voice_agent_llm_tokens_total": ("events", "llm", "sum by (model, type) (rate(voice_agent_llm_tokens_total[1h]))"),
     "voice_agent_tts_characters_total": ("events", "tts.characters", "sum by (provider) (rate(voice_agent_tts_characters_total[1h]))"),
     "voice_agent_stt_audio_seconds_total": ("events", "stt.audio_seconds", "sum by (provider) (rate(voice_agent_stt_audio_seconds_total[1h])) * 60  # audio minutes per minute"),
-    "voice_agent_errors_total": ("events", "error", "sum by (agent, component) (rate(voice_agent_errors_total[5m]))"),
+    "voice_agent_errors_total": ("events", "error (recoverable: error.recoverable)", 'sum by (agent, component) (rate(voice_agent_errors_total{recoverable="false"}[5m]))'),
     "voice_agent_estimated_cost_dollars_total": ("events", "llm / stt / tts usage x events.prices", "sum by (agent) (increase(voice_agent_estimated_cost_dollars_total[1d])) / sum by (agent) (increase(voice_agent_calls_ended_total[1d]))  # per call"),
     "livekit_exporter_events_total": ("exporter", "events accepted by the events API", "sum by (type) (rate(livekit_exporter_events_total[5m]))"),
     "livekit_exporter_event_requests_rejected_total": ("exporter", "events API requests refused whole (401, 400, 413, 415)", "sum by (reason) (rate(livekit_exporter_event_requests_rejected_total[5m])) > 0"),
-    "livekit_exporter_event_latencies_discarded_total": ("exporter", "timings above events.max_latency (not observed)", "sum by (type, field) (increase(livekit_exporter_event_latencies_discarded_total[1h])) > 0"),
+    "livekit_exporter_event_latencies_discarded_total": ("exporter", "turn-stage timings above events.max_latency (not observed)", "sum by (type, field) (increase(livekit_exporter_event_latencies_discarded_total[1h])) > 0"),
+    "livekit_exporter_unpriced_usage_events_total": ("exporter", "stt / llm / tts usage events.prices does not price", "sum by (component, provider, model) (increase(livekit_exporter_unpriced_usage_events_total[1h])) > 0"),
     "livekit_exporter_scrape_duration_seconds": ("exporter", "time the last scrape spent on the LiveKit API", "max_over_time(livekit_exporter_scrape_duration_seconds[10m])"),
     "livekit_exporter_room_detail_rooms": ("exporter", "rooms read / skipped by collect.room_detail.max_rooms", 'livekit_exporter_room_detail_rooms{result="skipped"} > 0'),
     "livekit_exporter_scrapes_total": ("exporter", "scrapes, by new or joined (shared in-flight) collection", "rate(livekit_exporter_scrapes_total[5m])"),
@@ -141,6 +142,9 @@ agent_name) pass a cardinality guard: at most `labels.max_values` (default 50) d
 label and metric; the rest become `__other__` and are counted in `livekit_exporter_label_overflow_total`.
 Gauges rebuilt on every scrape (`livekit_sip_calls`, `livekit_agent_jobs`) keep the label's busiest
 values of that scrape and sum the rest into `__other__`, counting each folded value once per scrape.
+The `voice_agent_*` metrics (and `livekit_exporter_unpriced_usage_events_total`) share one admitted
+set per label, so an agent is itself in all of them or `__other__` in all; their gauges set from
+reports drop an overflowing report rather than set `__other__`.
 
 Enum labels are the protobuf enum names, lower-cased, with the enum's prefix dropped
 (`EGRESS_ACTIVE` -> `active`, `RTMP_INPUT` -> `rtmp`, `JS_RUNNING` -> `running`). Section-1 gauges with
@@ -183,9 +187,15 @@ Differences from the starting catalogue, and why:
 - `livekit_exporter_event_requests_rejected_total{reason}` (was `livekit_exporter_events_rejected_total`):
   a refused request applies none of its events, and on 401, 413 or 415 they are not even parsed, so
   it counts requests; the reasons are unauthorized, unsupported_media_type, too_large,
-  too_many_events, malformed (not JSON) and invalid (an event breaks the schema).
+  too_many_events, malformed (not JSON), invalid (an event breaks the schema, or a malformed
+  Idempotency-Key) and idempotency_conflict (a key reused for another body).
 - `livekit_exporter_event_latencies_discarded_total{type,field}` is added: the sanity rule's count
-  of timings above `events.max_latency` (see docs/events-api.md).
+  of turn-stage timings above `events.max_latency` (see docs/events-api.md).
+- `livekit_exporter_unpriced_usage_events_total{component,provider,model}` is added: usage the
+  price table does not price adds no cost, and this says so (a cost counter silently at zero
+  otherwise looks like a free provider).
+- `voice_agent_errors_total` has a `recoverable` label: errors the agent retried past are
+  `"true"`, so alerts on failures are not set off by retries that succeeded.
 - `voice_agent_calls_expired_total` is added: calls the `events.call_ttl` took out of
   `voice_agent_calls_active` because their `call_ended` never arrived.
 - `voice_agent_interruptions_total` counts every time a user spoke over the agent (the turn's

@@ -6,14 +6,24 @@ Answers (JSON bodies, see docs/events-api.md):
     200 {"accepted": n, "discarded": [...]}   applied; `discarded` lists timings over max_latency
     400 {"error", "problems": [{index, path, reason[, line]}]}   nothing applied
     401 no or unknown bearer token; 413 body or event count over the limit; 415 wrong content type
+    422 an Idempotency-Key reused with a different body
+
+Idempotency: a request may carry an `Idempotency-Key` header (the push client sends one per batch,
+unchanged across its retries). The answer to an applied request is remembered under (token, key)
+for events.idempotency_ttl (at most events.idempotency_max_entries keys); a repeat gets the same
+answer, with `Idempotent-Replayed: true`, and is not applied again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import hmac
 import logging
-from typing import AsyncIterator
+import re
+import time
+from typing import AsyncIterator, Callable, NamedTuple
 
 from aiohttp import web
 
@@ -28,6 +38,42 @@ log = logging.getLogger(__name__)
 
 PIPELINE = web.AppKey("events_pipeline", Pipeline)
 ACCEPTED_TYPES = ", ".join(JSON_TYPES + NDJSON_TYPES)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Visible ASCII, no quotes or backslashes (what an sf-string holds, quotes optional), up to 255.
+_KEY = re.compile(r'^"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?$')
+
+
+class _Answer(NamedTuple):
+    digest: bytes  # of the request body, to tell a retry from a key reused for other content
+    body: bytes
+    expires: float
+
+
+class IdempotencyCache:
+    """(token, key) -> the answer to the applied request, for `ttl` seconds, at most `max_entries`."""
+
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
+        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
+        self._answers: collections.OrderedDict[tuple[int, str], _Answer] = collections.OrderedDict()
+
+    def _expire(self, now: float) -> None:
+        while self._answers:
+            key, answer = next(iter(self._answers.items()))
+            if answer.expires > now and len(self._answers) <= self.max_entries:
+                break
+            del self._answers[key]
+
+    def get(self, key: tuple[int, str]) -> _Answer | None:
+        self._expire(self.clock())
+        return self._answers.get(key)
+
+    def put(self, key: tuple[int, str], digest: bytes, body: bytes) -> None:
+        now = self.clock()
+        self._answers[key] = _Answer(digest, body, now + self.ttl)  # a new key: the newest, at the end
+        self._expire(now)
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
 
 def _error(status: int, message: str, problems: list[dict[str, object]] | None = None,
@@ -43,16 +89,19 @@ class EventsHandler:
         self.cfg = config.events
         self.pipeline = pipeline
         self._tokens = [t.reveal().encode() for t in self.cfg.tokens]
+        self.idempotency = IdempotencyCache(self.cfg.idempotency_ttl, self.cfg.idempotency_max_entries)
 
-    def _authorized(self, header: str) -> bool:
+    def _authorized(self, header: str) -> int | None:
+        """The index of the request's token among the configured ones, or None."""
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
-            return False
+            return None
         candidate = given.strip().encode()
-        ok = False
-        for token in self._tokens:  # every token compared, in constant time each
-            ok |= hmac.compare_digest(candidate, token)
-        return ok
+        found = None
+        for i, token in enumerate(self._tokens):  # every token compared, in constant time each
+            if hmac.compare_digest(candidate, token):
+                found = i
+        return found
 
     def _reject(self, reason: str, status: int, message: str, problems: list[dict[str, object]] | None = None,
                 headers: dict[str, str] | None = None) -> web.Response:
@@ -80,7 +129,8 @@ class EventsHandler:
                 "the events API has no token configured: set events.tokens, events.token_files or "
                 "LIVEKIT_EXPORTER_EVENTS_TOKENS on the exporter",
                 headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events"'})
-        if not self._authorized(request.headers.get("Authorization", "")):
+        token = self._authorized(request.headers.get("Authorization", ""))
+        if token is None:
             return self._reject(
                 "unauthorized", 401,
                 "missing or unknown bearer token: send 'Authorization: Bearer <token>' with one of "
@@ -92,23 +142,50 @@ class EventsHandler:
                 "unsupported_media_type", 415,
                 f"Content-Type {ctype!r} is not accepted; use one of {ACCEPTED_TYPES}",
                 headers={"Accept-Post": ACCEPTED_TYPES})
+        key = None
+        if (raw_key := request.headers.get(IDEMPOTENCY_HEADER)) is not None:
+            match = _KEY.match(raw_key)
+            if match is None:
+                return self._reject(
+                    "invalid", 400,
+                    f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 visible ASCII characters (no quotes "
+                    "or backslashes inside), e.g. a UUID; send a new one per batch and the same one on its retries",
+                    [])
+            key = (token, match[1])
         body = await self._read(request)
         if body is None:
             return self._reject(
                 "too_large", 413,
                 f"the body is larger than events.max_body_bytes ({self.cfg.max_body_bytes} bytes); "
                 "send smaller batches")
+        digest = b""
+        if key is not None:
+            # From here to the end nothing awaits: a concurrent repeat sees the answer stored below.
+            digest = hashlib.blake2b(body, digest_size=16).digest()
+            seen = self.idempotency.get(key)
+            if seen is not None:
+                if seen.digest != digest:
+                    return self._reject(
+                        "idempotency_conflict", 422,
+                        f"this {IDEMPOTENCY_HEADER} was already used for a different batch; nothing was "
+                        "applied. Use a new key for each batch, and the same key only to retry the same body")
+                return web.Response(body=seen.body, content_type="application/json",
+                                    headers={"Idempotent-Replayed": "true"})
         try:
             decode = decode_json if ctype in JSON_TYPES else decode_ndjson
-            events = decode(body, self.cfg.max_events)
+            events, lines = decode(body, self.cfg.max_events)
         except BadBatch as e:
             problems = [p.as_dict() for p in e.problems] if e.problems or e.status == 400 else None
             return self._reject(e.reason, e.status, e.message, problems)
         discarded = self.pipeline.apply(events)
-        return web.json_response({
+        answer = web.json_response({
             "accepted": len(events),
-            "discarded": [d.describe(self.cfg.max_latency) for d in discarded],
+            "discarded": [d.describe(self.cfg.max_latency, lines) for d in discarded],
         })
+        if key is not None:
+            assert isinstance(answer.body, bytes)
+            self.idempotency.put(key, digest, answer.body)
+        return answer
 
 
 def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipeline:
@@ -119,7 +196,8 @@ def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipelin
     if not config.events.tokens:
         log.warning("the events API is enabled without a token: every request to it is refused",
                     extra={"path": config.events.path})
-    period = max(0.05, min(60.0, config.events.call_ttl / 10, config.events.dependency_ttl / 10))
+    ttls = (config.events.call_ttl, config.events.dependency_ttl, config.events.campaign_ttl)
+    period = max(0.05, min(60.0, *(t / 10 for t in ttls)))
 
     async def sweeper(app: web.Application) -> AsyncIterator[None]:
         async def loop() -> None:

@@ -3,6 +3,9 @@
 The hot path decodes and validates the whole body in one msgspec call. Only when that fails does
 the slow path decode each event on its own, so that the answer lists every bad event with its
 index, JSON path and reason rather than only the first.
+
+A leading UTF-8 byte order mark is ignored (RFC 8259 lets a parser do so; some Windows tools write
+one). NaN and Infinity literals are not JSON: the answer says so, and to send null instead.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ _ENUMS: dict[str, tuple[str, ...]] = {
 }
 _ENUMS["type"] = m.TYPE_NAMES
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+_BYTE = re.compile(r"\(byte (\d+)\)")
+BOM = b"\xef\xbb\xbf"
+NOT_A_NUMBER = "NaN/Infinity are not JSON; send null for not measured"
 
 
 @dataclass(frozen=True)
@@ -77,12 +83,27 @@ def _too_many(n: int, limit: int) -> BadBatch:
                     "split it into smaller batches")
 
 
-def _check(e: m.Event) -> tuple[str, str] | None:
+def check(e: m.Event) -> tuple[str, str] | None:
     """(field, reason) when a decoded event is inconsistent in a way the schema cannot express."""
     if isinstance(e, m.LLMUsage) and e.cached_tokens > e.input_tokens:
         return ("cached_tokens", f"cached_tokens ({e.cached_tokens}) exceeds input_tokens "
                                  f"({e.input_tokens}); input_tokens counts cached tokens too")
+    if isinstance(e, m.Turn) and e.interrupted and e.interruptions == 0:
+        return ("interruptions", "interruptions is 0 but interrupted is true; a turn the user cut short "
+                                 "had at least 1 interruption (leave interruptions out to count 1)")
     return None
+
+
+def _malformed(err: Exception, body: bytes) -> str:
+    """msgspec's "not valid JSON" reason, naming NaN and Infinity when that is what it tripped on."""
+    text = str(err)
+    at = _BYTE.search(text)
+    if at:
+        pos = int(at[1])
+        rest = body[pos:pos + 8].lower()
+        if rest.startswith((b"nan", b"inf")) or (rest.startswith(b"-") and rest[1:].startswith(b"inf")):
+            return f"{NOT_A_NUMBER} (byte {pos})"
+    return text
 
 
 def _decode_each(items: list[bytes], path: Callable[[int], str], lines: list[int] | None) -> list[m.Event]:
@@ -95,10 +116,10 @@ def _decode_each(items: list[bytes], path: Callable[[int], str], lines: list[int
         except msgspec.DecodeError as err:  # ValidationError included
             reason, where = _split(err)
             if not isinstance(err, msgspec.ValidationError):
-                reason = f"not valid JSON: {reason}"
+                reason = f"not valid JSON: {_malformed(err, item)}"
             problems.append(Problem(i, path(i) + where[1:], reason, line))
             continue
-        bad = _check(e)
+        bad = check(e)
         if bad:
             problems.append(Problem(i, f"{path(i)}.{bad[0]}", bad[1], line))
         events.append(e)
@@ -107,8 +128,10 @@ def _decode_each(items: list[bytes], path: Callable[[int], str], lines: list[int
     return events
 
 
-def decode_json(body: bytes, max_events: int) -> list[m.Event]:
-    """`{"events": [...]}` -> events. Raises BadBatch."""
+def decode_json(body: bytes, max_events: int) -> tuple[list[m.Event], None]:
+    """`{"events": [...]}` -> (events, None). Raises BadBatch."""
+    if body.startswith(BOM):
+        body = body[3:]
     try:
         events = _batch.decode(body).events
     except msgspec.DecodeError:  # ValidationError included
@@ -116,8 +139,8 @@ def decode_json(body: bytes, max_events: int) -> list[m.Event]:
     if events is not None:
         if len(events) > max_events:
             raise _too_many(len(events), max_events)
-        if not any(map(_check, events)):
-            return events
+        if not any(map(check, events)):
+            return events, None
     try:
         raw = _raw_batch.decode(body).events
     except msgspec.ValidationError as e:  # a subclass of DecodeError: first
@@ -125,15 +148,19 @@ def decode_json(body: bytes, max_events: int) -> list[m.Event]:
         raise BadBatch(400, "invalid", f"the body is not an events batch: {reason} at {path}; "
                        "send {\"events\": [...]}", [Problem(None, path, reason)]) from None
     except msgspec.DecodeError as e:
-        raise BadBatch(400, "malformed", f"the body is not valid JSON: {e}; send {{\"events\": [...]}}") from None
+        raise BadBatch(400, "malformed", f"the body is not valid JSON: {_malformed(e, body)}; "
+                       "send {\"events\": [...]}") from None
     if len(raw) > max_events:
         raise _too_many(len(raw), max_events)
-    return _decode_each(raw, lambda i: f"$.events[{i}]", None)
+    return _decode_each(raw, lambda i: f"$.events[{i}]", None), None
 
 
-def decode_ndjson(body: bytes, max_events: int) -> list[m.Event]:
-    """One event per line (blank lines ignored) -> events. Raises BadBatch."""
+def decode_ndjson(body: bytes, max_events: int) -> tuple[list[m.Event], list[int]]:
+    """One event per line (blank lines ignored) -> (events, their line numbers). Raises BadBatch."""
+    if body.startswith(BOM):
+        body = body[3:]
     lines = [(n, line) for n, line in enumerate(body.split(b"\n"), 1) if line.strip()]
     if len(lines) > max_events:
         raise _too_many(len(lines), max_events)
-    return _decode_each([line for _, line in lines], lambda i: "$", [n for n, _ in lines])
+    numbers = [n for n, _ in lines]
+    return _decode_each([line for _, line in lines], lambda i: "$", numbers), numbers

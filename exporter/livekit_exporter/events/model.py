@@ -22,8 +22,8 @@ import msgspec
 SCHEMA_ID = "https://github.com/livekit-exporter/livekit-exporter/events.schema.json"
 
 # Every number is finite, not negative, and below a bound no real call reaches (11.6 days): the
-# schema rejects NaN, infinities and negative values outright. Per-turn and per-request timings
-# above events.max_latency pass the schema but are discarded and counted (see pipeline.py).
+# schema rejects NaN, infinities and negative values outright. Turn-stage timings above
+# events.max_latency pass the schema but are discarded and counted (see pipeline.py).
 MAX_SECONDS = 1_000_000.0
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -101,7 +101,9 @@ class CallEnded(_Event, tag="call_ended", kw_only=True):
 
 
 class CallsQueued(_Event, tag="calls_queued", kw_only=True):
-    """A dialer's queue depth: sets voice_agent_calls_queued{agent, campaign}."""
+    """A dialer's queue depth: sets voice_agent_calls_queued{agent, campaign}.
+
+    The series disappears when no report arrives for events.campaign_ttl: re-send it periodically."""
 
     agent: AgentName
     campaign: Campaign = ""
@@ -109,7 +111,10 @@ class CallsQueued(_Event, tag="calls_queued", kw_only=True):
 
 
 class CampaignStatus(_Event, tag="campaign_status", kw_only=True):
-    """Whether a campaign is running: sets voice_agent_campaign_running{campaign} to 1 or 0."""
+    """Whether a campaign is running: sets voice_agent_campaign_running{campaign} to 1 or 0.
+
+    The series disappears when no report arrives for events.campaign_ttl: re-send it periodically
+    while the campaign runs."""
 
     campaign: _doc("The campaign (cardinality-guarded label).", Name)
     running: bool
@@ -135,7 +140,8 @@ class Turn(_Event, tag="turn", kw_only=True):
     interrupted: _doc("The user cut the agent's reply short.", bool) = False
     interruptions: _doc(
         "Times the user spoke over the agent during this turn, false interruptions (the agent "
-        "resumed) included; when absent, 1 if interrupted else 0.", Count) | None = None
+        "resumed) included; when absent, 1 if interrupted else 0. At least 1 when interrupted is "
+        "true (a turn the user cut short had an interruption): 0 there is refused.", Count) | None = None
     e2e_latency_seconds: _latency("Voice-to-voice: the user stopped speaking -> the agent's audio started.") | None = None
     end_of_utterance_delay_seconds: _latency("End of speech (VAD) -> the decision that the user's turn ended.") | None = None
     transcription_delay_seconds: _latency("End of speech -> final transcript.") | None = None
@@ -170,7 +176,8 @@ class LLMUsage(_Event, tag="llm", kw_only=True):
     input_tokens: Count = 0
     output_tokens: Count = 0
     cached_tokens: Count = 0
-    duration_seconds: _latency("Request -> last token.") | None = None
+    duration_seconds: _doc("Request -> last token, in seconds (not subject to events.max_latency).",
+                           Seconds) | None = None
 
 
 class TTSUsage(_Event, tag="tts", kw_only=True):
@@ -190,7 +197,8 @@ class ToolCall(_Event, tag="tool_call", kw_only=True):
 
     agent: AgentName
     tool: _doc("The tool's name (cardinality-guarded label).", Name)
-    duration_seconds: _latency("Call -> result.")
+    duration_seconds: _doc("Call -> result, in seconds (not subject to events.max_latency: a tool may "
+                           "legitimately wait minutes).", Seconds)
 
 
 class Error(_Event, tag="error", kw_only=True):
@@ -200,6 +208,8 @@ class Error(_Event, tag="error", kw_only=True):
     component: Literal["stt", "llm", "tts", "tool", "transport", "other"]
     error_type: _doc("A short, bounded error kind, e.g. timeout, rate_limited, APIConnectionError "
                      "(cardinality-guarded label `type`).", Name)
+    recoverable: _doc("The agent retried past it (or otherwise carried on): label recoverable=\"true\". "
+                      "Default false: the error failed the request.", bool) = False
 
 
 Event = Union[

@@ -4,16 +4,25 @@ Everything here runs after a batch has been decoded and checked whole (decode.py
 cannot fail half-way: a batch is applied entirely or not at all.
 
 Sanity rule for timings (documented in docs/events-api.md): the schema already refuses negative,
-NaN, infinite and larger-than-10^6 s numbers (the whole batch gets 400). A per-turn or per-request
-timing (turn stages, LLM request, tool call) above `events.max_latency` (default 30 s) passes the
-schema but is not observed: livekit-agents has shipped timestamp bugs that report 60-200 s delays,
-and one of them would wreck a latency histogram's sum. Each such value is counted in
+NaN, infinite and larger-than-10^6 s numbers (the whole batch gets 400). A turn stage (e2e, end of
+utterance, transcription, LLM time to first token, TTS time to first byte) above
+`events.max_latency` (default 30 s) passes the schema but is not observed: livekit-agents has
+shipped timestamp bugs that report 60-200 s for exactly these stages, and one of them would wreck a
+latency histogram's sum. Each such value is counted in
 livekit_exporter_event_latencies_discarded_total{type,field} and listed in the response; the rest
-of its event is applied.
+of its event is applied. Tool calls and LLM requests can legitimately take minutes: they are
+bounded only by the schema.
+
+Cardinality: every voice_agent_* metric shares one admitted set per label (the guard scope
+"voice_agent"), so an agent, provider or model is either itself everywhere or __other__
+everywhere. Gauges that are *set* from reports (queued calls, campaign running, dependency up) never
+write a report into __other__: a report whose label overflows is dropped (and counted by the guard),
+since one value would hide the others (an __other__ "up" hiding another dependency's outage).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,9 +34,13 @@ from ..guard import OTHER, LabelGuard
 from ..telemetry import Telemetry
 from . import model as m
 
+log = logging.getLogger(__name__)
+
 TURN_BUCKETS = (0.3, 0.5, 0.7, 0.8, 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 8)
 STAGE_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5)
 CALL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# Tool calls and LLM requests: mostly sub-second, but a tool may wait on a slow backend for minutes.
+REQUEST_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
 
 # name -> (labels, help, default buckets). The one list of the voice_agent_* histograms; the
 # config schema's events.buckets keys are checked against it by a test.
@@ -49,18 +62,23 @@ HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
         ("agent", "provider", "model"), "LLM time to first token in a turn, by provider and model.",
         STAGE_BUCKETS),
     "voice_agent_llm_request_duration_seconds": (
-        ("agent", "provider", "model"), "Duration of LLM requests, by provider and model.", STAGE_BUCKETS),
+        ("agent", "provider", "model"), "Duration of LLM requests, by provider and model.", REQUEST_BUCKETS),
     "voice_agent_tts_time_to_first_byte_seconds": (
         ("agent", "provider", "model"), "TTS time to first audio byte in a turn, by provider and model.",
         STAGE_BUCKETS),
     "voice_agent_tool_call_duration_seconds": (
-        ("agent", "tool"), "Duration of function-tool calls.", STAGE_BUCKETS),
+        ("agent", "tool"), "Duration of function-tool calls.", REQUEST_BUCKETS),
 }
 
 # A bound on the active-call table, whatever the clients send: past it the oldest call is expired
 # early (and counted in voice_agent_calls_expired_total).
 MAX_ACTIVE_CALLS = 100_000
 UNKNOWN = "unknown"
+# The guard scope of every voice_agent_* label (and of the unpriced-usage counter's).
+SCOPE = "voice_agent"
+# The turn stages livekit-agents' timestamp bugs have hit: the only timings events.max_latency applies to.
+TURN_STAGES = ("e2e_latency_seconds", "end_of_utterance_delay_seconds", "transcription_delay_seconds",
+               "llm_ttft_seconds", "tts_ttfb_seconds")
 
 
 @dataclass(frozen=True)
@@ -69,13 +87,17 @@ class Discarded:
     field: str
     value: float
 
-    def describe(self, max_latency: float) -> dict[str, object]:
-        return {
+    def describe(self, max_latency: float, lines: list[int] | None = None) -> dict[str, object]:
+        """The answer's entry: JSON paths as in a 400's problems (NDJSON: inside the line, with `line`)."""
+        d: dict[str, object] = {
             "index": self.index,
-            "path": f"$.{self.field}",
+            "path": f"$.{self.field}" if lines is not None else f"$.events[{self.index}].{self.field}",
             "reason": f"{self.value:g} s is above events.max_latency ({max_latency:g} s): not observed "
                       "(treated as a clock or timestamp error); the rest of the event was applied",
         }
+        if lines is not None:
+            d["line"] = lines[self.index]
+        return d
 
 
 @dataclass
@@ -86,32 +108,44 @@ class _ActiveCall:
 
 
 class PriceTable:
-    """(provider, model) -> Price; an exact model beats the provider's "*" entry."""
+    """(provider, model) -> Price, case-insensitively; an exact model beats the provider's "*" entry.
+
+    Each component reads its own fields (tokens for llm, characters and TTS minutes for tts, STT
+    minutes for stt): usage is *priced* when its entry sets at least one of them, even to 0 (free).
+    """
 
     def __init__(self, prices: tuple[Price, ...]):
-        self._exact = {(p.provider, p.model): p for p in prices if p.model != "*"}
-        self._any = {p.provider: p for p in prices if p.model == "*"}
+        self._exact = {(p.provider.lower(), p.model.lower()): p for p in prices if p.model != "*"}
+        self._any = {p.provider.lower(): p for p in prices if p.model == "*"}
 
     def lookup(self, provider: str, model: str) -> Price | None:
-        return self._exact.get((provider, model)) or self._any.get(provider)
+        provider = provider.lower()
+        return self._exact.get((provider, model.lower())) or self._any.get(provider)
 
     @staticmethod
-    def llm_cost(p: Price, e: m.LLMUsage) -> float:
-        cached_price = p.usd_per_million_input_tokens if p.usd_per_million_cached_tokens is None \
-            else p.usd_per_million_cached_tokens
+    def llm_cost(p: Price, e: m.LLMUsage) -> float | None:
+        if p.usd_per_million_input_tokens is None and p.usd_per_million_output_tokens is None:
+            return None
+        inp = p.usd_per_million_input_tokens or 0.0
+        cached_price = inp if p.usd_per_million_cached_tokens is None else p.usd_per_million_cached_tokens
         return (
-            (e.input_tokens - e.cached_tokens) * p.usd_per_million_input_tokens
+            (e.input_tokens - e.cached_tokens) * inp
             + e.cached_tokens * cached_price
-            + e.output_tokens * p.usd_per_million_output_tokens
+            + e.output_tokens * (p.usd_per_million_output_tokens or 0.0)
         ) / 1e6
 
     @staticmethod
-    def stt_cost(p: Price, e: m.STTUsage) -> float:
-        return e.audio_seconds / 60 * p.usd_per_audio_minute
+    def stt_cost(p: Price, e: m.STTUsage) -> float | None:
+        if p.usd_per_stt_audio_minute is None:
+            return None
+        return e.audio_seconds / 60 * p.usd_per_stt_audio_minute
 
     @staticmethod
-    def tts_cost(p: Price, e: m.TTSUsage) -> float:
-        return e.characters / 1e6 * p.usd_per_million_characters + e.audio_seconds / 60 * p.usd_per_audio_minute
+    def tts_cost(p: Price, e: m.TTSUsage) -> float | None:
+        if p.usd_per_million_characters is None and p.usd_per_tts_audio_minute is None:
+            return None
+        return (e.characters / 1e6 * (p.usd_per_million_characters or 0.0)
+                + e.audio_seconds / 60 * (p.usd_per_tts_audio_minute or 0.0))
 
 
 # Labels whose values users choose, so they pass the cardinality guard; the others are enums.
@@ -121,9 +155,11 @@ GUARDED = frozenset({"agent", "campaign", "outcome", "provider", "model", "tool"
 class Family:
     """A labelled metric whose children are looked up by the raw label values.
 
-    The guard runs once per new combination: a combination whose values were all admitted is
-    cached (the guard would admit it again, and count nothing). One that was folded into
-    __other__ is never cached, so every later occurrence is counted as an overflow again.
+    The guard (scope "voice_agent") runs once per new combination: a combination whose values were
+    all admitted is cached (the guard would admit it again, and count nothing). One that was folded
+    into __other__ is never cached, so every later occurrence is counted as an overflow again.
+    Values a gauge's expiry frees (guard.forget) belong to report gauges, which use `report()`
+    and never this cache.
     """
 
     def __init__(self, metric: Counter | Gauge | Histogram, name: str, guard: LabelGuard,
@@ -132,15 +168,59 @@ class Family:
         self._labels = tuple((label, label in guarded) for label in metric._labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
 
+    def guarded(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self._guard(self.name, label, v, SCOPE) if guarded else v
+                     for (label, guarded), v in zip(self._labels, values, strict=True))
+
     def __call__(self, *values: str) -> Any:
         child = self._children.get(values)
         if child is None:
-            labels = tuple(self._guard(self.name, label, v) if guarded else v
-                           for (label, guarded), v in zip(self._labels, values, strict=True))
+            labels = self.guarded(values)
             child = self.metric.labels(*labels)
             if OTHER not in labels:
                 self._children[values] = child
         return child
+
+    def report(self, *values: str) -> tuple[str, ...] | None:
+        """The label values of a gauge report, or None when one overflowed: the report is dropped
+        (the guard counted it), since setting __other__ would let one report hide the others."""
+        labels = self.guarded(values)
+        return None if OTHER in labels else labels
+
+
+class _Reports:
+    """The series of a report gauge and when each expires (a dict kept in deadline order)."""
+
+    def __init__(self, family: Family, ttl: float, forget: tuple[str, ...] = ()):
+        self.family, self.ttl = family, ttl
+        self.deadlines: dict[tuple[str, ...], float] = {}
+        # Labels used by this gauge only: their values are freed in the guard when no series holds them.
+        self._forget = [(i, label) for i, label in enumerate(family.metric._labelnames) if label in forget]
+        self._held: dict[tuple[int, str], int] = {}
+
+    def set(self, values: tuple[str, ...], value: float, now: float) -> None:
+        labels = self.family.report(*values)
+        if labels is None:
+            return
+        self.family.metric.labels(*labels).set(value)
+        if self.deadlines.pop(labels, None) is None:
+            for i, _ in self._forget:
+                self._held[(i, labels[i])] = self._held.get((i, labels[i]), 0) + 1
+        self.deadlines[labels] = now + self.ttl  # re-inserted at the end: the dict stays in deadline order
+
+    def sweep(self, now: float, guard: LabelGuard) -> None:
+        while self.deadlines:
+            labels = next(iter(self.deadlines))
+            if self.deadlines[labels] > now:
+                break
+            del self.deadlines[labels]
+            self.family.metric.remove(*labels)
+            for i, label in self._forget:
+                n = self._held.pop((i, labels[i])) - 1
+                if n:
+                    self._held[(i, labels[i])] = n
+                else:
+                    guard.forget(SCOPE, label, labels[i])
 
 
 class Pipeline:
@@ -153,7 +233,7 @@ class Pipeline:
         self.prices = PriceTable(config.prices)
         self.max_latency = config.max_latency
         self._active: dict[str, _ActiveCall] = {}
-        self._dependencies: dict[tuple[str, str], float] = {}
+        self._warned_unpriced: set[tuple[str, str, str]] = set()
         r = telemetry.registry
 
         guard = telemetry.guard
@@ -185,7 +265,8 @@ class Pipeline:
             "voice_agent_calls_queued", "Calls waiting to be dialled, as last reported by dialers.",
             ("agent", "campaign"))
         self.campaign_running = gauge(
-            "voice_agent_campaign_running", "1 while a campaign runs, 0 when paused or ended (reported by dialers).",
+            "voice_agent_campaign_running",
+            "1 while a campaign runs, 0 when paused or ended (reported by dialers); gone after events.campaign_ttl without a report.",
             ("campaign",))
         self.dependency_up = gauge(
             "voice_agent_dependency_up",
@@ -208,12 +289,17 @@ class Pipeline:
             "voice_agent_stt_audio_seconds_total", "Seconds of audio transcribed by STT.",
             ("agent", "provider", "model"))
         self.errors = counter(
-            "voice_agent_errors_total", "Errors by pipeline component and error type.",
-            ("agent", "component", "type"), guarded=frozenset({"agent", "type"}))
+            "voice_agent_errors_total",
+            "Errors by pipeline component and error type; recoverable=\"true\" for those the agent retried past.",
+            ("agent", "component", "type", "recoverable"), guarded=frozenset({"agent", "type"}))
         self.cost = counter(
             "voice_agent_estimated_cost_dollars_total",
             "Estimated spend in US dollars: usage times the price table in events.prices (unpriced usage adds nothing).",
             ("agent", "component", "provider", "model"))
+        self.unpriced = counter(
+            "livekit_exporter_unpriced_usage_events_total",
+            "Usage events (stt, llm, tts) that events.prices does not price: they add no estimated cost.",
+            ("component", "provider", "model"))
         self.histograms = {
             name: Family(Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r),
                          name, guard)
@@ -234,13 +320,16 @@ class Pipeline:
             "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",), registry=r)
         self.latencies_discarded = Counter(
             "livekit_exporter_event_latencies_discarded_total",
-            "Timings above events.max_latency, not observed (the rest of their event was applied).",
+            "Turn-stage timings above events.max_latency, not observed (the rest of their event was applied).",
             ("type", "field"), registry=r)
         self.requests_rejected = Counter(
             "livekit_exporter_event_requests_rejected_total",
             "Requests to the events API refused whole (none of their events applied), by reason.",
             ("reason",), registry=r)
         self._events_total = {t: self.events_total.labels(t) for t in m.TYPE_NAMES}
+        self._queued = _Reports(self.calls_queued, config.campaign_ttl)
+        self._campaigns = _Reports(self.campaign_running, config.campaign_ttl)
+        self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, forget=("dependency",))
         self._apply = {
             m.CallStarted: self._call_started, m.CallAnswered: self._call_answered,
             m.CallEnded: self._call_ended, m.CallsQueued: self._calls_queued,
@@ -266,7 +355,7 @@ class Pipeline:
         return discarded
 
     def _latency(self, value: float | None, name: str, index: int, discarded: list[Discarded]) -> bool:
-        """Whether `value` is to be observed; records it when the sanity rule discards it."""
+        """Whether a turn stage is to be observed; records it when the sanity rule discards it."""
         if value is None:
             return False
         if value > self.max_latency:
@@ -281,7 +370,7 @@ class Pipeline:
         if len(self._active) >= MAX_ACTIVE_CALLS:
             self._expire(next(iter(self._active)))
         # The guarded agent also labels voice_agent_calls_expired_total when the call expires.
-        agent = self.guard("voice_agent_calls_active", "agent", e.agent)
+        agent = self.guard("voice_agent_calls_active", "agent", e.agent, SCOPE)
         gauge = self.calls_active.metric.labels(agent, e.direction)
         self._active[e.call_id] = _ActiveCall((agent, e.direction), gauge, self.clock() + self.config.call_ttl)
         gauge.inc()
@@ -300,18 +389,13 @@ class Pipeline:
             call.gauge.dec()
 
     def _calls_queued(self, e: m.CallsQueued, i: int, d: list[Discarded]) -> None:
-        self.calls_queued(e.agent, e.campaign).set(e.queued)
+        self._queued.set((e.agent, e.campaign), e.queued, self.clock())
 
     def _campaign_status(self, e: m.CampaignStatus, i: int, d: list[Discarded]) -> None:
-        self.campaign_running(e.campaign).set(1 if e.running else 0)
+        self._campaigns.set((e.campaign,), 1 if e.running else 0, self.clock())
 
     def _dependency_status(self, e: m.DependencyStatus, i: int, d: list[Discarded]) -> None:
-        name = "voice_agent_dependency_up"
-        key = (self.guard(name, "agent", e.agent), self.guard(name, "dependency", e.dependency))
-        self.dependency_up.metric.labels(*key).set(1 if e.up else 0)
-        # Re-inserted at the end, so the dict stays ordered by deadline for the sweep.
-        self._dependencies.pop(key, None)
-        self._dependencies[key] = self.clock() + self.config.dependency_ttl
+        self._dependencies.set((e.agent, e.dependency), 1 if e.up else 0, self.clock())
 
     def _turn(self, e: m.Turn, i: int, d: list[Discarded]) -> None:
         agent = e.agent
@@ -331,39 +415,51 @@ class Pipeline:
         if self._latency(e.tts_ttfb_seconds, "tts_ttfb_seconds", i, d):
             self.tts_ttfb(agent, e.tts_provider or UNKNOWN, e.tts_model or UNKNOWN).observe(e.tts_ttfb_seconds)
 
-    def _add_cost(self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage, cost: float) -> None:
-        if cost > 0:
-            self.cost(e.agent, component, e.provider, e.model).inc(cost)
+    def _add_cost(self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage,
+                  cost: Callable[[Price, Any], float | None]) -> None:
+        price = self.prices.lookup(e.provider, e.model)
+        amount = None if price is None else cost(price, e)
+        if amount is None:
+            self._unpriced(component, e.provider, e.model)
+        elif amount > 0:
+            self.cost(e.agent, component, e.provider, e.model).inc(amount)
+
+    def _unpriced(self, component: str, provider: str, model: str) -> None:
+        self.unpriced(component, provider, model).inc()
+        if not self.config.prices:  # no price table at all: one warning, not one per model
+            key = ("", "", "")
+            message = ("events.prices is empty: usage adds no estimated cost (counted in "
+                       "livekit_exporter_unpriced_usage_events_total); add prices to estimate it")
+        else:
+            key = (component, provider, model)
+            message = ("usage has no price in events.prices: it adds no estimated cost (counted in "
+                       "livekit_exporter_unpriced_usage_events_total); add a price entry for it")
+        if key not in self._warned_unpriced and len(self._warned_unpriced) < 1000:
+            self._warned_unpriced.add(key)
+            log.warning(message, extra={"component": component, "provider": provider, "model": model})
 
     def _stt(self, e: m.STTUsage, i: int, d: list[Discarded]) -> None:
         self.stt_audio(e.agent, e.provider, e.model).inc(e.audio_seconds)
-        price = self.prices.lookup(e.provider, e.model)
-        if price is not None:
-            self._add_cost("stt", e, PriceTable.stt_cost(price, e))
+        self._add_cost("stt", e, PriceTable.stt_cost)
 
     def _llm(self, e: m.LLMUsage, i: int, d: list[Discarded]) -> None:
         for kind, n in (("input", e.input_tokens), ("output", e.output_tokens), ("cached", e.cached_tokens)):
             if n:
                 self.llm_tokens(e.agent, e.provider, e.model, kind).inc(n)
-        if self._latency(e.duration_seconds, "duration_seconds", i, d):
+        if e.duration_seconds is not None:  # not a turn stage: bounded by the schema only
             self.llm_duration(e.agent, e.provider, e.model).observe(e.duration_seconds)
-        price = self.prices.lookup(e.provider, e.model)
-        if price is not None:
-            self._add_cost("llm", e, PriceTable.llm_cost(price, e))
+        self._add_cost("llm", e, PriceTable.llm_cost)
 
     def _tts(self, e: m.TTSUsage, i: int, d: list[Discarded]) -> None:
         if e.characters:
             self.tts_characters(e.agent, e.provider, e.model).inc(e.characters)
-        price = self.prices.lookup(e.provider, e.model)
-        if price is not None:
-            self._add_cost("tts", e, PriceTable.tts_cost(price, e))
+        self._add_cost("tts", e, PriceTable.tts_cost)
 
     def _tool_call(self, e: m.ToolCall, i: int, d: list[Discarded]) -> None:
-        if self._latency(e.duration_seconds, "duration_seconds", i, d):
-            self.tool_duration(e.agent, e.tool).observe(e.duration_seconds)
+        self.tool_duration(e.agent, e.tool).observe(e.duration_seconds)
 
     def _error(self, e: m.Error, i: int, d: list[Discarded]) -> None:
-        self.errors(e.agent, e.component, e.error_type).inc()
+        self.errors(e.agent, e.component, e.error_type, "true" if e.recoverable else "false").inc()
 
     # -- time-to-live ------------------------------------------------------------------------------
 
@@ -373,19 +469,16 @@ class Pipeline:
         self.calls_expired.metric.labels(*call.labels).inc()
 
     def sweep(self) -> None:
-        """Ends calls older than call_ttl and drops dependency reports older than dependency_ttl."""
+        """Ends calls older than call_ttl; drops dependency reports older than dependency_ttl, and
+        queue and campaign reports older than campaign_ttl."""
         now = self.clock()
         while self._active:
             call_id = next(iter(self._active))
             if self._active[call_id].deadline > now:
                 break
             self._expire(call_id)
-        while self._dependencies:
-            key = next(iter(self._dependencies))
-            if self._dependencies[key] > now:
-                break
-            del self._dependencies[key]
-            self.dependency_up.metric.remove(*key)
+        for reports in (self._dependencies, self._campaigns, self._queued):
+            reports.sweep(now, self.guard)
 
     @property
     def active_calls(self) -> int:

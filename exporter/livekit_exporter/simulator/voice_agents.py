@@ -72,8 +72,8 @@ PRICES = (
     {"provider": "anthropic", "usd_per_million_input_tokens": 1.0, "usd_per_million_output_tokens": 5.0,
      "usd_per_million_cached_tokens": 0.1},
     {"provider": "groq", "usd_per_million_input_tokens": 0.59, "usd_per_million_output_tokens": 0.79},
-    {"provider": "deepgram", "usd_per_audio_minute": 0.0077},
-    {"provider": "assemblyai", "usd_per_audio_minute": 0.0025},
+    {"provider": "deepgram", "usd_per_stt_audio_minute": 0.0077},
+    {"provider": "assemblyai", "usd_per_stt_audio_minute": 0.0025},
     {"provider": "elevenlabs", "usd_per_million_characters": 50.0},
     {"provider": "cartesia", "usd_per_million_characters": 30.0},
 )
@@ -101,7 +101,7 @@ class Truth:
     tts_characters: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     stt_audio_seconds: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     tool_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
-    errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    errors: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
 
 
 @dataclass
@@ -155,7 +155,7 @@ class VoiceAgentFleet:
         elif isinstance(event, m.ToolCall):
             t.tool_calls[event.agent, event.tool] += 1
         elif isinstance(event, m.Error):
-            t.errors[event.agent, event.component, event.error_type] += 1
+            t.errors[event.agent, event.component, event.error_type, str(event.recoverable).lower()] += 1
         return True
 
     def _latency(self, p: Provider) -> float:
@@ -200,8 +200,10 @@ class VoiceAgentFleet:
         interrupted = rng.random() < 0.12
         if rng.random() < 0.03:
             component = rng.choice(("stt", "llm", "tts"))
-            self._send(m.Error(agent=p.name, component=component,
-                               error_type=rng.choice(ERROR_TYPES[component])))
+            kind = rng.choice(ERROR_TYPES[component])
+            # Timeouts and rate limits are retried past; the others fail the request.
+            self._send(m.Error(agent=p.name, component=component, error_type=kind,
+                               recoverable=kind in ("timeout", "rate_limited")))
         self._send(m.Turn(
             agent=p.name, interrupted=interrupted,
             interruptions=int(interrupted) + (1 if rng.random() < 0.05 else 0),
