@@ -187,19 +187,24 @@ async def test_the_fallback_reads_the_real_metric_classes(exporter, caplog):
     session = AgentSession()
     instrument(session, agent="old", client=client, mode="metrics_collected")
     assert "metrics_collected is deprecated" in caplog.text  # livekit-agents 1.8 says so, once
-    meta = Metadata(model_provider="openai", model_name="gpt-4o-mini")
+    meta = Metadata(model_provider="api.openai.com", model_name="gpt-4o-mini")  # as the openai plugin says
     now = time.time()
+    # In livekit-agents' order: STT and end-of-utterance metrics, the user message, then the reply's.
     for x in (
         STTMetrics(label="stt", request_id="1", timestamp=now, duration=0.0, audio_duration=4.5, streamed=True,
-                   metadata=Metadata(model_provider="deepgram", model_name="nova-3")),
+                   metadata=Metadata(model_provider="Deepgram", model_name="nova-3")),
         EOUMetrics(timestamp=now, end_of_utterance_delay=0.3, transcription_delay=0.1,
                    on_user_turn_completed_delay=0.0),
+    ):
+        session.emit("metrics_collected", lk_events.MetricsCollectedEvent(metrics=x))
+    session.emit("conversation_item_added", _message("user"))
+    for x in (
         LLMMetrics(label="llm", request_id="2", timestamp=now, duration=0.9, ttft=0.25, cancelled=False,
                    completion_tokens=12, prompt_tokens=300, prompt_cached_tokens=100, total_tokens=312,
                    tokens_per_second=13.3, metadata=meta),
         TTSMetrics(label="tts", request_id="3", timestamp=now, ttfb=0.15, duration=1.0, audio_duration=3.0,
                    cancelled=False, characters_count=42, streamed=True,
-                   metadata=Metadata(model_provider="elevenlabs", model_name="flash")),
+                   metadata=Metadata(model_provider="ElevenLabs", model_name="flash")),
     ):
         session.emit("metrics_collected", lk_events.MetricsCollectedEvent(metrics=x))
     session.emit("conversation_item_added", _message("assistant"))
@@ -249,3 +254,203 @@ async def test_with_the_exporter_down_the_agent_is_never_blocked():
     assert worst < 0.1, f"the agent's loop stalled for {worst * 1000:.0f} ms"
     assert client.stats.sent == 0 and client.stats.retries >= 1
     logging.getLogger(__name__).info("exporter down: worst loop lag %.1f ms", worst * 1000)
+
+
+# -- turns: a user message completed by its first reply ---------------------------------------------
+
+
+class TalkativeStream(llm.LLMStream):
+    """Says something before calling the tool, as real LLMs often do ("Let me check...")."""
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0.01)
+        last = self._chat_ctx.items[-1]
+        if getattr(last, "role", None) == "user" and "order" in (last.text_content or ""):
+            self._event_ch.send_nowait(ChatChunk(id="r", delta=ChoiceDelta(role="assistant", content="Let me check.")))
+            self._event_ch.send_nowait(ChatChunk(id="r", delta=ChoiceDelta(role="assistant", tool_calls=[
+                FunctionToolCall(name="lookup_order", arguments='{"order_id": "A17"}', call_id="call-1")])))
+        else:
+            self._event_ch.send_nowait(ChatChunk(id="r", delta=ChoiceDelta(role="assistant", content="Hello!")))
+        self._event_ch.send_nowait(ChatChunk(id="r", usage=CompletionUsage(
+            total_tokens=USAGE["prompt_tokens"] + USAGE["completion_tokens"], **USAGE)))
+
+
+class TalkativeLLM(ScriptedLLM):
+    @property
+    def provider(self) -> str:
+        return "api.openai.com"  # what livekit-plugins-openai reports
+
+    def chat(self, *, chat_ctx, tools=None, conn_options=DEFAULT_API_CONNECT_OPTIONS, **kwargs):
+        return TalkativeStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+
+
+class GreetingAgent(SupportAgent):
+    async def on_enter(self) -> None:
+        self.session.generate_reply(instructions="greet the caller")
+
+
+async def test_greeting_and_a_tool_call_make_one_turn(events_config, aiohttp_server, aiohttp_client):
+    from livekit_exporter.config import Price
+
+    prices = (Price("openai", "script-1", usd_per_million_input_tokens=2.0, usd_per_million_output_tokens=8.0,
+                    usd_per_million_cached_tokens=0.5),)
+    server = await aiohttp_server(build_app(events_config(prices=prices)))
+    client = EventsClient(str(server.make_url("/")), EVENTS_TOKEN)
+    session = AgentSession(llm=TalkativeLLM())
+    items = []
+    session.on("conversation_item_added",
+               lambda ev: isinstance(ev.item, llm.ChatMessage) and items.append(ev.item.role))
+    instrument(session, agent="greeter", direction="inbound", client=client)
+    await session.start(GreetingAgent())
+    for _ in range(100):  # the greeting is spoken
+        if "assistant" in items:
+            break
+        await asyncio.sleep(0.01)
+    await session.run(user_input="where is my order?")
+    await session.aclose()
+    await client.aclose()
+    # greeting, the user, "Let me check.", the answer after the tool: one user message, one turn.
+    assert items == ["assistant", "user", "assistant", "assistant"]
+    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    assert value(s, "voice_agent_turns_total", agent="greeter", interrupted="false") == 1
+    assert value(s, "voice_agent_turns_total", agent="greeter", interrupted="true") is None
+    llm_labels = dict(agent="greeter", provider="openai", model="script-1")
+    assert value(s, "voice_agent_llm_time_to_first_token_seconds_count", **llm_labels) == 1
+    # api.openai.com is openai, so the price applies: 3 requests (greeting, the tool call, the answer).
+    per_request = ((USAGE["prompt_tokens"] - USAGE["prompt_cached_tokens"]) * 2.0
+                   + USAGE["prompt_cached_tokens"] * 0.5 + USAGE["completion_tokens"] * 8.0) / 1e6
+    assert value(s, "voice_agent_estimated_cost_dollars_total", component="llm", **llm_labels) == \
+        pytest.approx(3 * per_request)
+    assert value(s, "livekit_exporter_unpriced_usage_events_total", component="llm", provider="openai",
+                 model="script-1") is None
+
+
+async def test_user_turns_without_a_reply_are_counted(exporter):
+    url, scrape = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession()
+    instrument(session, agent="b", direction="inbound", client=client)
+    # The user speaks; the reply is cut before any audio (no assistant message); the user speaks
+    # again and gets an answer; the user speaks a third time and hangs up before the reply.
+    session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.5, transcription_delay=0.2))
+    session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.6, transcription_delay=0.3))
+    session.emit("conversation_item_added", _message("assistant", e2e_latency=1.0))
+    session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.7, transcription_delay=0.4))
+    session.emit("close", lk_events.CloseEvent(reason=lk_events.CloseReason.PARTICIPANT_DISCONNECTED))
+    await client.aclose()
+    s = await scrape()
+    assert value(s, "voice_agent_turns_total", agent="b", interrupted="false") == 3
+    assert value(s, "voice_agent_end_of_utterance_delay_seconds_count", agent="b") == 3
+    assert value(s, "voice_agent_end_of_utterance_delay_seconds_sum", agent="b") == pytest.approx(1.8)
+    assert value(s, "voice_agent_turn_latency_seconds_count", agent="b") == 1  # only the answered one
+    assert value(s, "voice_agent_turn_latency_seconds_sum", agent="b") == 1.0
+
+
+async def test_a_reply_cut_by_a_failed_tts_is_a_tts_error_not_an_interruption(exporter):
+    from livekit.agents.tts import TTSError
+
+    url, scrape = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession()
+    instrument(session, agent="t", client=client)
+    session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.4))
+    # livekit-agents reports the TTS failure (retries exhausted), then adds the reply as interrupted.
+    session.emit("error", lk_events.ErrorEvent(
+        error=TTSError(timestamp=time.time(), label="tts", error=TimeoutError(), recoverable=False), source=None))
+    reply = llm.ChatMessage(role="assistant", content=["Your order"], interrupted=True, metrics={"e2e_latency": 0.9})
+    session.emit("conversation_item_added", lk_events.ConversationItemAddedEvent(item=reply))
+    session.emit("close", lk_events.CloseEvent(reason=lk_events.CloseReason.USER_INITIATED))
+    await client.aclose()
+    s = await scrape()
+    assert value(s, "voice_agent_turns_total", agent="t", interrupted="false") == 1
+    assert value(s, "voice_agent_turns_total", agent="t", interrupted="true") is None
+    assert value(s, "voice_agent_interruptions_total", agent="t") is None
+    assert value(s, "voice_agent_errors_total", agent="t", component="tts", type="TimeoutError",
+                 recoverable="false") == 1
+    assert value(s, "voice_agent_errors_total", agent="t", component="tts", type="tts_failed",
+                 recoverable="false") is None  # counted once, as livekit-agents reported it
+
+
+# -- bad arguments, a missing environment, the job's shutdown ---------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(agent=""), "agent, call_id, direction or campaign: Expected `str` of length >= 1 - at `$.agent`"),
+    (dict(agent="a" * 129), "Expected `str` of length <= 128 - at `$.agent`"),
+    (dict(agent="a", direction="sideways"), "Invalid enum value 'sideways' - at `$.direction`"),
+    (dict(agent="a", campaign="c" * 200), "at `$.campaign`"),
+])
+async def test_bad_arguments_fail_at_once(kwargs, message):
+    client = EventsClient("http://127.0.0.1:1", EVENTS_TOKEN)
+    with pytest.raises(ValueError) as e:
+        instrument(AgentSession(), client=client, **kwargs)
+    assert message in str(e.value)
+    call = instrument(AgentSession(), agent="a", client=client)
+    with pytest.raises(ValueError, match=r"dependency name: .* at `\$.dependency`"):
+        call.dependency("", up=True)
+    with pytest.raises(ValueError, match=r"outcome: .* at `\$.outcome`"):
+        call.set_outcome("")
+    await client.aclose(timeout=0)
+    assert client.stats.dropped_invalid == 0
+
+
+async def test_absurd_timings_reach_the_exporter_capped_and_are_counted_there(exporter):
+    url, scrape = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession()
+    instrument(session, agent="c", client=client)
+    session.emit("conversation_item_added", _message("user", end_of_turn_delay=5e9))  # a clock jump
+    session.emit("conversation_item_added", _message("assistant", e2e_latency=0.8))
+    await client.aclose()
+    assert client.stats.dropped_invalid == 0 and client.stats.dropped_rejected == 0
+    s = await scrape()
+    assert value(s, "voice_agent_turn_latency_seconds_sum", agent="c") == 0.8
+    assert value(s, "livekit_exporter_event_latencies_discarded_total", type="turn",
+                 field="end_of_utterance_delay_seconds") == 1
+
+
+async def test_without_the_environment_the_agent_runs_uninstrumented(monkeypatch, caplog):
+    from livekit_exporter import agents
+
+    monkeypatch.delenv("LIVEKIT_EXPORTER_EVENTS_URL", raising=False)
+    monkeypatch.delenv("LIVEKIT_EXPORTER_EVENTS_TOKEN", raising=False)
+    monkeypatch.setattr(agents, "_logged", set())
+    calls = [instrument(AgentSession(llm=ScriptedLLM()), agent="x") for _ in range(2)]
+    session = AgentSession(llm=ScriptedLLM())
+    instrument(session, agent="x")
+    await session.start(SupportAgent())
+    await session.run(user_input="hello")
+    await session.aclose()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "livekit_exporter.agents"]
+    assert len(errors) == 1
+    assert "set LIVEKIT_EXPORTER_EVENTS_URL and LIVEKIT_EXPORTER_EVENTS_TOKEN" in errors[0].getMessage()
+    assert calls[0].client is calls[1].client and calls[0].client.stats.dropped_failed > 0
+
+
+async def test_the_jobs_shutdown_closes_the_client(exporter, monkeypatch):
+    """With job_ctx, the job's shutdown (run as livekit-agents runs its shutdown callbacks) sends
+    what is still queued and closes the shared client."""
+    from livekit import rtc
+    from livekit.agents import JobContext, JobExecutorType, JobProcess
+    from livekit.agents.job import JobAcceptArguments, RunningJobInfo
+    from livekit.protocol import agent as agent_pb
+
+    url, scrape = exporter
+    monkeypatch.setenv("LIVEKIT_EXPORTER_EVENTS_URL", url)
+    monkeypatch.setenv("LIVEKIT_EXPORTER_EVENTS_TOKEN", EVENTS_TOKEN)
+    ctx = JobContext(
+        proc=JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None),
+        info=RunningJobInfo(accept_arguments=JobAcceptArguments(name="", identity="agent", metadata=""),
+                            job=agent_pb.Job(id="job-1"), url="ws://localhost", token="", worker_id="w",
+                            fake_job=True),
+        room=rtc.Room(), on_connect=lambda: None, on_shutdown=lambda reason: None, inference_executor=None)
+    sessions = [AgentSession(), AgentSession()]
+    calls = [instrument(s, agent="job", client=None, job_ctx=ctx) for s in sessions]
+    client = calls[0].client
+    assert isinstance(client, EventsClient) and calls[1].client is client
+    assert len(ctx._shutdown_callbacks) == 1  # one per client, not per session
+    for callback in ctx._shutdown_callbacks:  # as livekit-agents' job process does at shutdown
+        await callback("job ended")
+    assert client.closed and client.stats.sent == 4  # two call_started, two call_answered
+    s = await scrape()
+    assert value(s, "voice_agent_calls_active", agent="job", direction="web") == 2

@@ -89,10 +89,11 @@ async def test_an_exporter_that_comes_up_late_gets_the_events(events_config):
 
 async def test_5xx_is_retried_and_4xx_is_dropped(aiohttp_server):
     answers = [503, 500, 200, 400]
-    bodies = []
+    bodies, keys = [], []
 
     async def handler(request: web.Request) -> web.Response:
         bodies.append(await request.read())
+        keys.append(request.headers["Idempotency-Key"])
         status = answers.pop(0)
         return web.json_response({"error": "told to" if status != 200 else None}, status=status)
 
@@ -106,6 +107,7 @@ async def test_5xx_is_retried_and_4xx_is_dropped(aiohttp_server):
         assert await client.flush(5)
     assert client.stats.sent == 1 and client.stats.retries == 2 and client.stats.dropped_rejected == 1
     assert len(bodies) == 4 and bodies[0] == bodies[1] == bodies[2]
+    assert keys[0] == keys[1] == keys[2] != keys[3]  # a batch keeps its key across retries
 
 
 async def test_bad_events_are_refused_by_the_exporter_and_counted(events_config, aiohttp_server):
@@ -172,3 +174,86 @@ def test_from_env_says_what_is_missing(monkeypatch):
     monkeypatch.setenv("LIVEKIT_EXPORTER_EVENTS_TOKEN", "x")
     with pytest.raises(RuntimeError, match="set LIVEKIT_EXPORTER_EVENTS_URL"):
         EventsClient.from_env()
+
+
+# -- invalid events, partial refusals, retries applied once ---------------------------------------
+
+
+async def test_one_invalid_event_never_poisons_a_batch(events_config, aiohttp_server, aiohttp_client, caplog):
+    server = await aiohttp_server(build_app(events_config()))
+    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, flush_interval=0.05) as client:
+        for i in range(99):
+            assert client.emit(m.CallStarted(agent="poison-test", call_id=f"p{i}", direction="inbound"))
+        bad = [m.Turn(agent="poison-test", e2e_latency_seconds=2e6),  # over the schema's maximum
+               m.Turn(agent="x", e2e_latency_seconds=float("nan")),  # would encode as null
+               m.Turn(agent="x", llm_ttft_seconds=float("inf")),
+               m.CallStarted(agent="", call_id="q", direction="inbound"),
+               m.LLMUsage(agent="x", provider="p", model="m", input_tokens=1, cached_tokens=5),
+               {"type": "turn", "agent": "x"}]
+        assert [client.emit(e) for e in bad] == [False] * len(bad)
+        assert client.emit(turn())
+        assert await client.flush(5)
+    assert client.stats.sent == 100 and client.stats.dropped_invalid == len(bad)
+    assert client.stats.dropped_rejected == 0
+    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    assert value(s, "voice_agent_calls_active", agent="poison-test", direction="inbound") == 99
+    warnings = [r for r in caplog.records if "invalid event was dropped" in r.getMessage()]
+    assert len(warnings) == 1 and "<= 1000000.0" in warnings[0].problem  # rate-limited: once a minute
+
+
+async def test_a_400_drops_only_the_events_it_names(aiohttp_server, caplog):
+    """An exporter of another version refuses events 1 and 3 of a batch: the others are sent again."""
+    received = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.append((request.headers["Idempotency-Key"], [e.get("call_id") for e in body["events"]]))
+        if len(received) == 1:
+            return web.json_response({"error": "2 invalid event(s); nothing was applied", "problems": [
+                {"index": 1, "path": "$.events[1].direction", "reason": "Invalid enum value"},
+                {"index": 3, "path": "$.events[3].direction", "reason": "Invalid enum value"}]}, status=400)
+        if len(received) == 2:
+            return web.json_response({"accepted": len(body["events"]), "discarded": []})
+        return web.json_response({"error": "unknown bearer token"}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/events", handler)
+    server = await aiohttp_server(app)
+    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, flush_interval=0.01) as client:
+        for i in range(5):
+            client.emit(m.CallStarted(agent="a", call_id=f"c{i}", direction="inbound"))
+        assert await client.flush(5)
+        for i in range(3):  # a 401 names no event: the whole batch is dropped, and said so once
+            client.emit(turn(i))
+            assert await client.flush(5)
+    assert [ids for _, ids in received[:2]] == [["c0", "c1", "c2", "c3", "c4"], ["c0", "c2", "c4"]]
+    assert received[0][0] != received[1][0]  # another body, another key
+    assert client.stats.sent == 3 and client.stats.dropped_rejected == 2 + 3
+    refused = [r for r in caplog.records if "refused events" in r.getMessage()]
+    assert [(r.status, r.dropped, r.resent) for r in refused] == [(400, 2, 3), (401, 1, 0)]
+    assert EVENTS_TOKEN not in caplog.text
+
+
+async def test_a_retry_after_a_lost_answer_is_applied_once(events_config, aiohttp_server, aiohttp_client):
+    """The exporter applies a batch but its answer is lost (a 503 from a proxy in between): the
+    client retries with the same Idempotency-Key, and the exporter does not count it twice."""
+    app = build_app(events_config())
+    lost = [True]
+
+    @web.middleware
+    async def lose_the_first_answer(request: web.Request, handler):
+        response = await handler(request)
+        if request.path == "/v1/events" and lost[0]:
+            lost[0] = False
+            return web.json_response({"error": "bad gateway"}, status=503)
+        return response
+
+    app.middlewares.append(lose_the_first_answer)
+    server = await aiohttp_server(app)
+    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
+        for i in range(10):
+            client.emit(turn(i))
+        assert await client.flush(5)
+    assert client.stats.sent == 10 and client.stats.retries == 1
+    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    assert value(s, "voice_agent_turns_total", agent="a", interrupted="false") == 10

@@ -5,29 +5,40 @@
     ...
     await client.aclose()                                      # flushes what is queued
 
-`emit()` never waits and never does I/O: it appends to a bounded queue and returns at once (False
-when the queue is full and the event was dropped). A background task sends batches, retries with
-exponential backoff on 5xx, 408, 429, timeouts and connection errors, and drops a batch the exporter
-refuses with another 4xx (its answer is logged: it says what was wrong). With the exporter down
-the agent's event loop is not blocked: events queue up to `max_queue`, then are dropped and
-counted in `stats`.
+`emit()` never waits and never does I/O: it checks the event against the same model the exporter
+validates with (an invalid event is dropped there, counted and logged, so it can never make the
+exporter refuse a whole batch of other events), encodes it, appends it to a bounded queue and
+returns at once (False when the event was dropped: invalid, queue full, or client closed). Call it
+on the thread that runs the client's event loop (asyncio objects are not thread-safe); from another
+thread use `loop.call_soon_threadsafe(client.emit, event)`.
+
+A background task sends batches, each with an `Idempotency-Key` that stays the same across its
+retries (so the exporter applies a retried batch once), retries with exponential backoff on 5xx,
+408, 429, timeouts and connection errors, and drops a batch the exporter refuses with another 4xx
+(its answer is logged, at most once a minute: it says what was wrong). On a 400 that lists the bad
+events, only those are dropped and the rest is sent again. With the exporter down the agent's event
+loop is not blocked: events queue up to `max_queue`, then are dropped and counted in `stats`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import random
 import time
+import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from .events.model import Batch, Event
+from .events.decode import check
+from .events.model import EVENT_TYPES, Event
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,43 @@ URL_ENV = "LIVEKIT_EXPORTER_EVENTS_URL"
 TOKEN_ENV = "LIVEKIT_EXPORTER_EVENTS_TOKEN"
 _RETRYABLE = frozenset({408, 429})
 _encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+LOG_EVERY = 60.0  # seconds between two warnings of the same kind
+
+
+class _RateLimited:
+    """Logs a warning of each kind at most once every LOG_EVERY seconds, with how many were held back."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, **extra: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < LOG_EVERY:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        log.warning(message, extra={**extra, "similar_warnings_held_back": held})
+
+
+def validate(event: Any) -> tuple[bytes | None, str]:
+    """(its JSON, "") for an event the exporter will accept, else (None, what is wrong with it)."""
+    if not isinstance(event, EVENT_TYPES):
+        return None, f"{type(event).__name__} is not an event of livekit_exporter.events.model"
+    raw = _encoder.encode(event)
+    try:
+        decoded = _decoder.decode(raw)
+    except msgspec.ValidationError as e:  # the model's own constraints, as the exporter checks them
+        return None, str(e)
+    if decoded != event:  # NaN and infinities encode as null, and would silently become "not measured"
+        return None, "a number is NaN or infinite; use None for not measured"
+    bad = check(decoded)
+    if bad:
+        return None, f"{bad[1]} - at `$.{bad[0]}`"
+    return raw, ""
 
 
 @dataclass
@@ -43,8 +91,9 @@ class ClientStats:
     """What happened to the events handed to emit(); every event ends in exactly one bucket."""
 
     sent: int = 0
+    dropped_invalid: int = 0  # emit() found them invalid: never queued
     dropped_queue_full: int = 0
-    dropped_rejected: int = 0  # the exporter answered a final 4xx for their batch
+    dropped_rejected: int = 0  # the exporter refused them (a 4xx, or listed as bad in a 400)
     dropped_failed: int = 0  # retries exhausted, or still queued when aclose() gave up
     retries: int = 0
 
@@ -68,18 +117,20 @@ class EventsClient:
             raise ValueError(f"events URL {url!r}: expected http(s)://host:port[/path], like http://exporter:9784")
         self.url = url if parts.path not in ("", "/") else url.rstrip("/") + DEFAULT_EVENTS_PATH
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError("max_queue and batch_size must be at least 1")
         self.max_queue, self.batch_size, self.flush_interval = max_queue, batch_size, flush_interval
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.stats = ClientStats()
-        self._queue: collections.deque[Event] = collections.deque()
+        self._queue: collections.deque[bytes] = collections.deque()  # each event's JSON
         self._in_flight = 0
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._last_drop_log = 0.0
+        self._log = _RateLimited()
 
     @classmethod
     def from_env(cls, **kwargs: object) -> "EventsClient":
@@ -97,17 +148,22 @@ class EventsClient:
     # -- the agent's side: never waits ----------------------------------------------------------------
 
     def emit(self, event: Event) -> bool:
-        """Queues one event; False when it was dropped (queue full or client closed)."""
+        """Queues one event; False when it was dropped (invalid, queue full or client closed).
+
+        Call it on the event loop's thread. It never waits and never raises for a bad event."""
         if self._closed or len(self._queue) >= self.max_queue:
             self.stats.dropped_queue_full += 1
-            now = time.monotonic()
-            if now - self._last_drop_log > 60:
-                self._last_drop_log = now
-                log.warning("events client queue is full: dropping events (is the exporter reachable?)",
-                            extra={"url": self.url, "max_queue": self.max_queue,
-                                   "dropped": self.stats.dropped_queue_full})
+            self._log.warning("queue_full", "events client queue is full: dropping events (is the exporter "
+                              "reachable?)", url=self.url, max_queue=self.max_queue,
+                              dropped=self.stats.dropped_queue_full)
             return False
-        self._queue.append(event)
+        raw, problem = validate(event)
+        if raw is None:
+            self.stats.dropped_invalid += 1
+            self._log.warning("invalid", "an invalid event was dropped; fix the code that builds it",
+                              event=type(event).__name__, problem=problem, dropped=self.stats.dropped_invalid)
+            return False
+        self._queue.append(raw)
         if self._task is None:
             self._start()
         if self._idle is not None:
@@ -119,6 +175,10 @@ class EventsClient:
     @property
     def queued(self) -> int:
         return len(self._queue) + self._in_flight
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- background sending --------------------------------------------------------------------------
 
@@ -164,8 +224,16 @@ class EventsClient:
         except TimeoutError:
             pass
 
-    async def _send(self, batch: list[Event]) -> None:
-        body = _encoder.encode(Batch(events=batch))
+    async def _send(self, batch: list[bytes]) -> None:
+        """Delivers a batch; on a 400 listing bad events, drops those and delivers the rest."""
+        while batch:
+            batch = await self._send_once(batch)
+
+    async def _send_once(self, batch: list[bytes]) -> list[bytes]:
+        """Sends one batch with its retries; returns what is left to send (after a 400's bad events)."""
+        body = b'{"events":[' + b",".join(batch) + b"]}"
+        headers = {**self._headers, "Idempotency-Key": uuid.uuid4().hex}  # the same on every retry
+        problem = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats.retries += 1
@@ -174,24 +242,41 @@ class EventsClient:
             try:
                 if self._session is None:
                     self._session = aiohttp.ClientSession(timeout=self.timeout)
-                async with self._session.post(self.url, data=body, headers=self._headers) as resp:
+                async with self._session.post(self.url, data=body, headers=headers) as resp:
                     if resp.status == 200:
                         self.stats.sent += len(batch)
-                        return
-                    text = (await resp.text())[:2000]
+                        return []
+                    text = await resp.text()
                     if resp.status < 500 and resp.status not in _RETRYABLE:
-                        self.stats.dropped_rejected += len(batch)
-                        log.warning("the exporter refused a batch of events; they are dropped",
-                                    extra={"url": self.url, "status": resp.status, "answer": text})
-                        return
+                        return self._refused(batch, resp.status, text)
                     problem = f"HTTP {resp.status}: {text[:200]}"
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 problem = f"{type(e).__name__}: {e}"
             log.debug("events batch not delivered; will retry",
                       extra={"url": self.url, "attempt": attempt + 1, "problem": problem})
         self.stats.dropped_failed += len(batch)
-        log.warning("events batch dropped after retries", extra={"url": self.url, "events": len(batch),
-                                                                  "retries": self.max_retries, "problem": problem})
+        self._log.warning("failed", "events batch dropped after retries", url=self.url, events=len(batch),
+                          retries=self.max_retries, problem=problem)
+        return []
+
+    def _refused(self, batch: list[bytes], status: int, text: str) -> list[bytes]:
+        """A final 4xx: the events a 400 names are dropped and the rest returned; otherwise all dropped."""
+        bad: set[int] = set()
+        if status == 400:
+            try:
+                problems = json.loads(text).get("problems") or []
+                bad = {p["index"] for p in problems}
+            except (ValueError, AttributeError, TypeError, KeyError):
+                bad = set()
+        if bad and all(isinstance(i, int) and 0 <= i < len(batch) for i in bad):
+            rest = [e for i, e in enumerate(batch) if i not in bad]
+        else:
+            rest = []  # the body itself, the token or the size was refused: nothing to salvage
+        self.stats.dropped_rejected += len(batch) - len(rest)
+        self._log.warning(f"refused_{status}", "the exporter refused events; they are dropped",
+                          url=self.url, status=status, dropped=len(batch) - len(rest), resent=len(rest),
+                          answer=text[:2000])
+        return rest
 
     # -- shutting down ----------------------------------------------------------------------------
 
@@ -235,3 +320,32 @@ class EventsClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class DisabledClient:
+    """Stands in for an EventsClient that could not be configured: drops every event, counts it in
+    `stats.dropped_failed`, and never fails. livekit_exporter.agents uses it when the environment
+    lacks the exporter's URL or token, so a misconfigured exporter never breaks a call."""
+
+    url = ""
+    closed = False
+
+    def __init__(self) -> None:
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:
+        return f"DisabledClient(stats={self.stats})"
+
+    def emit(self, event: Event) -> bool:
+        self.stats.dropped_failed += 1
+        return False
+
+    @property
+    def queued(self) -> int:
+        return 0
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        self.closed = True
