@@ -454,3 +454,17 @@ async def test_the_jobs_shutdown_closes_the_client(exporter, monkeypatch):
     assert client.closed and client.stats.sent == 4  # two call_started, two call_answered
     s = await scrape()
     assert value(s, "voice_agent_calls_active", agent="job", direction="web") == 2
+
+
+@pytest.mark.parametrize("reported, name", [
+    ("api.openai.com", "openai"), ("https://api.openai.com/v1", "openai"), ("api.anthropic.com", "anthropic"),
+    ("api.deepgram.com", "deepgram"), ("Deepgram", "deepgram"), ("ElevenLabs", "elevenlabs"),
+    ("api.elevenlabs.io", "elevenlabs"), ("api.cartesia.ai", "cartesia"), ("Cartesia", "cartesia"),
+    ("generativelanguage.googleapis.com", "google"), ("api.groq.com", "groq"), ("api.acme-voice.ai", "acme-voice"),
+    ("my-res.openai.azure.com", "azure"), ("localhost:8000", "self_hosted"), ("http://10.0.0.7:8080/v1", "self_hosted"),
+    ("Google Cloud", "google_cloud"), ("openai", "openai"),
+])
+def test_provider_names_are_normalised(reported, name):
+    from livekit_exporter.agents import provider_name
+
+    assert provider_name(reported) == name

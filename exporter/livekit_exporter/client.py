@@ -48,6 +48,7 @@ TOKEN_ENV = "LIVEKIT_EXPORTER_EVENTS_TOKEN"
 _RETRYABLE = frozenset({408, 429})
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
+_EVENT_TYPES = frozenset(EVENT_TYPES)
 LOG_EVERY = 60.0  # seconds between two warnings of the same kind
 
 
@@ -71,7 +72,7 @@ class _RateLimited:
 
 def validate(event: Any) -> tuple[bytes | None, str]:
     """(its JSON, "") for an event the exporter will accept, else (None, what is wrong with it)."""
-    if not isinstance(event, EVENT_TYPES):
+    if type(event) not in _EVENT_TYPES:  # (a set lookup: isinstance() with 12 types costs 0.3 µs)
         return None, f"{type(event).__name__} is not an event of livekit_exporter.events.model"
     raw = _encoder.encode(event)
     try:
