@@ -145,7 +145,7 @@ def breakdown(body: bytes) -> None:
         return statistics.median(times) * 1e6
 
     pipeline = Pipeline(EventsConfig(), Telemetry())
-    events = decode_json(body, 1000)
+    events, _ = decode_json(body, 1000)
     print("\nPer batch of 100, in process (median of 5 x 2000):")
     print(f"  json.loads                                  {per_call(lambda: json.loads(body)):7.1f} µs")
     print(f"  orjson.loads (the bare endpoint's work)     {per_call(lambda: orjson.loads(body)):7.1f} µs")
