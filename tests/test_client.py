@@ -257,3 +257,16 @@ async def test_a_retry_after_a_lost_answer_is_applied_once(events_config, aiohtt
     assert client.stats.sent == 10 and client.stats.retries == 1
     s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
     assert value(s, "voice_agent_turns_total", agent="a", interrupted="false") == 10
+
+
+async def test_batches_over_the_exporters_limit_are_split(events_config, aiohttp_server, aiohttp_client):
+    """A client batch of 100 against an exporter with events.max_events 30: the 413 halves it."""
+    server = await aiohttp_server(build_app(events_config(max_events=30)))
+    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, batch_size=100, flush_interval=0.01) as client:
+        for i in range(250):
+            client.emit(turn(i))
+        assert await client.flush(5)
+    assert client.stats.sent == 250 and client.stats.dropped_rejected == 0
+    assert client.batch_size == 25
+    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    assert value(s, "voice_agent_turns_total", agent="a", interrupted="false") == 250

@@ -16,7 +16,8 @@ A background task sends batches, each with an `Idempotency-Key` that stays the s
 retries (so the exporter applies a retried batch once), retries with exponential backoff on 5xx,
 408, 429, timeouts and connection errors, and drops a batch the exporter refuses with another 4xx
 (its answer is logged, at most once a minute: it says what was wrong). On a 400 that lists the bad
-events, only those are dropped and the rest is sent again. With the exporter down the agent's event
+events, only those are dropped and the rest is sent again; on a 413 (a batch over the exporter's
+events.max_events or max_body_bytes) the batch is halved, and so is batch_size from then on. With the exporter down the agent's event
 loop is not blocked: events queue up to `max_queue`, then are dropped and counted in `stats`.
 """
 
@@ -226,12 +227,14 @@ class EventsClient:
             pass
 
     async def _send(self, batch: list[bytes]) -> None:
-        """Delivers a batch; on a 400 listing bad events, drops those and delivers the rest."""
-        while batch:
-            batch = await self._send_once(batch)
+        """Delivers a batch; on a 400 listing bad events, drops those and delivers the rest; on a
+        413, halves it (and the batch size from then on) and delivers the halves."""
+        todo = [batch]
+        while todo:
+            todo[:0] = await self._send_once(todo.pop(0))
 
-    async def _send_once(self, batch: list[bytes]) -> list[bytes]:
-        """Sends one batch with its retries; returns what is left to send (after a 400's bad events)."""
+    async def _send_once(self, batch: list[bytes]) -> list[list[bytes]]:
+        """Sends one batch with its retries; returns the batches left to send."""
         body = b'{"events":[' + b",".join(batch) + b"]}"
         headers = {**self._headers, "Idempotency-Key": uuid.uuid4().hex}  # the same on every retry
         problem = ""
@@ -247,6 +250,13 @@ class EventsClient:
                     if resp.status == 200:
                         self.stats.sent += len(batch)
                         return []
+                    if resp.status == 413 and len(batch) > 1:  # over events.max_events or max_body_bytes
+                        half = len(batch) // 2
+                        if self.batch_size > half:
+                            self.batch_size = half
+                            self._log.warning("too_large", "the exporter refused a batch as too large; "
+                                              "sending smaller ones", url=self.url, batch_size=half)
+                        return [batch[:half], batch[half:]]
                     text = await resp.text()
                     if resp.status < 500 and resp.status not in _RETRYABLE:
                         return self._refused(batch, resp.status, text)
@@ -260,7 +270,7 @@ class EventsClient:
                           retries=self.max_retries, problem=problem)
         return []
 
-    def _refused(self, batch: list[bytes], status: int, text: str) -> list[bytes]:
+    def _refused(self, batch: list[bytes], status: int, text: str) -> list[list[bytes]]:
         """A final 4xx: the events a 400 names are dropped and the rest returned; otherwise all dropped."""
         bad: set[int] = set()
         if status == 400:
@@ -277,7 +287,7 @@ class EventsClient:
         self._log.warning(f"refused_{status}", "the exporter refused events; they are dropped",
                           url=self.url, status=status, dropped=len(batch) - len(rest), resent=len(rest),
                           answer=text[:2000])
-        return rest
+        return [rest] if rest else []
 
     # -- shutting down ----------------------------------------------------------------------------
 
