@@ -53,7 +53,7 @@ def _latency(text: str) -> Any:
     return _doc(text + " Seconds; above events.max_latency the value is discarded and counted.", Seconds)
 
 
-class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True,
+class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True, gc=False,
              kw_only=True):
     pass
 
