@@ -272,3 +272,25 @@ async def test_unified_and_replay_egress_types(scenario, simulator, exporter_cli
     assert value(text, "livekit_egress_active", type="media", status="active") == 1
     assert value(text, "livekit_egress_active", type="replay", status="active") == 1
     assert value(text, "livekit_egress_active", type="web", status="active") == 0
+
+
+async def test_a_room_closing_mid_scrape_is_not_a_service_failure(scenario, simulator, exporter_client):
+    """ListRooms still lists a room that has closed by the time its per-room calls run: LiveKit then
+    lists no participants, and ListDispatch finds no node for the room (Twirp unavailable)."""
+    for name in ("a", "b", "c"):
+        scenario.add_room(name)
+        scenario.add_participant(name, "u")
+        scenario.add_dispatch(name, "agent", [proto_agent.JS_RUNNING])
+    client = await exporter_client(detail=True)
+    scenario.close_room_during_scrape("b")
+    text = await scrape(client)
+    assert value(text, "livekit_api_up", service="room") == 1
+    assert value(text, "livekit_api_up", service="agent_dispatch") == 1
+    assert value(text, "livekit_agent_jobs", agent_name="agent", status="running") == 2
+    assert value(text, "livekit_api_errors_total", service="agent_dispatch", method="ListDispatch", code="unavailable") == 1
+    # ... but when no room answers at all, it is the service that is failing
+    scenario.close_room_during_scrape("a")
+    scenario.close_room_during_scrape("c")
+    text = await scrape(client)
+    assert value(text, "livekit_api_up", service="agent_dispatch") == 0
+    assert value(text, "livekit_agent_jobs", agent_name="agent", status="running") is None

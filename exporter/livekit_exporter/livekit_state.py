@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 SIP_PAGE_SIZE = 1000
 # A scrape waits this long past its budget for the collection it started or joined.
 COLLECTION_GRACE = 0.1
-NOT_FOUND_CODES = {"not_found"}
+NOT_FOUND_CODES = frozenset({"not_found"})
+# What ListDispatch answers for a room no node hosts any more (psrpc finds no server for its topic).
+ROOM_GONE_CODES = frozenset({"unavailable"})
 DETAIL_SERVICES = ("room", "agent_dispatch")
 
 
@@ -305,6 +307,7 @@ class StateCollector:
         participants: dict[str, list[proto_models.ParticipantInfo]] = {}
         dispatches: dict[str, list[proto_dispatch.AgentDispatch]] = {}
         failures: dict[str, _CallFailed] = {}
+        room_gone: dict[str, _CallFailed] = {}
         unreached = 0
 
         async def one(room: str) -> None:
@@ -333,7 +336,12 @@ class StateCollector:
                             benign=NOT_FOUND_CODES,
                         )
                     except _CallFailed as e:
-                        if e.code not in NOT_FOUND_CODES:
+                        if e.code in ROOM_GONE_CODES:
+                            # ListDispatch is an RPC to the node hosting the room: for a room that
+                            # closed since ListRooms, LiveKit answers "no response" (unavailable).
+                            # Judged below, once we know whether other rooms answered.
+                            room_gone[room] = e
+                        elif e.code not in NOT_FOUND_CODES:
                             failures.setdefault("agent_dispatch", e)
 
         await asyncio.gather(*(one(r.name) for r in chosen))
@@ -345,6 +353,9 @@ class StateCollector:
                         failures[service] = _CallFailed(
                             "timeout", method, f"{unreached} of {len(chosen)} rooms not read before the scrape deadline"
                         )
+        if room_gone and not dispatches and "agent_dispatch" not in failures:
+            # No room answered at all: that is the service failing, not rooms closing.
+            failures["agent_dispatch"] = next(iter(room_gone.values()))
         if det.agent_dispatch:
             snap.up["agent_dispatch"] = "agent_dispatch" not in failures
             if "agent_dispatch" in failures:

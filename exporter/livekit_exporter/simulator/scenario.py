@@ -70,6 +70,9 @@ class Scenario:
         self.outbound_trunks: dict[str, proto_sip.SIPOutboundTrunkInfo] = {}
         self.dispatch_rules: dict[str, proto_sip.SIPDispatchRuleInfo] = {}
         self.faults: dict[str, Fault] = {}
+        # Rooms ListRooms still reports though they have closed: the race between a scrape's
+        # ListRooms and its per-room calls, made deterministic.
+        self.closing_rooms: dict[str, proto_models.Room] = {}
         self.api_calls: Counter[tuple[str, str]] = Counter()
         self.in_flight: Counter[tuple[str, str]] = Counter()
         self.peak_in_flight: Counter[tuple[str, str]] = Counter()
@@ -124,6 +127,13 @@ class Scenario:
         self.rooms[name] = SimRoom(info)
         self._emit("room_started", room=info)
         return info
+
+    def close_room_during_scrape(self, name: str) -> None:
+        """Closes a room, but lets ListRooms still list it, as if it closed mid-scrape."""
+        info = proto_models.Room()
+        info.CopyFrom(self.rooms[name].info)
+        self.remove_room(name)
+        self.closing_rooms[name] = info
 
     def remove_room(self, name: str, end_reason: int = proto_models.ROOM_END_API_DELETE) -> None:
         """Closes a room as LiveKit does: everyone leaves, its egress completes, then room_finished."""

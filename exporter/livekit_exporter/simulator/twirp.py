@@ -69,9 +69,8 @@ def _page(items: list, token: Any, size: int) -> tuple[list, Any]:
 
 def _list_rooms(s: Scenario, req: proto_room.ListRoomsRequest) -> Message:
     names = set(req.names)
-    return proto_room.ListRoomsResponse(
-        rooms=[r.info for r in s.rooms.values() if not names or r.info.name in names]
-    )
+    listed = [r.info for r in s.rooms.values()] + list(s.closing_rooms.values())
+    return proto_room.ListRoomsResponse(rooms=[r for r in listed if not names or r.name in names])
 
 
 def _list_participants(s: Scenario, req: proto_room.ListParticipantsRequest) -> Message:
@@ -122,7 +121,9 @@ def _list_rules(s: Scenario, req: proto_sip.ListSIPDispatchRuleRequest) -> Messa
 def _list_dispatch(s: Scenario, req: proto_dispatch.ListAgentDispatchRequest) -> Message:
     room = s.rooms.get(req.room)
     if room is None:
-        raise TwirpFailure("not_found", "requested room does not exist")
+        # LiveKit sends ListDispatch as an RPC to the node hosting the room; with no such node,
+        # psrpc gives up with ErrNoResponse, which reaches the client as Twirp "unavailable".
+        raise TwirpFailure("unavailable", "no response from servers")
     items = [d for d in room.dispatches.values() if not req.dispatch_id or d.id == req.dispatch_id]
     return proto_dispatch.ListAgentDispatchResponse(agent_dispatches=items)
 
