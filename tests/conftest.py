@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -26,6 +27,13 @@ def require_binary(name: str) -> str:
     if IN_CI:
         pytest.fail(f"{msg}; CI must run this check (.ci/run installs it)")
     pytest.skip(msg)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server to take, or to be refused on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

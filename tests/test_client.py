@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import time
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import EVENTS_TOKEN, samples, value
+from conftest import EVENTS_TOKEN, free_port, samples, value
 
 from livekit_exporter.client import EventsClient
 from livekit_exporter.events import model as m
@@ -20,12 +19,6 @@ from livekit_exporter.server import build_app
 
 def turn(i: int = 0) -> m.Turn:
     return m.Turn(agent="a", e2e_latency_seconds=0.5 + i % 3 / 10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LoopLag:

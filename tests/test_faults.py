@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import replace
 
 import pytest
 
-from conftest import value
+from conftest import free_port, value
 from livekit_exporter.simulator import Fault
 
 TIMEOUT_HEADER = {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}
@@ -84,15 +83,9 @@ async def test_detail_failures_mark_their_service(scenario, simulator, exporter_
     assert value(text, "livekit_api_errors_total", service="agent_dispatch", method="ListDispatch", code="internal") == 1
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_refused_connections(make_config, exporter_client):
     cfg = make_config()
-    cfg = replace(cfg, livekit=replace(cfg.livekit, url=f"http://127.0.0.1:{_closed_port()}"))
+    cfg = replace(cfg, livekit=replace(cfg.livekit, url=f"http://127.0.0.1:{free_port()}"))
     client = await exporter_client(cfg)
     for _ in range(2):  # and again: nothing breaks after the first failure
         text, took = await scrape(client)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from conftest import require_binary, value
+from conftest import free_port, require_binary, value
 from livekit_exporter.server import build_app, scrape_budget
 
 
@@ -99,12 +98,6 @@ async def test_promtool_finds_nothing_in_the_output(scenario, simulator, exporte
     assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r.stdout + r.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_the_command_serves_with_flags_and_never_logs_a_secret(scenario, simulator, tmp_path):
     """The installed command, as a user runs it: config file + env + flags, JSON logs at debug."""
     scenario.add_room("r")
@@ -112,7 +105,7 @@ async def test_the_command_serves_with_flags_and_never_logs_a_secret(scenario, s
     secret_file.write_text(scenario.api_secret)
     cfg = tmp_path / "cfg.yml"
     cfg.write_text(f"livekit: {{url: '{simulator.url}', api_secret_file: '{secret_file}'}}\n")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LIVEKIT_API_KEY": scenario.api_key}
     env.pop("LIVEKIT_API_SECRET", None)
     proc = await asyncio.create_subprocess_exec(

@@ -7,29 +7,22 @@ scrape must still succeed inside that timeout (up == 1) while the service reads 
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from conftest import require_binary
+from conftest import free_port, require_binary
 from livekit_exporter.server import build_app
 from livekit_exporter.simulator import Fault
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 async def exporter_port(make_config):
     runner = web.AppRunner(build_app(make_config()), access_log=None)
     await runner.setup()
-    port = _free_port()
+    port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield port
     await runner.cleanup()
@@ -38,7 +31,7 @@ async def exporter_port(make_config):
 @pytest.fixture
 async def prometheus(exporter_port, tmp_path):
     binary = require_binary("prometheus")
-    port = _free_port()
+    port = free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
         "scrape_configs:\n"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import bcrypt
 import pytest
 import trustme
 
-from conftest import value
+from conftest import free_port, value
 from livekit_exporter import webconfig
 from livekit_exporter.config import ConfigError
 from livekit_exporter.server import build_app
@@ -74,12 +73,6 @@ def test_bad_web_config_is_reported_without_echoing_secrets(tmp_path, text, expe
     assert "hunter2" not in str(e.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_the_command_serves_tls_and_mutual_tls(scenario, simulator, tmp_path):
     """The installed command with --web.config.file: HTTPS only, and a client certificate required."""
     ca = trustme.CA()
@@ -93,7 +86,7 @@ async def test_the_command_serves_tls_and_mutual_tls(scenario, simulator, tmp_pa
         f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {tmp_path / 'ca.pem'}\n"
         f"basic_auth_users:\n  prometheus: '{_hash(PASSWORD)}'\n"
     ))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LIVEKIT_URL": simulator.url, "LIVEKIT_API_KEY": scenario.api_key,
            "LIVEKIT_API_SECRET": scenario.api_secret}
     proc = await asyncio.create_subprocess_exec(

@@ -35,10 +35,6 @@ class LabelGuard:
         self._overflow.labels(metric, label).inc()
         return OTHER
 
-    def admitted(self, metric: str, label: str, value: str, scope: str | None = None) -> bool:
-        """Whether `value` holds a slot now (asks, admits nothing, counts nothing)."""
-        return value in self._seen.get((scope or metric, label), ())
-
     def forget(self, metric: str, label: str, value: str) -> None:
         """Frees a slot, for labels whose series are removed (a gauge whose subject went away).
 

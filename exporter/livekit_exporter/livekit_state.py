@@ -51,7 +51,6 @@ COLLECTION_GRACE = 0.1
 NOT_FOUND_CODES = frozenset({"not_found"})
 # What ListDispatch answers for a room no node hosts any more (psrpc finds no server for its topic).
 ROOM_GONE_CODES = frozenset({"unavailable"})
-DETAIL_SERVICES = ("room", "agent_dispatch")
 
 
 @dataclass

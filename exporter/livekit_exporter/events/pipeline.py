@@ -76,9 +76,6 @@ MAX_ACTIVE_CALLS = 100_000
 UNKNOWN = "unknown"
 # The guard scope of every voice_agent_* label (and of the unpriced-usage counter's).
 SCOPE = "voice_agent"
-# The turn stages livekit-agents' timestamp bugs have hit: the only timings events.max_latency applies to.
-TURN_STAGES = ("e2e_latency_seconds", "end_of_utterance_delay_seconds", "transcription_delay_seconds",
-               "llm_ttft_seconds", "tts_ttfb_seconds")
 
 
 @dataclass(frozen=True)
@@ -479,7 +476,3 @@ class Pipeline:
             self._expire(call_id)
         for reports in (self._dependencies, self._campaigns, self._queued):
             reports.sweep(now, self.guard)
-
-    @property
-    def active_calls(self) -> int:
-        return len(self._active)

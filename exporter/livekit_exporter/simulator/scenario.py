@@ -177,14 +177,6 @@ class Scenario:
                 self._emit("track_published", room=r.info, participant=p, track=t)
         return p
 
-    def set_participant_state(self, room: str, identity: str, state: int) -> None:
-        r = self.rooms[room]
-        p = r.participants[identity]
-        was = p.state
-        p.state = state
-        if state == State.ACTIVE and was != State.ACTIVE:
-            self._emit("participant_joined", room=r.info, participant=p)
-
     def publish_track(self, room: str, identity: str, ttype: int, source: int) -> proto_models.TrackInfo:
         r = self.rooms[room]
         p = r.participants[identity]
@@ -206,9 +198,6 @@ class Scenario:
                 self._emit("track_unpublished", room=r.info, participant=p, track=t)
                 return
         raise KeyError(track_sid)
-
-    def set_attribute(self, room: str, identity: str, key: str, value: str) -> None:
-        self.rooms[room].participants[identity].attributes[key] = value
 
     def remove_participant(
         self, room: str, identity: str, reason: int = proto_models.DisconnectReason.CLIENT_INITIATED
