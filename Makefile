@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench setup clean rules
 
 $(BIN)/livekit-exporter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Regenerate prometheus/prometheus.yml, prometheus/rules/ and docs/{alerts,runbooks}.md from prometheus/mixin.yml.
+rules: setup
+	$(BIN)/python -m livekit_exporter.mixin
