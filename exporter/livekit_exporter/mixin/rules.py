@@ -25,6 +25,7 @@ from .config import MixinConfig, MixinError, seconds
 VAL = "{{ $value | humanize }}"
 PCT = "{{ $value | humanizePercentage }}"
 DUR = "{{ $value | humanizeDuration }}"
+RATE = '{{ printf "%.3g" $value }}'  # a rate per second: humanize would write 0.05 as "50m"
 
 
 def lab(name: str) -> str:
@@ -271,7 +272,7 @@ class Mixin:
             "Voice agents push events with a token the exporter does not accept.",
             [Tier("warning", q.rate("livekit_exporter_event_requests_rejected_total", w, matchers='reason="unauthorized"') + " > 0",
                   eu.duration("for"), "any 401 on /v1/events", ("exporter.events_unauthorized.window",),
-                  f"/v1/events refused {VAL} requests per second with 401 over {w}.")],
+                  f"/v1/events refused {RATE} requests per second with 401 over {w}.")],
             meaning="Requests to POST /v1/events carry no bearer token or one not in events.tokens.",
             impact="Every event of those agents is lost: calls, turns, latency and cost are missing for them.",
             diagnosis=[f"sum by (reason) (rate(livekit_exporter_event_requests_rejected_total{{job=\"{job}\"}}[{w}]))",
@@ -381,7 +382,7 @@ class Mixin:
                   auth.duration("for"), f"any {', '.join(auth['codes'])} error",
                   ("livekit_api.auth_errors.codes", "livekit_api.auth_errors.window"),
                   f"LiveKit answers the exporter's {lab('service')} calls with {codes.replace('|', ' or ')} "
-                  f"({VAL} per second over {aw}).")],
+                  f"({RATE} per second over {aw}).")],
             meaning="The API key or secret is wrong, or the key lacks a grant the call needs.",
             impact="The service's numbers are missing until the credentials are fixed; service-down and error-ratio "
                    "alerts of the same service are inhibited, since they need this fix.",
@@ -466,7 +467,7 @@ class Mixin:
                              f"unless {q.rate('livekit_webhook_events_total', w)} > 0",
                   k.duration("for"), f"{', '.join(k['reasons'])} rejections, no event accepted",
                   ("webhooks.key_mismatch.reasons",),
-                  f"Webhooks are rejected for their signature or key ({VAL} per second over {w}) and none is accepted.")],
+                  f"Webhooks are rejected for their signature or key ({RATE} per second over {w}) and none is accepted.")],
             meaning="Every signed webhook fails verification: LiveKit's webhook key pair is not among webhooks.keys "
                     "(by default the livekit API key pair).",
             impact="All webhook metrics are lost until the keys match.",
@@ -482,7 +483,7 @@ class Mixin:
                              f"and {q.on()} {q.rate('livekit_webhook_events_total', w)} > 0",
                   f.duration("for"), f"> {num(limit)} rejections per second while LiveKit's own are accepted",
                   ("webhooks.rejections_flood.rate",),
-                  f"{VAL} webhook requests per second are rejected with reason {lab('reason')} over {w}, "
+                  f"{RATE} webhook requests per second are rejected with reason {lab('reason')} over {w}, "
                   f"above {num(limit)}, while LiveKit's own deliveries are accepted.")],
             meaning="LiveKit's real webhooks verify (so the key is right), but other requests are refused at a high rate.",
             impact="None on the numbers (a rejected request changes nothing); the endpoint spends CPU and logs.",
