@@ -18,11 +18,16 @@ from livekit_exporter.simulator import Scenario, Simulator
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+# Debian installs Alertmanager as prometheus-alertmanager; upstream tarballs call it alertmanager.
+ALIASES = {"alertmanager": ("alertmanager", "prometheus-alertmanager")}
+
+
 def require_binary(name: str) -> str:
     """The path of a Debian binary; skips on a user's machine without it, fails in CI."""
-    path = shutil.which(name)
-    if path:
-        return path
+    for candidate in ALIASES.get(name, (name,)):
+        path = shutil.which(candidate)
+        if path:
+            return path
     msg = f"{name} is not installed (Debian package: {'prometheus-alertmanager' if name in ('amtool', 'alertmanager') else 'prometheus'})"
     if IN_CI:
         pytest.fail(f"{msg}; CI must run this check (.ci/run installs it)")
