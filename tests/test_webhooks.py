@@ -223,10 +223,12 @@ def _digest(body: bytes) -> str:
 
 
 def _jwt(body: bytes, **claims):
-    """A token with LiveKit's claims for `body` (iss, nbf, exp 5 minutes on, sha256), some replaced."""
+    """A token with LiveKit's claims for `body` (iss, nbf, exp 5 minutes on, sha256), some replaced;
+    a callable claim gets the time the request is made (not when the test module was collected)."""
     def make(sc):
         now = int(time.time())
-        payload = {"iss": sc.api_key, "nbf": now, "exp": now + 300, "sha256": _digest(body), **claims}
+        given = {k: v(now) if callable(v) else v for k, v in claims.items()}
+        payload = {"iss": sc.api_key, "nbf": now, "exp": now + 300, "sha256": _digest(body), **given}
         return body, request_headers(jwt.encode(payload, sc.api_secret, algorithm="HS256"))
     return make
 
@@ -251,9 +253,9 @@ MATRIX = [
     _case("sha256_claim_a_list", _jwt(GOOD, sha256=[_digest(GOOD)]), 401, "invalid_token"),
     _case("room_config_claim_unreadable", _jwt(GOOD, roomConfig={"name": 5}), 401, "invalid_token"),
     _case("exp_claim_not_a_number", _jwt(GOOD, exp="soon"), 401, "invalid_token"),
-    _case("token_valid_for_years", _jwt(GOOD, exp=int(time.time()) + 10**8), 401, "invalid_token"),
-    _case("token_valid_for_7_minutes", _jwt(GOOD, exp=int(time.time()) + 420), 401, "invalid_token"),
-    _case("token_not_yet_valid", _jwt(GOOD, nbf=int(time.time()) + 3600), 401, "not_yet_valid"),
+    _case("token_valid_for_years", _jwt(GOOD, exp=lambda now: now + 10**8), 401, "invalid_token"),
+    _case("token_valid_for_7_minutes", _jwt(GOOD, exp=lambda now: now + 420), 401, "invalid_token"),
+    _case("token_not_yet_valid", _jwt(GOOD, nbf=lambda now: now + 3600), 401, "not_yet_valid"),
     _case("empty_body", _signed(b""), 400, "malformed"),
     _case("non_json", _signed(b"<event>room_started</event>"), 400, "malformed"),
     _case("json_not_an_event", _signed(b'{"hello": "world"}'), 400, "malformed"),
