@@ -122,6 +122,16 @@ the alerts that depend on LiveKit (components `livekit`, `webhooks`, `media`, `t
 the credentials fixed first). An inhibiting alert's `for` is never longer than the `for` of the alerts
 it mutes, so it is firing when they are (a test checks it).
 
+## Alertmanager versions
+
+The configuration is checked with Debian's Alertmanager 0.25 (`amtool check-config`). What 0.25 reads
+from files: `global.smtp_auth_password_file`, `global.slack_api_url_file` (and `api_url_file` per
+Slack receiver), an email receiver's `auth_password_file`, and any `http_config`'s
+`authorization.credentials_file`, `basic_auth.password_file` and TLS key files. 0.25 refuses
+`webhook_configs.url_file` (later releases accept it): keep secrets out of the webhook URL and
+authenticate with `credentials_file`, as the shipped `default-webhook` receiver does. Newer releases
+also add receivers (Microsoft Teams, Discord, ...) and UTF-8 label matchers; nothing here needs them.
+
 ## High availability
 
 Several exporter replicas behind one Service each receive part of the webhooks and events, and each
