@@ -32,8 +32,10 @@ def seconds(text: str) -> float:
 class Node:
     """A mapping of the configuration that remembers which keys were read."""
 
-    def __init__(self, data: dict[str, Any], path: str, source: str, reads: set[str]):
+    def __init__(self, data: dict[str, Any], path: str, source: str, reads: set[str],
+                 ctx: dict[str, Any] | None = None):
         self._data, self._path, self._source, self._reads = data, path, source, reads
+        self._ctx = {} if ctx is None else ctx  # shared by every node of one configuration
 
     def _where(self, key: str) -> str:
         return f"{self._path}.{key}" if self._path else key
@@ -45,7 +47,7 @@ class Node:
         self._reads.add(where)
         value = self._data[key]
         if isinstance(value, dict):
-            return Node(value, where, self._source, self._reads)
+            return Node(value, where, self._source, self._reads, self._ctx)
         return value
 
     @property
@@ -80,18 +82,30 @@ class Node:
             if extra:
                 raise MixinError(f"{self._source}: {where}[{i}]: unknown key {', '.join(sorted(extra))} "
                                  f"(known: {', '.join(sorted(allowed))})")
-            out.append(Node(item, f"{where}[{i}]", self._source, self._reads))
+            out.append(Node(item, f"{where}[{i}]", self._source, self._reads, self._ctx))
         return out
 
     def items(self) -> list[tuple[str, Any]]:
         return [(k, self[k]) for k in self._data]
 
-    def duration(self, key: str) -> str:
+    def duration(self, key: str, *, positive: bool = False) -> str:
         value = self[key]
         try:
-            seconds(value)
+            s = seconds(value)
         except ValueError as e:
             raise MixinError(f"{self._source}: {self._where(key)}: {e}") from None
+        if positive and s <= 0:
+            raise MixinError(f"{self._source}: {self._where(key)}: {value} must be longer than 0s")
+        return value
+
+    def window(self, key: str = "window") -> str:
+        """A range for rate() / increase() / *_over_time(): at least two scrape intervals long, or
+        it holds one sample and the rule never fires."""
+        value = self.duration(key, positive=True)
+        low = self._ctx.get("min_window")
+        if low and seconds(value) < low:
+            raise MixinError(f"{self._source}: {self._where(key)}: {value} is shorter than two scrape intervals "
+                             f"({low:g}s): rate() and increase() need two samples in the window; use at least {low:g}s")
         return value
 
     def number(self, key: str, *, low: float | None = None, high: float | None = None) -> float:
@@ -116,7 +130,7 @@ class MixinConfig(Node):
     """The root: load() it, read it while generating, then unread() lists what nothing read."""
 
     def __init__(self, data: dict[str, Any], source: str):
-        super().__init__(data, "", source, set())
+        super().__init__(data, "", source, set(), {})
         self.raw = data
 
     def unread(self) -> list[str]:

@@ -33,6 +33,8 @@ def _alert_rules(m: Mixin, alert: Alert) -> list[dict[str, Any]]:
         rule: dict[str, Any] = {"alert": alert.name, "expr": tier.expr}
         if seconds(tier.for_) > 0:
             rule["for"] = tier.for_
+        if tier.keep_firing_for and seconds(tier.keep_firing_for) > 0:
+            rule["keep_firing_for"] = tier.keep_firing_for
         rule["labels"] = {"severity": tier.severity, "component": alert.component, **tier.labels}
         rule["annotations"] = {
             "summary": alert.summary,
@@ -116,11 +118,14 @@ uid of `links.dashboards`). A warning and a critical tier of one condition share
 [`alertmanager/alertmanager.yml`](../alertmanager/alertmanager.yml) routes critical alerts to email and
 Slack, warnings to Slack, info to a null receiver and anything else to a generic webhook; every
 secret comes from a file. Inhibitions: a critical alert mutes the warning of the same name and
-labels; `LiveKitExporterDown` mutes every other alert of the bundle; `LiveKitApiUnreachable` mutes
-the alerts that depend on LiveKit (components `livekit`, `webhooks`, `media`, `telephony`);
-`LiveKitApiUnauthenticated` mutes the same service's down, latency and error-ratio alerts (they need
-the credentials fixed first). An inhibiting alert's `for` is never longer than the `for` of the alerts
-it mutes, so it is firing when they are (a test checks it).
+labels; `LiveKitExporterDown` mutes every alert computed from the exporter's metrics (not those on
+LiveKit server's or the workers' own metrics); `LiveKitApiUnreachable` mutes the alerts computed
+from what LiveKit's API returns (service down, API latency and errors, slow scrapes), not those fed
+by webhooks, which reach the exporter another way; `LiveKitApiUnauthenticated` mutes the same
+service's down, latency and error-ratio alerts (they need the credentials fixed first).
+Inhibition acts on firing alerts only, so an inhibiting alert's `for` is never longer than that of
+the symptoms that read the same metrics (a test checks it), and it keeps firing for
+`inhibitors.keep_firing_for` after its condition clears, so those symptoms resolve first.
 
 ## Alertmanager versions
 

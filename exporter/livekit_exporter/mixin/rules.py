@@ -41,8 +41,21 @@ def pct(x: float) -> str:
     return f"{x * 100:.10g}%"
 
 
+_RE2_META = frozenset(r"\.+*?()|[]{}^$")
+
+
+def string(text: str) -> str:
+    """Text as the inside of a PromQL double-quoted string."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def regex(values: list[str]) -> str:
-    return "|".join(re.escape(v) for v in values)
+    """An RE2 alternation matching exactly these label values, as the inside of a PromQL string."""
+    return string("|".join("".join("\\" + c if c in _RE2_META else c for c in v) for v in values))
+
+
+def words(values: list[str], last: str = "or") -> str:
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} {last} {values[-1]}"
 
 
 def le_matcher(bound: float) -> str:
@@ -56,6 +69,12 @@ def qname(q: float) -> str:
     return "p" + num(q * 100).replace(".", "")
 
 
+# The alerts alertmanager/alertmanager.yml inhibits others with (a test checks the two agree). They
+# keep firing for inhibitors.keep_firing_for after their condition clears, so the symptoms they
+# mute resolve first rather than being delivered on the way out.
+INHIBITORS = ("LiveKitExporterDown", "LiveKitApiUnreachable", "LiveKitApiUnauthenticated")
+
+
 @dataclass
 class Tier:
     severity: str
@@ -65,6 +84,7 @@ class Tier:
     keys: tuple[str, ...]  # the mixin.yml keys that change it
     description: str
     labels: dict[str, str] = field(default_factory=dict)
+    keep_firing_for: str = ""  # set on the alerts Alertmanager inhibits others with
 
 
 @dataclass
@@ -110,7 +130,7 @@ class Q:
         return "on (" + ", ".join(self.keep) + ")"
 
     def m(self, metric: str, matchers: str = "", job: str = "exporter") -> str:
-        sel = f'job="{self.jobs[job]}"'
+        sel = f'job="{string(self.jobs[job])}"'
         return f"{metric}{{{sel}{',' + matchers if matchers else ''}}}"
 
     def agg(self, op: str, metric: str, *labels: str, matchers: str = "", job: str = "exporter") -> str:
@@ -124,6 +144,14 @@ class Q:
     def quantile(self, q: float, bucket: str, window: str, *labels: str, matchers: str = "",
                  job: str = "exporter") -> str:
         return f"histogram_quantile({num(q)}, {self.rate(bucket, window, *labels, 'le', matchers=matchers, job=job)})"
+
+    def events(self, metric: str, window: str, *labels: str, matchers: str = "") -> str:
+        """How much a counter went up over the window. A series born within the window (a counter
+        created on its first increment) counts from zero, but only where its target was scraped
+        a window ago already: a fresh Prometheus, which sees every series as new, stays quiet."""
+        m = self.m(metric, matchers)
+        return (f"sum {self.by(*labels)} ((increase({m}[{window}]) and {m} offset {window}) or "
+                f"({m} unless {m} offset {window}) and on (job, instance) {self.m('up')} offset {window})")
 
     @staticmethod
     def ratio(numerator: str, denominator: str) -> str:
@@ -154,6 +182,8 @@ class Mixin:
         return f"{self.runbook_base}#{name.lower()}"
 
     def _build(self) -> None:
+        interval = seconds(self.cfg["prometheus"].duration("scrape_interval", positive=True))
+        self.cfg._ctx["min_window"] = 2 * interval
         self._exporter()
         self._livekit_api()
         self._webhooks()
@@ -168,9 +198,28 @@ class Mixin:
                 build()
             else:
                 self.cfg[section].skip()
+        keep = self.cfg["inhibitors"].duration("keep_firing_for")
+        for a in self.alerts:
+            if a.name in INHIBITORS:
+                for t in a.tiers:
+                    t.keep_firing_for = keep
         self._check()
 
+    def ordered(self, node, worse: str) -> None:
+        """The critical tier is beyond the warning one ("higher" or "lower" is worse)."""
+        w, c = node.number("warning"), node.number("critical")
+        if (w >= c) if worse == "higher" else (w <= c):
+            raise MixinError(f"{self.cfg.source}: {node._path}: the critical threshold ({num(c)}) must be "
+                             f"{'above' if worse == 'higher' else 'below'} the warning one ({num(w)})")
+
     def _check(self) -> None:
+        for key, worse in (("livekit_api.latency", "higher"), ("livekit_api.error_ratio", "higher"),
+                           ("voice_agents.latency", "higher"), ("voice_agents.error_ratio", "higher"),
+                           ("voice_agents.call_success", "lower"), ("livekit_server.quality", "lower")):
+            section, sub = key.split(".")
+            if section == "livekit_server" and not self.cfg[section]["enabled"]:
+                continue
+            self.ordered(self.cfg[section][sub], worse)
         names = [a.name for a in self.alerts]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -188,15 +237,19 @@ class Mixin:
         c, q = self.cfg["exporter"], self.q
         job = q.jobs["exporter"]
         up = q.m("up")
+        seen = c.window("down_seen_within")
         g = "livekit-exporter.alerts"
         self.alerts.append(Alert(
             "LiveKitExporterDown", g, "exporter", "overview",
             "No livekit-exporter target answers Prometheus.",
-            [Tier("critical", f"max {q.by()} ({up}) == 0 or absent({up})", c.duration("down_for"),
-                  "every target down, or none discovered", ("exporter.down_for",),
+            [Tier("critical", f"max {q.by()} ({up}) == 0 or group {q.by()} (max_over_time({up}[{seen}])) "
+                              f"unless group {q.by()} ({up}) or absent({up})", c.duration("down_for"),
+                  f"every target down, gone (seen within {seen}), or none discovered",
+                  ("exporter.down_for", "exporter.down_seen_within"),
                   f'Prometheus has not scraped any target of job "{job}" for {c["down_for"]}: no LiveKit, '
                   "webhook or voice-agent metric is being collected.")],
-            meaning=f'Every target of the job "{job}" fails its scrape (up == 0), or Prometheus discovers none.',
+            meaning=f'Every target of the job "{job}" fails its scrape (up == 0), or its targets vanished from '
+                    "service discovery (per cluster and namespace), or Prometheus discovers none at all.",
             impact="Nothing about LiveKit or the voice agents is collected; every other alert of this bundle "
                    "goes blind (and is inhibited while this one fires). Webhooks and agent events sent meanwhile are lost.",
             diagnosis=[f"up{{job=\"{job}\"}}", f"scrape_duration_seconds{{job=\"{job}\"}}"],
@@ -216,7 +269,7 @@ class Mixin:
                 "the scrape error (refused, timeout, TLS, 401 from --web.config.file).",
         ))
         sf = c["scrape_failures"]
-        w, r = sf.duration("window"), sf.ratio("max_failed_ratio")
+        w, r = sf.window(), sf.ratio("max_failed_ratio")
         self.alerts.append(Alert(
             "LiveKitExporterScrapesFailing", g, "exporter", "overview",
             "Scrapes of a livekit-exporter replica fail intermittently.",
@@ -233,7 +286,7 @@ class Mixin:
         ss = c["scrape_slow"]
         timeout = self.cfg["prometheus"].duration("scrape_timeout")
         limit = ss.ratio("timeout_ratio") * seconds(timeout)
-        w = ss.duration("window")
+        w = ss.window()
         self.alerts.append(Alert(
             "LiveKitExporterScrapeSlow", g, "exporter", "overview",
             "Scrapes of livekit-exporter come close to the scrape timeout.",
@@ -252,11 +305,11 @@ class Mixin:
                 "raise its concurrency; raise scrape_timeout (mixin.yml prometheus.scrape_timeout) if LiveKit is slow by nature.",
         ))
         lo = c["label_overflow"]
-        w = lo.duration("window")
+        w = lo.window()
         self.alerts.append(Alert(
             "LiveKitExporterLabelOverflow", g, "exporter", "overview",
             "The exporter's cardinality guard folds label values into __other__.",
-            [Tier("warning", f"{q.rate('livekit_exporter_label_overflow_total', w, 'metric', 'label', fn='increase')} > 0",
+            [Tier("warning", f"{q.events('livekit_exporter_label_overflow_total', w, 'metric', 'label')} > 0",
                   lo.duration("for"), "any value folded", ("exporter.label_overflow.window",),
                   f"{VAL} values of label {lab('label')} of {lab('metric')} were folded into __other__ over {w}.")],
             meaning="More distinct values of a user-named label arrived than labels.max_values admits.",
@@ -266,7 +319,7 @@ class Mixin:
                 "exporter's configuration; if they are not (ids, phone numbers, free text), fix the sender.",
         ))
         eu = c["events_unauthorized"]
-        w = eu.duration("window")
+        w = eu.window()
         self.alerts.append(Alert(
             "LiveKitExporterEventsUnauthorized", g, "exporter", "voice_agents",
             "Voice agents push events with a token the exporter does not accept.",
@@ -281,11 +334,11 @@ class Mixin:
                 "exporter (rotate by listing both tokens). The exporter's log names the remote address, never the token.",
         ))
         er = c["events_rejected"]
-        w = er.duration("window")
+        w = er.window()
         self.alerts.append(Alert(
             "LiveKitExporterEventsRejected", g, "exporter", "voice_agents",
             "The events API refuses batches of voice-agent events.",
-            [Tier("warning", q.rate("livekit_exporter_event_requests_rejected_total", w, "reason", matchers='reason!="unauthorized"', fn="increase") + " > 0",
+            [Tier("warning", q.events("livekit_exporter_event_requests_rejected_total", w, "reason", matchers='reason!="unauthorized"') + " > 0",
                   er.duration("for"), "any request refused (other than 401)", ("exporter.events_rejected.window",),
                   f"/v1/events refused {VAL} requests over {w} with reason {lab('reason')}.")],
             meaning="Batches are refused whole: invalid events, malformed JSON, too large, or an Idempotency-Key reused for another body.",
@@ -295,11 +348,11 @@ class Mixin:
                 "(rate-limited): fix the sender, or upgrade it to the events schema the exporter serves.",
         ))
         td = c["timings_discarded"]
-        w = td.duration("window")
+        w = td.window()
         self.alerts.append(Alert(
             "LiveKitExporterTimingsDiscarded", g, "exporter", "voice_agents",
             "Turn-stage timings above events.max_latency are being discarded.",
-            [Tier("info", f"{q.rate('livekit_exporter_event_latencies_discarded_total', w, 'type', 'field', fn='increase')} > 0",
+            [Tier("info", f"{q.events('livekit_exporter_event_latencies_discarded_total', w, 'type', 'field')} > 0",
                   td.duration("for"), "any timing discarded", ("exporter.timings_discarded.window",),
                   f"{VAL} {lab('type')}.{lab('field')} timings over events.max_latency were discarded over {w}.")],
             meaning="Agents reported stage latencies above events.max_latency (30 s by default); they are counted, not observed.",
@@ -327,7 +380,7 @@ class Mixin:
         c, q = self.cfg["livekit_api"], self.q
         job = q.jobs["exporter"]
         lat, er, auth = c["latency"], c["error_ratio"], c["auth_errors"]
-        lw, ew = lat.duration("window"), er.duration("window")
+        lw, ew = lat.window(), er.window()
         lq = lat.number("quantile", low=0, high=1)
         p = f"service:livekit_api_request_duration_seconds:{qname(lq)}_{lw}"
         requests = f"service:livekit_api_requests:rate{ew}"
@@ -344,7 +397,7 @@ class Mixin:
         ])
         g = "livekit-api.alerts"
         codes = regex(auth.strings("codes"))
-        aw = auth.duration("window")
+        aw = auth.window()
         auth_rate = q.rate("livekit_api_errors_total", aw, matchers=f'code=~"{codes}"')
         self.alerts.append(Alert(
             "LiveKitApiUnreachable", g, "livekit", "overview",
@@ -381,7 +434,7 @@ class Mixin:
             [Tier("critical", q.rate("livekit_api_errors_total", aw, "service", matchers=f'code=~"{codes}"') + " > 0",
                   auth.duration("for"), f"any {', '.join(auth['codes'])} error",
                   ("livekit_api.auth_errors.codes", "livekit_api.auth_errors.window"),
-                  f"LiveKit answers the exporter's {lab('service')} calls with {codes.replace('|', ' or ')} "
+                  f"LiveKit answers the exporter's {lab('service')} calls with {words(auth['codes'])} "
                   f"({RATE} per second over {aw}).")],
             meaning="The API key or secret is wrong, or the key lacks a grant the call needs.",
             impact="The service's numbers are missing until the credentials are fixed; service-down and error-ratio "
@@ -425,7 +478,7 @@ class Mixin:
         job = q.jobs["exporter"]
         g = "livekit-webhooks.alerts"
         s = c["silent"]
-        w = s.duration("window")
+        w = s.window()
         events = q.rate("livekit_webhook_events_total", w, fn="increase")
         occupied = q.agg("max", "livekit_rooms", matchers='occupancy="occupied"')
         self.alerts.append(Alert(
@@ -443,7 +496,7 @@ class Mixin:
                 "reaches it (LiveKit logs failed deliveries). Rejections point at LiveKitWebhookKeyMismatch.",
         ))
         d = c["delivery_delay"]
-        w, dq = d.duration("window"), d.number("quantile", low=0, high=1)
+        w, dq = d.window(), d.number("quantile", low=0, high=1)
         delay = q.quantile(dq, "livekit_webhook_delivery_delay_seconds_bucket", w)
         self.alerts.append(Alert(
             "LiveKitWebhookDeliveryDelayHigh", g, "webhooks", "overview",
@@ -458,24 +511,26 @@ class Mixin:
                 "Check the clocks too: the delay is the exporter's clock minus LiveKit's.",
         ))
         k = c["key_mismatch"]
-        w = k.duration("window")
+        w = k.window()
         reasons = regex(k.strings("reasons"))
         self.alerts.append(Alert(
             "LiveKitWebhookKeyMismatch", g, "webhooks", "overview",
             "LiveKit signs its webhooks with a key the exporter does not have.",
-            [Tier("warning", q.rate("livekit_webhook_rejected_total", w, matchers=f'reason=~"{reasons}"') + " > 0 "
-                             f"unless {q.rate('livekit_webhook_events_total', w)} > 0",
+            [Tier("warning", q.rate("livekit_webhook_rejected_total", w, "instance", matchers=f'reason=~"{reasons}"') + " > 0 "
+                             f"unless {q.rate('livekit_webhook_events_total', w, 'instance')} > 0",
                   k.duration("for"), f"{', '.join(k['reasons'])} rejections, no event accepted",
                   ("webhooks.key_mismatch.reasons",),
-                  f"Webhooks are rejected for their signature or key ({RATE} per second over {w}) and none is accepted.")],
-            meaning="Every signed webhook fails verification: LiveKit's webhook key pair is not among webhooks.keys "
-                    "(by default the livekit API key pair).",
+                  f"Webhooks reaching {lab('instance')} are rejected for their signature or key ({RATE} per second over {w}) "
+                  "and none is accepted there.")],
+            meaning="Every signed webhook a replica receives fails verification: LiveKit's webhook key pair is not "
+                    "among that replica's webhooks.keys (by default the livekit API key pair). Per replica, since one "
+                    "misconfigured replica behind a Service loses its share of the webhooks while the others accept theirs.",
             impact="All webhook metrics are lost until the keys match.",
             diagnosis=[f"sum by (reason) (rate(livekit_webhook_rejected_total{{job=\"{job}\"}}[{w}]))"],
             fix="Set webhooks.keys to LiveKit's `webhook.api_key` and its secret; during a rotation list both pairs.",
         ))
         f = c["rejections_flood"]
-        w, limit = f.duration("window"), f.number("rate", low=0)
+        w, limit = f.window(), f.number("rate", low=0)
         self.alerts.append(Alert(
             "LiveKitWebhookRejectionsFlood", g, "webhooks", "overview",
             "Many forged or replayed requests reach the webhook endpoint.",
@@ -492,7 +547,7 @@ class Mixin:
                 "the rate-limited log lines give the remote addresses.",
         ))
         mal = c["malformed"]
-        w = mal.duration("window")
+        w = mal.window()
         self.alerts.append(Alert(
             "LiveKitWebhookMalformed", g, "webhooks", "overview",
             "Signed webhooks cannot be decoded.",
@@ -513,10 +568,10 @@ class Mixin:
         g = "livekit-media.alerts"
         failed = regex(c.strings("egress_failed_statuses"))
         efr, ef = c["egress_failure_ratio"], c["egress_failing"]
-        w = efr.duration("window")
+        w = efr.window()
         ended = q.rate("livekit_egress_ended_total", w, "type")
         success = f"type:livekit_egress_success:ratio_rate{w}"
-        iw = c["ingress_failure_ratio"].duration("window")
+        iw = c["ingress_failure_ratio"].window()
         iended = q.rate("livekit_ingress_ended_total", iw, "input_type")
         ifail = f"input_type:livekit_ingress_failure:ratio_rate{iw}"
         self.group("livekit-media.rules", [
@@ -531,21 +586,23 @@ class Mixin:
                              f"{q.rate('livekit_egress_ended_total', w, 'type', fn='increase')} >= {num(efr['min_ended'])}",
                   efr.duration("for"), f"> {pct(efr['threshold'])} failed (of at least {num(efr['min_ended'])} ended)",
                   ("media.egress_failure_ratio.threshold", "media.egress_failed_statuses"),
-                  f"{PCT} of {lab('type')} egress ended as {failed.replace('|', ' or ')} over {w}, above {pct(efr['threshold'])}.")],
-            meaning=f"A share of the egress jobs of a type (recordings, streams) end with status {failed.replace('|', ' or ')}.",
+                  f"{PCT} of {lab('type')} egress ended as {words(c['egress_failed_statuses'])} over {w}, above {pct(efr['threshold'])}.")],
+            meaning=f"A share of the egress jobs of a type (recordings, streams) end with status {words(c['egress_failed_statuses'])}.",
             impact="Recordings or live streams are missing for users.",
             diagnosis=[f"sum by (type, status) (increase(livekit_egress_ended_total{{job=\"{job}\"}}[1h]))",
                        f"livekit_egress_active{{job=\"{job}\"}}"],
             fix="EgressInfo.error in LiveKit's egress logs says why: storage credentials, a full disk, an unreachable "
                 "RTMP target, or egress workers out of CPU.",
         ))
-        w = ef.duration("window")
+        w = ef.window()
         self.alerts.append(Alert(
             "LiveKitEgressFailing", g, "media", "media",
             "Egress jobs fail and none succeeds.",
-            [Tier("critical", q.rate("livekit_egress_ended_total", w, "type", matchers=f'status=~"{failed}"', fn="increase") + " > 0 unless "
+            [Tier("critical", q.events("livekit_egress_ended_total", w, "type", matchers=f'status=~"{failed}"')
+                              + f" >= {num(ef.number('min_failed', low=1))} unless "
                               + q.rate("livekit_egress_ended_total", w, "type", matchers=f'status!~"{failed}"', fn="increase") + " > 0",
-                  ef.duration("for"), f"failures and no success over {w}", ("media.egress_failing.window",),
+                  ef.duration("for"), f"at least {num(ef['min_failed'])} failures and no success over {w}",
+                  ("media.egress_failing.window", "media.egress_failing.min_failed"),
                   f"{VAL} {lab('type')} egress failed over {w} and not one ended well.")],
             meaning="Every egress of the type that ended in the window failed.",
             impact="No recording or stream of that type works: an outage of egress, not noise.",
@@ -568,15 +625,18 @@ class Mixin:
             fix="IngressState.error in LiveKit's ingress logs: codecs the ingress cannot transcode, a publisher's "
                 "unstable network, or ingress workers out of CPU.",
         ))
-        w = inf.duration("window")
+        w = inf.window()
         self.alerts.append(Alert(
             "LiveKitIngressFailing", g, "media", "media",
             "Ingress sessions fail and none starts publishing.",
-            [Tier("critical", q.rate("livekit_ingress_ended_total", w, "input_type", matchers='status="error"', fn="increase") + " > 0 "
-                              f"unless {q.rate('livekit_ingress_started_total', w, 'input_type', fn='increase')} > 0",
-                  inf.duration("for"), f"errors and nothing publishing over {w}", ("media.ingress_failing.window",),
-                  f"{VAL} {lab('input_type')} ingress ended in error over {w} and none started publishing.")],
-            meaning="Ingress of the input type only fails.",
+            [Tier("critical", q.events("livekit_ingress_ended_total", w, "input_type", matchers='status="error"')
+                              + f" >= {num(inf.number('min_failed', low=1))} unless "
+                              + q.rate("livekit_ingress_ended_total", w, "input_type", matchers='status!="error"', fn="increase") + " > 0",
+                  inf.duration("for"), f"at least {num(inf['min_failed'])} errors and no other end over {w}",
+                  ("media.ingress_failing.window", "media.ingress_failing.min_failed"),
+                  f"{VAL} {lab('input_type')} ingress ended in error over {w} and none ended otherwise.")],
+            meaning="Every ingress of the input type that ended in the window ended in error (a crash loop included: "
+                    "sessions that start publishing and then fail).",
             impact="Nobody can push a stream of that type into LiveKit.",
             diagnosis=[f"sum by (input_type, status) (increase(livekit_ingress_ended_total{{job=\"{job}\"}}[{w}]))"],
             fix="Check that ingress workers run and register with LiveKit, and the ports they listen on (RTMP 1935, WHIP).",
@@ -589,7 +649,7 @@ class Mixin:
         job = q.jobs["exporter"]
         g = "livekit-telephony.alerts"
         fr, ar = c["sip_failure_ratio"], c["sip_answer_ratio"]
-        fw, aw = fr.duration("window"), ar.duration("window")
+        fw, aw = fr.window(), ar.window()
         failures = regex(c.strings("sip_failure_reasons"))
         unanswered = regex(c.strings("sip_unanswered_reasons"))
         started = lambda w: q.rate("livekit_sip_calls_started_total", w, "trunk", fn="increase")  # noqa: E731
@@ -610,14 +670,14 @@ class Mixin:
                   fr.duration("for"), f"> {pct(fr['threshold'])} failed (of at least {num(fr['min_calls'])})",
                   ("telephony.sip_failure_ratio.threshold", "telephony.sip_failure_reasons"),
                   f"{PCT} of the SIP calls of trunk {lab('trunk')} ended with a failure over {fw}, above {pct(fr['threshold'])}.")],
-            meaning=f"Calls end with a failure reason ({failures.replace('|', ', ')}) rather than a hang-up.",
+            meaning=f"Calls end with a failure reason ({words(c['sip_failure_reasons'], 'and')}) rather than a hang-up.",
             impact="Callers are cut off or never reach the agent.",
             diagnosis=[f"sum by (trunk, reason) (increase(livekit_sip_calls_ended_total{{job=\"{job}\"}}[1h]))",
                        f"increase(livekit_participant_connections_aborted_total{{job=\"{job}\",kind=\"sip\"}}[1h])"],
             fix="sip_trunk_failure: the carrier or the trunk's credentials and addresses; media_failure: RTP ports "
                 "and NAT of the SIP service; agent_error: the agent's logs.",
         ))
-        base = ar.duration("baseline")
+        base = ar.window("baseline")
         drop = ar.ratio("max_drop")
         self.alerts.append(Alert(
             "LiveKitSipAnswerRatioLow", g, "telephony", "media",
@@ -627,7 +687,7 @@ class Mixin:
                   ar.duration("for"), f"answer ratio below {pct(1 - drop)} of its {base} mean",
                   ("telephony.sip_answer_ratio.max_drop", "telephony.sip_answer_ratio.baseline"),
                   f"Trunk {lab('trunk')} answered {PCT} of its calls over {aw}, less than {pct(1 - drop)} of its mean over {base}.")],
-            meaning=f"More calls than usual end {unanswered.replace('|', ' or ')} (callee did not answer, or rejected).",
+            meaning=f"More calls than usual end {words(c['sip_unanswered_reasons'])} (callee did not answer, or rejected).",
             impact="Outbound campaigns reach fewer people; a sudden drop often means the carrier flags the caller id as spam.",
             diagnosis=[answer_ratio, f"sum by (trunk, reason) (increase(livekit_sip_calls_ended_total{{job=\"{job}\"}}[1h]))"],
             fix="Check the caller id's reputation with the carrier, the calling hours, and the dialer's retry pacing.",
@@ -640,14 +700,14 @@ class Mixin:
         job = q.jobs["exporter"]
         g = "livekit-voice-agents.alerts"
         lat = c["latency"]
-        lw, lq = lat.duration("window"), lat.number("quantile", low=0, high=1)
+        lw, lq = lat.window(), lat.number("quantile", low=0, high=1)
         quantiles = sorted({*[float(x) for x in c["latency_quantiles"]], lq})
         rate_name = f"agent_le:voice_agent_turn_latency_seconds_bucket:rate{lw}"
         recs = [Record(rate_name, q.rate("voice_agent_turn_latency_seconds_bucket", lw, "agent", "le"))]
         recs += [Record(f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{lw}", f"histogram_quantile({num(x)}, {rate_name})")
                  for x in quantiles]
         st = c["stages"]
-        sw, sq = st.duration("window"), st.number("quantile", low=0, high=1)
+        sw, sq = st.window(), st.number("quantile", low=0, high=1)
         stages = {  # stage -> (metric, labels beyond agent)
             "end_of_utterance": ("voice_agent_end_of_utterance_delay_seconds", ()),
             "transcription": ("voice_agent_transcription_delay_seconds", ("provider", "model")),
@@ -660,13 +720,13 @@ class Mixin:
             stage_records[stage] = name
             recs.append(Record(name, q.quantile(sq, metric + "_bucket", sw, "agent", *extra)))
         er = c["error_ratio"]
-        ew = er.duration("window")
+        ew = er.window()
         err_ratio = f"agent:voice_agent_errors:ratio_rate{ew}"
         recs.append(Record(err_ratio, q.ratio(
             q.rate("voice_agent_errors_total", ew, "agent", matchers='recoverable="false"'),
             q.rate("voice_agent_turns_total", ew, "agent"))))
         cs = c["call_success"]
-        cw = cs.duration("window")
+        cw = cs.window()
         failed = regex(c.strings("failed_outcomes"))
         success = f"agent:voice_agent_calls_success:ratio_rate{cw}"
         recs.append(Record(success, "1 - " + q.ratio(
@@ -731,18 +791,18 @@ class Mixin:
                   (f"voice_agents.call_success.{sev}", "voice_agents.failed_outcomes"),
                   f"Only {PCT} of the calls of {lab('agent')} ended without failing over {cw}, below {pct(cs[sev])}.")
              for sev in ("warning", "critical")],
-            meaning=f"Calls end with an outcome of voice_agents.failed_outcomes ({failed.replace('|', ', ')}).",
+            meaning=f"Calls end with an outcome of voice_agents.failed_outcomes ({words(c['failed_outcomes'], 'and')}).",
             impact="Callers are not served.",
             diagnosis=[success, f"sum by (agent, outcome) (increase(voice_agent_calls_ended_total{{job=\"{job}\"}}[{cw}]))",
                        f"sum by (agent, component) (increase(voice_agent_errors_total{{job=\"{job}\"}}[{cw}]))"],
             fix="The errors by component point at the failing stage; check the agent's logs for the failed calls.",
         ))
         ex = c["calls_expired"]
-        w = ex.duration("window")
+        w = ex.window()
         self.alerts.append(Alert(
             "LiveKitVoiceAgentCallsExpiring", g, "voice_agents", "voice_agents",
             "Calls start but their end never arrives.",
-            [Tier("warning", f"{q.rate('voice_agent_calls_expired_total', w, 'agent', fn='increase')} > 0",
+            [Tier("warning", f"{q.events('voice_agent_calls_expired_total', w, 'agent')} > 0",
                   ex.duration("for"), "any call expired", ("voice_agents.calls_expired.window",),
                   f"{VAL} calls of {lab('agent')} reached events.call_ttl without a call_ended over {w}.")],
             meaning="The exporter took calls out of voice_agent_calls_active after events.call_ttl: no call_ended came.",
@@ -757,13 +817,15 @@ class Mixin:
             [Tier("critical", f"{q.agg('max', 'voice_agent_dependency_up', 'agent', 'dependency')} == 0",
                   c.duration("dependency_down_for"), "dependency_up == 0", ("voice_agents.dependency_down_for",),
                   f"{lab('agent')} reports {lab('dependency')} down for {c['dependency_down_for']}.")],
-            meaning="The agent's dependency_status reports say the dependency (an STT, LLM or TTS provider, a CRM) is down.",
+            meaning="The agent's dependency_status reports say the dependency (an STT, LLM or TTS provider, a CRM) is down. "
+                    "With several exporter replicas, each keeps the last report it received: the alert takes the "
+                    "most hopeful (max), so a stale \"up\" on another replica can delay it by up to events.dependency_ttl.",
             impact="Calls that need it fail or degrade.",
             diagnosis=[f"voice_agent_dependency_up{{job=\"{job}\"}}"],
             fix="The provider's status page; switch to a fallback provider.",
         ))
         cp = c["campaign_stalled"]
-        w = cp.duration("window")
+        w = cp.window()
         self.alerts.append(Alert(
             "LiveKitVoiceAgentCampaignStalled", g, "voice_agents", "campaigns",
             "A running campaign places no calls.",
@@ -778,7 +840,7 @@ class Mixin:
             fix="An empty queue, calling hours, exhausted trunk capacity, or a dialer stuck: check the dialer's logs.",
         ))
         sp = c["spend"]
-        w, factor = sp.duration("window"), sp.number("factor", low=1)
+        w, factor = sp.window(), sp.number("factor", low=1)
         cost = lambda off: q.rate("voice_agent_estimated_cost_dollars_total", w, "agent", fn="increase", offset=off)  # noqa: E731
         offset = "1w"
         self.alerts.append(Alert(
@@ -799,7 +861,7 @@ class Mixin:
 
     def _campaigns(self) -> None:
         c, q = self.cfg["campaigns"], self.q
-        w = c.duration("window")
+        w = c.window()
         has = 'campaign!=""'
         started = q.rate("voice_agent_calls_started_total", w, "campaign", matchers=has)
         answered = q.rate("voice_agent_calls_answered_total", w, "campaign", matchers=has)
@@ -818,7 +880,7 @@ class Mixin:
     def _trends(self) -> None:
         c, q = self.cfg["trends"], self.q
         job = q.jobs["exporter"]
-        w, off, drop = c.duration("window"), c.duration("offset"), c.ratio("max_drop")
+        w, off, drop = c.window(), c.window("offset"), c.ratio("max_drop")
         mins = c["min_last_week"]
         tiers = []
         for signal, metric in (("calls", "voice_agent_calls_started_total"), ("turns", "voice_agent_turns_total")):
@@ -854,8 +916,8 @@ class Mixin:
 
     # -- SLOs ------------------------------------------------------------------------------------------------
 
-    def slo_definitions(self) -> dict[str, tuple[float, str, str]]:
-        """slo name -> (objective, bad events per second, all events per second), each as a template on {w}."""
+    def slo_definitions(self) -> dict[str, tuple[float, str]]:
+        """slo name -> (objective, the ratio of bad events as a template on {w})."""
         from ..events.pipeline import TURN_BUCKETS
 
         c, q = self.cfg["slos"], self.q
@@ -882,13 +944,26 @@ class Mixin:
 
     def _slos(self) -> None:
         c = self.cfg["slos"]
-        period = c.duration("period")
+        period = c.window("period")
         burn = []
         for i, node in enumerate(c.mappings("burn_rates", {"severity", "long", "short", "factor", "for"})):
             sev = node["severity"]
             if sev not in ("critical", "warning", "info"):
                 raise MixinError(f"{c.source}: slos.burn_rates[{i}].severity: {sev!r} is not critical, warning or info")
-            burn.append((sev, node.duration("long"), node.duration("short"), node.number("factor", low=0), node.duration("for")))
+            burn.append((sev, node.window("long"), node.window("short"), node.number("factor", low=0), node.duration("for")))
+        budget_interval = c.duration("budget_interval", positive=True)
+        if seconds(budget_interval) >= 300:
+            raise MixinError(f"{c.source}: slos.budget_interval {budget_interval} must stay under Prometheus' 5m lookback "
+                             "delta, or the day-long SLI series it records go missing between evaluations")
+        for name, (objective, _) in self.slo_definitions().items():
+            if not 0 < objective < 1:
+                raise MixinError(f"{c.source}: slos.{name.replace('-', '_')}.objective {num(objective)} must lie between 0 and 1")
+            for i, (_, _, _, factor, _) in enumerate(burn):
+                if factor * (1 - objective) >= 1:
+                    raise MixinError(
+                        f"{c.source}: slos.burn_rates[{i}].factor {num(factor)} x the {name} error budget "
+                        f"{num(1 - objective)} is {num(factor * (1 - objective))}: an error ratio never exceeds 1, so "
+                        "this alert could never fire; lower the factor or raise the objective")
         windows = sorted({w for _, lw, sw, _, _ in burn for w in (lw, sw)} | {period}, key=seconds)
         fast = [Record(f"slo:sli_error:ratio_rate{w}", expr.replace("{w}", w), {"slo": name})
                 for w in windows if seconds(w) < 86400 for name, (_, expr) in self.slo_definitions().items()]
@@ -899,7 +974,7 @@ class Mixin:
             slow.append(Record("slo:error_budget_remaining:ratio",
                                f"1 - slo:sli_error:ratio_rate{period}{{slo=\"{name}\"}} / {num(1 - objective)}", {"slo": name}))
         self.group("livekit-slo.rules", fast)
-        self.group("livekit-slo-budget.rules", slow, interval=c.duration("budget_interval"))
+        self.group("livekit-slo-budget.rules", slow, interval=budget_interval)
         tiers = []
         for name, (objective, _) in self.slo_definitions().items():
             budget = 1 - objective
@@ -926,6 +1001,25 @@ class Mixin:
             fix="A page: act now, as for LiveKitVoiceAgentLatencyHigh or LiveKitVoiceAgentCallSuccessRatioLow. A ticket: "
                 "find the slow degradation (a model change, a provider's region) within days.",
         ))
+        tl = c["turn_latency"]
+        bound = num(tl.number("threshold"))
+        count = self.q.m("voice_agent_turn_latency_seconds_count")
+        bucket = self.q.m("voice_agent_turn_latency_seconds_bucket", le_matcher(tl.number("threshold")))
+        self.alerts.append(Alert(
+            "LiveKitSloBucketMissing", "livekit-slo.alerts", "slo", "slo",
+            "The turn-latency SLO has no bucket at its bound.",
+            [Tier("warning", f"count {self.q.by('agent')} ({count}) unless count {self.q.by('agent')} ({bucket})",
+                  tl.duration("bucket_missing_for"), f"turns observed, no le={bound} bucket",
+                  ("slos.turn_latency.threshold", "slos.turn_latency.bucket_missing_for"),
+                  f"{lab('agent')} reports turn latencies, but voice_agent_turn_latency_seconds has no {bound} s bucket: "
+                  "its turn-latency SLI, budget and burn-rate alerts are absent.")],
+            meaning=f"The exporter's events.buckets for voice_agent_turn_latency_seconds leave out {bound}, the bound of "
+                    "slos.turn_latency: the SLI cannot be computed, so the SLO says nothing.",
+            impact="Latency regressions burn no visible budget and page nobody through the SLO.",
+            diagnosis=[f"count by (le) (voice_agent_turn_latency_seconds_bucket{{job=\"{self.q.jobs['exporter']}\"}})"],
+            fix=f"Add {bound} to events.buckets.voice_agent_turn_latency_seconds in the exporter's configuration, or set "
+                "slos.turn_latency.threshold in mixin.yml to one of its bounds and run `make rules`.",
+        ))
 
     # -- LiveKit server's own metrics (optional) -------------------------------------------------------------
 
@@ -934,7 +1028,7 @@ class Mixin:
         job = q.jobs["livekit_server"]
         g = "livekit-server.alerts"
         qu = c["quality"]
-        w, qq = qu.duration("window"), qu.number("quantile", low=0, high=1)
+        w, qq = qu.window(), qu.number("quantile", low=0, high=1)
         score = q.quantile(qq, "livekit_quality_score_bucket", w, job="livekit_server")
         self.alerts.append(Alert(
             "LiveKitConnectionQualityLow", g, "media_quality", "nodes",
@@ -961,7 +1055,7 @@ class Mixin:
              "Users far from the node: deploy a region closer to them, or check TURN over TCP/TLS fallbacks."),
         ):
             n = c[key]
-            w, qq, limit = n.duration("window"), n.number("quantile", low=0, high=1), n.number("threshold", low=0)
+            w, qq, limit = n.window(), n.number("quantile", low=0, high=1), n.number("threshold", low=0)
             self.alerts.append(Alert(
                 name, g, "media_quality", "nodes",
                 f"LiveKit's {label} is high.",
@@ -981,7 +1075,7 @@ class Mixin:
         job = q.jobs["agent_workers"]
         g = "livekit-agent-workers.alerts"
         ld = c["load"]
-        w = ld.duration("window")
+        w = ld.window()
         limit = c.ratio("load_threshold") * ld.ratio("near")
         self.alerts.append(Alert(
             "LiveKitAgentWorkerLoadHigh", g, "agent_workers", "voice_agents",
@@ -998,16 +1092,21 @@ class Mixin:
             fix="Add workers (or let the autoscaler do it on this load), or give each more CPU.",
         ))
         ab = c["absent"]
-        w = ab.duration("window")
-        calls = q.rate("voice_agent_calls_started_total", w, "agent", fn="increase")
+        w = ab.window()
+        seen = ab.window("seen_within")
+        calls = q.rate("voice_agent_calls_started_total", w, "agent", matchers='agent!="__other__"', fn="increase")
         workers = f"max by (agent) ({q.m('up', job='agent_workers')})"
+        scraped = f"group by (agent) (max_over_time({q.m('up', job='agent_workers')}[{seen}]))"
         self.alerts.append(Alert(
             "LiveKitAgentWorkersAbsent", g, "agent_workers", "voice_agents",
             "An agent that receives calls has no worker up.",
-            [Tier("critical", f"{calls} > 0 unless on (agent) {workers} == 1", ab.duration("for"),
-                  f"calls over {w}, no worker up", ("agent_workers.absent.window",),
+            [Tier("critical", f"({calls} > 0 unless on (agent) {workers} == 1) and on (agent) {scraped}", ab.duration("for"),
+                  f"calls over {w}, no worker up (of the agents with workers seen within {seen})",
+                  ("agent_workers.absent.window", "agent_workers.absent.seen_within"),
                   f"{lab('agent')} had calls over the last {w} but none of its workers answers Prometheus.")],
-            meaning="No worker target with this agent label is up, though the agent had calls recently.",
+            meaning="No worker target with this agent label is up, though the agent had calls recently and "
+                    "Prometheus scraped its workers within the seen_within window (agents whose workers it never "
+                    "scrapes are not judged).",
             impact="Calls for this agent are not answered (LiveKit has no worker to dispatch them to).",
             diagnosis=[f"up{{job=\"{job}\"}}", f"sum by (agent) (increase(voice_agent_calls_started_total{{job=\"{q.jobs['exporter']}\"}}[{w}]))"],
             fix="Start the workers; check that they reach LiveKit (their health check on port 8081 answers 503 when "
