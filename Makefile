@@ -25,6 +25,6 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# Regenerate prometheus/prometheus.yml, prometheus/rules/ and docs/{alerts,runbooks}.md from prometheus/mixin.yml.
+# Regenerate prometheus/prometheus.yml, prometheus/rules/, grafana/ and docs/{alerts,runbooks}.md from prometheus/mixin.yml.
 rules: setup
 	$(BIN)/python -m livekit_exporter.mixin

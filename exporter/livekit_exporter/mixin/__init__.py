@@ -31,6 +31,9 @@ def generate(cfg: MixinConfig) -> dict[str, str]:
         "docs/alerts.md": alerts_md(m),
         "docs/runbooks.md": runbooks_md(m),
     }
+    from .dashboards import render as dashboards  # needs grafana-foundation-sdk (the test extra)
+
+    files.update(dashboards(m))
     unread = cfg.unread()
     if unread:
         raise MixinError(f"{cfg.source}: unknown keys (nothing reads them; a typo?): {', '.join(unread)}")

@@ -1,0 +1,411 @@
+"""The Grafana dashboards, generated with grafana-foundation-sdk from the same configuration as the rules.
+
+Every panel is a `P`: its question (the description), its unit and its queries. The queries use the
+recording rules of rules.py by name (one source of every window and threshold), `$__rate_interval`
+for their own rates, the `$job` (and `$agent`, `$campaign`) variables, and the high-availability
+aggregation of docs/alerts.md: event counters are summed over replicas, LiveKit-state and report
+gauges are taken with `max` first. `fault=True` marks a panel that by design shows data only while
+something goes wrong (errors, rejections); the data test drives the faults for those.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .config import seconds
+from .rules import Mixin, qname
+
+GRAFANA_VERSION = "11.6.0"  # the grafana-foundation-sdk build pinned in pyproject.toml
+DS = "${datasource}"
+RI = "$__rate_interval"
+
+
+@dataclass
+class P:
+    title: str
+    description: str
+    unit: str
+    targets: list[tuple[str, str]]  # (expr, legend)
+    kind: str = "timeseries"  # timeseries, stat, heatmap, table
+    w: int = 12
+    h: int = 8
+    stack: bool = False
+    fault: bool = False
+    max: float | None = None
+
+
+@dataclass
+class Board:
+    key: str  # links.dashboards key
+    title: str
+    description: str
+    variables: tuple[str, ...]
+    rows: list[tuple[str, list[P]]] = field(default_factory=list)
+
+
+def boards(m: Mixin) -> list[Board]:
+    """Every dashboard, as data."""
+    lat = m.cfg["voice_agents"]["latency"]
+    lw = lat.window()
+    quantiles = sorted({*[float(x) for x in m.cfg["voice_agents"]["latency_quantiles"]], lat.number("quantile")})
+    st = m.cfg["voice_agents"]["stages"]
+    sq, sw = qname(st.number("quantile")), st.window()
+    api = m.cfg["livekit_api"]
+    api_p = f"service:livekit_api_request_duration_seconds:{qname(api['latency'].number('quantile'))}_{api['latency'].window()}"
+    api_ratio = f"service:livekit_api_errors:ratio_rate{api['error_ratio'].window()}"
+    egress_w = m.cfg["media"]["egress_failure_ratio"].window()
+    ingress_w = m.cfg["media"]["ingress_failure_ratio"].window()
+    sip_w = m.cfg["telephony"]["sip_answer_ratio"].window()
+    calls_w = m.cfg["voice_agents"]["call_success"].window()
+    err_w = m.cfg["voice_agents"]["error_ratio"].window()
+    camp_w = m.cfg["campaigns"].window()
+    slo = m.cfg["slos"]
+    period = slo.window("period")
+    burn_windows = sorted({b["long"] for b in slo["burn_rates"]} | {b["short"] for b in slo["burn_rates"]}, key=seconds)
+    J = 'job=~"$job"'
+    A = f'{J},agent=~"$agent"'
+    C = f'{J},campaign=~"$campaign"'
+
+    def state(metric: str, by: str, sel: str = J, op: str = "sum") -> str:
+        """A LiveKit-state gauge: one replica's reading (max across replicas), then summed by `by`."""
+        return f"{op} by ({by}) (max without (instance, pod) ({metric}{{{sel}}}))"
+
+    def rate(metric: str, by: str, sel: str = J) -> str:
+        return f"sum by ({by}) (rate({metric}{{{sel}}}[{RI}]))"
+
+    def quantile(q: float, metric: str, by: str, sel: str = J) -> str:
+        return f"histogram_quantile({q:g}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))"
+
+    def mean(metric: str, by: str, sel: str) -> str:
+        return (f"sum by ({by}) (rate({metric}_sum{{{sel}}}[{RI}])) / "
+                f"sum by ({by}) (rate({metric}_count{{{sel}}}[{RI}]))")
+
+    overview = Board("overview", "LiveKit overview",
+                     "Every LiveKit API's health and latency, rooms and participants, egress and ingress at a glance, webhooks.",
+                     ("job",), [
+        ("LiveKit API", [
+            P("API services up", "Does each LiveKit API service answer the exporter right now (1 up, 0 down)?", "none",
+              [(f"max by (service) (livekit_api_up{{{J}}})", "{{service}}")], kind="stat", w=6),
+            P(f"API latency p{qname(api['latency'].number('quantile'))[1:]} by service",
+              "How long do the exporter's calls to each LiveKit service take (failed calls included)?", "s",
+              [(f"{api_p}{{{J}}}", "{{service}}")], w=9),
+            P("API error ratio by service", "Which share of the calls to each LiveKit service fails?", "percentunit",
+              [(f"{api_ratio}{{{J}}}", "{{service}}")], w=9),
+            P("API errors by code", "Which errors does LiveKit answer (Twirp code, timeout, connection)?", "reqps",
+              [(rate("livekit_api_errors_total", "service, code"), "{{service}} {{code}}")], fault=True),
+            P("API calls per second", "How many LiveKit API calls does the exporter make, by service and method?", "reqps",
+              [(rate("livekit_api_request_duration_seconds_count", "service, method"), "{{service}} {{method}}")]),
+        ]),
+        ("Rooms and participants", [
+            P("Rooms", "How many rooms are open, occupied, empty or full?", "short",
+              [(state("livekit_rooms", "occupancy"), "{{occupancy}}"),
+               (f"max(livekit_rooms_full{{{J}}})", "full")], w=8),
+            P("Participants", "How many participants are in LiveKit's rooms (agents and egress excluded), and by kind "
+              "where per-room detail is on?", "short",
+              [(f"max(livekit_room_participants{{{J}}})", "in rooms"),
+               (state("livekit_participants", "kind"), "{{kind}}")], w=8),
+            P("Recordings and publishers", "How many rooms record, and how many participants publish media?", "short",
+              [(f"max(livekit_rooms_recording{{{J}}})", "recording rooms"),
+               (f"max(livekit_room_publishers{{{J}}})", "publishers")], w=8),
+            P("Room sizes", "How are open rooms distributed by number of participants (rooms at or under each size)?",
+              "short", [(f"max by (le) (livekit_room_size_bucket{{{J}}})", "<= {{le}}")], w=24, h=7),
+        ]),
+        ("Egress and ingress", [
+            P("Egress active", "How many egress jobs (recordings, streams) run now, by type?", "short",
+              [(state("livekit_egress_active", "type"), "{{type}}")], w=8),
+            P("Ingress publishing", "How many ingress endpoints publish now, by input type?", "short",
+              [(state("livekit_ingress", "input_type", f'{J},status="publishing"'), "{{input_type}}")], w=8),
+            P("Egress success ratio", f"Which share of ended egress did not fail, over {egress_w}?", "percentunit",
+              [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")], w=8, max=1),
+        ]),
+        ("Webhooks", [
+            P("Webhook events", "Which lifecycle events does LiveKit deliver, per second?", "reqps",
+              [(rate("livekit_webhook_events_total", "event"), "{{event}}")], w=8),
+            P("Webhook rejections", "Which webhook requests are refused, and why (a wrong key, forged or replayed)?",
+              "reqps", [(rate("livekit_webhook_rejected_total", "reason"), "{{reason}}")], w=8, fault=True),
+            P("Webhook delivery delay", "How late do LiveKit's webhooks arrive (created_at to arrival)?", "s",
+              [(quantile(0.5, "livekit_webhook_delivery_delay_seconds", "job"), "p50"),
+               (quantile(0.99, "livekit_webhook_delivery_delay_seconds", "job"), "p99")], w=8),
+        ]),
+    ])
+
+    media = Board("media", "LiveKit media and telephony",
+                  "Egress, ingress and SIP: what runs, what started and ended and how, success and answer ratios.",
+                  ("job",), [
+        ("Egress", [
+            P("Egress active by type and status", "Which egress jobs run now?", "short",
+              [(state("livekit_egress_active", "type, status"), "{{type}} {{status}}")], w=8),
+            P("Egress started and ended", "How many egress jobs start, and end by status, per second?", "ops",
+              [(rate("livekit_egress_started_total", "type"), "started {{type}}"),
+               (rate("livekit_egress_ended_total", "type, status"), "ended {{type}} {{status}}")], w=8),
+            P("Egress output", "How many bytes do ended egress jobs write per second?", "Bps",
+              [(rate("livekit_egress_output_bytes_total", "type"), "{{type}}")], w=8),
+            P("Egress duration", "How long do egress jobs run (p50 and p90)?", "s",
+              [(quantile(0.5, "livekit_egress_duration_seconds", "type"), "p50 {{type}}"),
+               (quantile(0.9, "livekit_egress_duration_seconds", "type"), "p90 {{type}}")]),
+            P("Egress success ratio", f"Which share of ended egress did not fail, over {egress_w}?", "percentunit",
+              [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")], max=1),
+        ]),
+        ("Ingress", [
+            P("Ingress by input type and status", "Which ingress endpoints exist, and in which state?", "short",
+              [(state("livekit_ingress", "input_type, status"), "{{input_type}} {{status}}")], w=8),
+            P("Ingress input rate", "How many bytes per second do publishing ingress receive (x 8 for bits)?", "Bps",
+              [(state("livekit_ingress_input_bytes_per_second", "input_type, media"), "{{input_type}} {{media}}")], w=8),
+            P("Ingress started and ended", "How many ingress start publishing, and end by status, per second?", "ops",
+              [(rate("livekit_ingress_started_total", "input_type"), "started {{input_type}}"),
+               (rate("livekit_ingress_ended_total", "input_type, status"), "ended {{input_type}} {{status}}")], w=8),
+            P("Ingress failure ratio", f"Which share of ingress ends are errors, over {ingress_w}?", "percentunit",
+              [(f"input_type:livekit_ingress_failure:ratio_rate{ingress_w}{{{J}}}", "{{input_type}}")], max=1),
+        ]),
+        ("SIP", [
+            P("SIP trunks and dispatch rules", "How many trunks (by direction) and dispatch rules are configured?", "short",
+              [(state("livekit_sip_trunks", "direction"), "{{direction}} trunks"),
+               (f"max(livekit_sip_dispatch_rules{{{J}}})", "dispatch rules")], w=8),
+            P("SIP calls started and ended", "How many SIP calls start, per trunk, and end, by reason, per second?", "ops",
+              [(rate("livekit_sip_calls_started_total", "trunk"), "started {{trunk}}"),
+               (rate("livekit_sip_calls_ended_total", "reason"), "ended {{reason}}")], w=8),
+            P("SIP answer ratio", f"Which share of SIP calls was answered (not unavailable or rejected), over {sip_w}?",
+              "percentunit", [(f"trunk:livekit_sip_calls_answer:ratio_rate{sip_w}{{{J}}}", "{{trunk}}")], w=8, max=1),
+            P("SIP calls in progress", "How many SIP calls are in the rooms read for detail, by call status?", "short",
+              [(state("livekit_sip_calls", "status"), "{{status}}")]),
+        ]),
+    ])
+
+    agents = Board("voice_agents", "LiveKit voice agents",
+                   "Calls and their outcomes, voice-to-voice latency and the stage that ate the budget, tools, errors, "
+                   "usage and estimated cost.", ("job", "agent"), [
+        ("Calls", [
+            P("Calls started, answered and ended", "How many calls start, get answered, and end, per second?", "ops",
+              [(rate("voice_agent_calls_started_total", "agent", A), "started {{agent}}"),
+               (rate("voice_agent_calls_answered_total", "agent", A), "answered {{agent}}"),
+               (rate("voice_agent_calls_ended_total", "agent", A), "ended {{agent}}")], w=8),
+            P("Calls ended by outcome", "How do calls end (the agents' own outcomes)?", "ops",
+              [(rate("voice_agent_calls_ended_total", "outcome", A), "{{outcome}}")], w=8, stack=True),
+            P("Active and queued calls", "How many calls are in progress, and how many wait to be dialled?", "short",
+              [(f"sum by (agent) (voice_agent_calls_active{{{A}}})", "active {{agent}}"),
+               (f"sum by (agent) (max without (instance, pod) (voice_agent_calls_queued{{{A}}}))", "queued {{agent}}")], w=8),
+            P("Answer and success ratio", f"Which share of started calls is answered, and which share of ended calls "
+              f"does not fail ({calls_w})?", "percentunit",
+              [(f"{rate('voice_agent_calls_answered_total', 'agent', A)} / {rate('voice_agent_calls_started_total', 'agent', A)}",
+                "answered {{agent}}"),
+               (f"agent:voice_agent_calls_success:ratio_rate{calls_w}{{{A}}}", "succeeded {{agent}}")], max=1),
+            P("Call and setup duration", "How long do calls last, and take from dial to answer (p50)?", "s",
+              [(quantile(0.5, "voice_agent_call_duration_seconds", "agent", A), "call {{agent}}"),
+               (quantile(0.5, "voice_agent_call_setup_seconds", "agent", A), "setup {{agent}}")]),
+        ]),
+        ("Voice-to-voice latency", [
+            P("Voice-to-voice latency", "How long do users wait from the end of their speech to the agent's first audio "
+              f"(p{', p'.join(qname(x)[1:] for x in quantiles)} over {lw})?", "s",
+              [(f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{lw}{{{A}}}", f"{qname(x)} {{{{agent}}}}")
+               for x in quantiles]),
+            P("Voice-to-voice latency distribution", "Where do turns fall between the latency buckets?", "s",
+              [(f"sum by (le) (rate(voice_agent_turn_latency_seconds_bucket{{{A}}}[{RI}]))", "{{le}}")], kind="heatmap"),
+            P("Which stage eats the budget", "What does each stage of a turn take on average (stacked: end of utterance, "
+              "transcription, LLM time to first token, TTS time to first byte)?", "s",
+              [(mean("voice_agent_end_of_utterance_delay_seconds", "agent", A), "end of utterance {{agent}}"),
+               (mean("voice_agent_transcription_delay_seconds", "agent", A), "transcription {{agent}}"),
+               (mean("voice_agent_llm_time_to_first_token_seconds", "agent", A), "LLM TTFT {{agent}}"),
+               (mean("voice_agent_tts_time_to_first_byte_seconds", "agent", A), "TTS TTFB {{agent}}")],
+              stack=True, w=24),
+            P(f"Stage p{sq[1:]} by provider and model", f"Which provider or model is slow, per stage ({sw})?", "s",
+              [(f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{A}}}", "STT {{provider}} {{model}}"),
+               (f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{A}}}", "LLM {{provider}} {{model}}"),
+               (f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{A}}}", "TTS {{provider}} {{model}}"),
+               (f"agent:voice_agent_end_of_utterance_delay_seconds:{sq}_{sw}{{{A}}}", "EOU {{agent}}")], w=24),
+        ]),
+        ("Turns, tools and errors", [
+            P("Turns and interruptions", "How many turns per second, and how often do users speak over the agent?", "ops",
+              [(rate("voice_agent_turns_total", "agent", A), "turns {{agent}}"),
+               (rate("voice_agent_interruptions_total", "agent", A), "interruptions {{agent}}")], w=8),
+            P("Tool calls", "Which tools do agents call, and how long do they take (p95)?", "ops",
+              [(f"sum by (tool) (rate(voice_agent_tool_call_duration_seconds_count{{{A}}}[{RI}]))", "{{tool}}")], w=8),
+            P("Errors by component", "Which pipeline component fails, retried past or not?", "ops",
+              [(rate("voice_agent_errors_total", "component, recoverable", A), "{{component}} recoverable={{recoverable}}")],
+              w=8),
+            P("Error ratio", f"How many non-recoverable errors per turn ({err_w})?", "percentunit",
+              [(f"agent:voice_agent_errors:ratio_rate{err_w}{{{A}}}", "{{agent}}")]),
+            P("Dependencies", "Does each agent report its dependencies up (1) or down (0)?", "none",
+              [(f"max by (agent, dependency) (voice_agent_dependency_up{{{A}}})", "{{agent}} {{dependency}}")], kind="stat"),
+        ]),
+        ("Usage and cost", [
+            P("LLM tokens", "How many tokens per second, by model and type?", "short",
+              [(rate("voice_agent_llm_tokens_total", "model, type", A), "{{model}} {{type}}")], w=8),
+            P("TTS characters and STT audio", "How many characters are synthesized and audio seconds transcribed, per second?",
+              "short", [(rate("voice_agent_tts_characters_total", "provider", A), "characters {{provider}}"),
+                        (rate("voice_agent_stt_audio_seconds_total", "provider", A), "audio s {{provider}}")], w=8),
+            P("Estimated cost per hour", "What do the agents cost, by component and provider (usage x events.prices)?",
+              "currencyUSD", [(f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{A}}}[{RI}])) * 3600",
+                               "{{component}} {{provider}}")], w=8, stack=True),
+            P("Estimated cost per call", "What does one ended call cost on average, over the dashboard's range?", "currencyUSD",
+              [(f"sum by (agent) (increase(voice_agent_estimated_cost_dollars_total{{{A}}}[$__range])) / "
+                f"sum by (agent) (increase(voice_agent_calls_ended_total{{{A}}}[$__range]))", "{{agent}}")], kind="stat"),
+        ]),
+    ])
+
+    campaigns = Board("campaigns", "LiveKit campaigns",
+                      "Outbound campaigns: running or not, calls placed and queued, answer, qualification and conversion "
+                      "rates, outcomes.", ("job", "campaign"), [
+        ("Campaigns", [
+            P("Running", "Does each campaign run (1) or not (0), as its dialer reports?", "none",
+              [(f"max by (campaign) (voice_agent_campaign_running{{{C}}})", "{{campaign}}")], kind="stat", w=6),
+            P("Calls placed in the range", "How many calls did each campaign start over the dashboard's range?", "short",
+              [(f"sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range]))", "{{campaign}}")],
+              kind="stat", w=6),
+            P("Queued", "How many calls wait to be dialled, per campaign?", "short",
+              [(f"sum by (campaign) (max without (instance, pod) (voice_agent_calls_queued{{{C}}}))", "{{campaign}}")],
+              kind="stat", w=6),
+            P("In progress", "How many calls started in the range have not ended yet, per campaign?", "short",
+              [(f"clamp_min(sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range])) - "
+                f"sum by (campaign) (increase(voice_agent_calls_ended_total{{{C}}}[$__range])), 0)", "{{campaign}}")],
+              kind="stat", w=6),
+            P("Answer, qualification and conversion", f"Which share of calls is answered (of started), qualified (of "
+              f"answered) and converted (of started), over {camp_w}?", "percentunit",
+              [(f"campaign:voice_agent_calls_answer:ratio_rate{camp_w}{{{C}}}", "answer {{campaign}}"),
+               (f"campaign:voice_agent_calls_qualification:ratio_rate{camp_w}{{{C}}}", "qualification {{campaign}}"),
+               (f"campaign:voice_agent_calls_conversion:ratio_rate{camp_w}{{{C}}}", "conversion {{campaign}}")], w=24, max=1),
+            P("Outcomes", "How do the campaign's calls end, over the dashboard's range?", "short",
+              [(f"sum by (campaign, outcome) (increase(voice_agent_calls_ended_total{{{C}}}[$__range]))",
+                "{{campaign}} {{outcome}}")], kind="stat"),
+            P("Outbound call duration", "How long do outbound calls last, by outcome (p50)?", "s",
+              [(quantile(0.5, "voice_agent_call_duration_seconds", "outcome", f'{J},direction="outbound"'), "{{outcome}}")]),
+        ]),
+    ])
+
+    slo_board = Board("slo", "LiveKit voice-agent SLOs",
+                      "The two objectives of prometheus/mixin.yml (turns within the latency bound, calls that do not "
+                      "fail): SLI over each burn-rate window, the error budget left, and the burn rate.", ("job", "agent"), [
+        ("Objectives", [
+            P("Error budget remaining", f"How much of the {period} error budget is left (1 = untouched, below 0 = spent)?",
+              "percentunit", [(f"slo:error_budget_remaining:ratio{{{A}}}", "{{slo}} {{agent}}")], kind="stat", w=24),
+            P("SLI by window", "Which share of events was good over each burn-rate window?", "percentunit",
+              [(f"1 - slo:sli_error:ratio_rate{w}{{{A}}}", f"{{{{slo}}}} {{{{agent}}}} {w}") for w in burn_windows], w=24, max=1),
+            P("Burn rate (1 h)", "How fast is the error budget burning (1 = exactly on budget; pages at 14.4 over 1 h)?",
+              "none", [(f"slo:sli_error:ratio_rate1h{{{A}}} / on (slo) group_left () (1 - slo:objective:ratio)",
+                        "{{slo}} {{agent}}")] if "1h" in burn_windows else [], w=24),
+        ]),
+    ])
+
+    exporter = Board("exporter", "livekit-exporter",
+                     "The exporter itself: scrapes against their timeout, LiveKit API calls and errors, events and "
+                     "webhooks accepted and refused, the cardinality guard, process resources.", ("job", "instance"), [
+        ("Scrapes", [
+            P("Scrape duration", "How long do scrapes take, against the scrape timeout?", "s",
+              [(f"max by (instance) (scrape_duration_seconds{{{J},instance=~\"$instance\"}})", "scrape {{instance}}"),
+               (f"max by (instance) (livekit_exporter_scrape_duration_seconds{{{J},instance=~\"$instance\"}})",
+                "LiveKit API part {{instance}}")], w=8),
+            P("Scrapes per second", "How often is the exporter scraped, and do scrapes share one collection?", "reqps",
+              [(rate("livekit_exporter_scrapes_total", "instance, collection", f'{J},instance=~"$instance"'),
+                "{{instance}} {{collection}}")], w=8),
+            P("Label overflow", "Which label values does the cardinality guard fold into __other__?", "ops",
+              [(rate("livekit_exporter_label_overflow_total", "metric, label", f'{J},instance=~"$instance"'),
+                "{{metric}} {{label}}")], w=8, fault=True),
+        ]),
+        ("Inputs", [
+            P("Events accepted", "Which voice-agent events does the events API accept, per second?", "ops",
+              [(rate("livekit_exporter_events_total", "type", f'{J},instance=~"$instance"'), "{{type}}")], w=8),
+            P("Event requests refused", "Which requests to the events API are refused whole, and why?", "reqps",
+              [(rate("livekit_exporter_event_requests_rejected_total", "reason", f'{J},instance=~"$instance"'), "{{reason}}")],
+              w=8, fault=True),
+            P("Webhooks accepted and refused", "How many webhooks are accepted, deduplicated and refused?", "reqps",
+              [(rate("livekit_webhook_events_total", "instance", f'{J},instance=~"$instance"'), "accepted {{instance}}"),
+               (rate("livekit_webhook_duplicates_total", "instance", f'{J},instance=~"$instance"'), "duplicates {{instance}}"),
+               (rate("livekit_webhook_rejected_total", "instance", f'{J},instance=~"$instance"'), "refused {{instance}}")],
+              w=8),
+        ]),
+        ("Process", [
+            P("Memory", "How much memory does each replica hold?", "bytes",
+              [(f"max by (instance) (process_resident_memory_bytes{{{J},instance=~\"$instance\"}})", "{{instance}}")], w=12),
+            P("CPU", "How much CPU does each replica use (cores)?", "none",
+              [(f"sum by (instance) (rate(process_cpu_seconds_total{{{J},instance=~\"$instance\"}}[{RI}]))", "{{instance}}")],
+              w=12),
+        ]),
+    ])
+    return [overview, media, agents, campaigns, slo_board, exporter]
+
+
+VARIABLES = {
+    "job": ("Job", "label_values(livekit_exporter_build_info, job)"),
+    "instance": ("Instance", 'label_values(livekit_exporter_build_info{job=~"$job"}, instance)'),
+    "agent": ("Agent", 'label_values(voice_agent_turns_total{job=~"$job"}, agent)'),
+    "campaign": ("Campaign", 'label_values(voice_agent_calls_started_total{job=~"$job", campaign!=""}, campaign)'),
+}
+
+
+def render(m: Mixin) -> dict[str, str]:
+    """grafana/dashboards/<uid>.json and the provisioning files."""
+    from grafana_foundation_sdk.builders import dashboard as d
+    from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries
+    from grafana_foundation_sdk.builders.common import StackingConfig
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common
+    from grafana_foundation_sdk.models import dashboard as dm
+    from grafana_foundation_sdk.models import prometheus as pm
+
+    ds = dm.DataSourceRef(type_val="prometheus", uid=DS)
+    kinds = {"timeseries": timeseries.Panel, "stat": stat.Panel, "heatmap": heatmap.Panel, "table": table.Panel}
+    files = {}
+    for board in boards(m):
+        uid = m.dashboards[board.key]
+        b = (d.Dashboard(board.title).uid(uid).description(board.description).tags(["livekit"])
+             .refresh("30s").time("now-3h", "now").tooltip(dm.DashboardCursorSync.CROSSHAIR)
+             .link(d.DashboardLink("LiveKit dashboards").type(dm.DashboardLinkType.DASHBOARDS).tags(["livekit"])
+                   .as_dropdown(True).include_vars(True).keep_time(True))
+             .with_variable(d.DatasourceVariable("datasource").label("Data source").type("prometheus")))
+        for name in board.variables:
+            label, query = VARIABLES[name]
+            b = b.with_variable(d.QueryVariable(name).label(label).datasource(ds)
+                                .query({"query": query, "refId": name}).multi(True).include_all(True)
+                                .all_value(".*").refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                                .sort(dm.VariableSort.ALPHABETICAL_ASC))
+        pid = 0
+        for row, panels in board.rows:
+            pid += 1
+            b = b.with_row(d.Row(row).id(pid))
+            for p in panels:
+                if not p.targets:
+                    continue
+                pid += 1
+                panel = (kinds[p.kind]().id(pid).title(p.title).description(p.description).unit(p.unit)
+                         .datasource(ds).span(p.w).height(p.h))
+                if p.max is not None:
+                    panel = panel.min(0).max(p.max)
+                if p.stack and p.kind == "timeseries":
+                    panel = panel.stacking(StackingConfig().mode(common.StackingMode.NORMAL)).fill_opacity(40)
+                for i, (expr, legend) in enumerate(p.targets):
+                    t = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(65 + i)).datasource(ds)
+                    if p.kind in ("stat", "table"):
+                        t = t.instant()
+                    if p.kind == "heatmap":
+                        t = t.format(pm.PromQueryFormat.HEATMAP)
+                    panel = panel.with_target(t)
+                b = b.with_panel(panel)
+        files[f"grafana/dashboards/{uid}.json"] = json.dumps(b.build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+    g = m.cfg["grafana"]
+    files["grafana/provisioning/datasources/prometheus.yml"] = (
+        "# Generated by `make rules` from prometheus/mixin.yml: do not edit.\n"
+        "apiVersion: 1\n"
+        "datasources:\n"
+        "  - name: Prometheus\n"
+        "    type: prometheus\n"
+        f"    uid: {g['datasource_uid']}\n"
+        "    access: proxy\n"
+        f"    url: {g['prometheus_url']}\n"
+        "    isDefault: true\n"
+        "    jsonData:\n"
+        f"      timeInterval: {m.cfg['prometheus'].duration('scrape_interval')}   # $__rate_interval is at least 4 x this\n"
+        "      httpMethod: POST\n"
+    )
+    files["grafana/provisioning/dashboards/livekit.yml"] = (
+        "# Generated by `make rules` from prometheus/mixin.yml: do not edit.\n"
+        "apiVersion: 1\n"
+        "providers:\n"
+        "  - name: livekit\n"
+        f"    folder: {g['folder']}\n"
+        "    type: file\n"
+        "    disableDeletion: true\n"
+        "    allowUiUpdates: false\n"
+        "    options:\n"
+        "      path: /var/lib/grafana/dashboards/livekit   # where grafana/dashboards/ is mounted\n"
+    )
+    return files

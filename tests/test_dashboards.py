@@ -1,0 +1,250 @@
+"""The Grafana dashboards: generated and current, linted (the rules of grafana/dashboard-linter, which
+cannot be installed here), and every panel query proven against data in the real Prometheus.
+
+The data: the exporter on the simulator, its webhooks delivered as LiveKit delivers them, simulated
+voice agents pushing through the real client, and a world driven hard for half a minute (rooms,
+participants, SIP calls, egress and ingress that start and end, agent jobs) with the faults the
+fault panels exist for (a LiveKit service failing, forged webhooks, refused event batches, the
+cardinality guard folding). Prometheus scrapes it and evaluates the bundle's rules; each panel
+query, its variables substituted as Grafana would, must parse and return data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import re
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import promql_parser
+import pytest
+from aiohttp import web
+from livekit.protocol import agent as proto_agent
+from livekit.protocol import egress as proto_egress
+from livekit.protocol import ingress as proto_ingress
+from livekit.protocol import models as proto_models
+
+from conftest import EVENTS_TOKEN, free_port, require_binary
+from livekit_exporter.client import EventsClient
+from livekit_exporter.config import EventsConfig, Price, Secret
+from livekit_exporter.mixin import DEFAULT_CONFIG, Mixin, generate, load, write
+from livekit_exporter.mixin.dashboards import boards
+from livekit_exporter.server import build_app
+from livekit_exporter.simulator import Delivery, Fault, WebhookSender
+from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
+from livekit_exporter.simulator.voice_agents import PRICES, VoiceAgentFleet
+from livekit_exporter.simulator.webhooks import request_headers, sign
+
+ROOT = Path(__file__).parent.parent
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+# Grafana's substitutions for the data test: "All" is the variables' allValue; $__rate_interval is
+# at least four scrape intervals (1 s here).
+SUBSTITUTE = {"$__rate_interval": "8s", "$__range": "40s", "$__interval": "2s",
+              "$job": ".*", "$agent": ".*", "$campaign": ".*", "$instance": ".*"}
+COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+GAUGE_HISTOGRAMS = {"livekit_room_size_bucket"}  # buckets that are gauges (OpenMetrics gaugehistogram)
+SUMMED_GAUGES = {"voice_agent_calls_active"}  # per-replica counts: summed (docs/alerts.md, high availability)
+
+
+@pytest.fixture(scope="module")
+def mixin() -> Mixin:
+    return Mixin(load(ROOT / DEFAULT_CONFIG))
+
+
+def panels(dash: dict) -> list[dict]:
+    return [p for p in dash["panels"] if p["type"] != "row"]
+
+
+def dashboards() -> list[dict]:
+    return [json.loads(p.read_text()) for p in DASHBOARDS]
+
+
+def substituted(expr: str) -> str:
+    for var, value in SUBSTITUTE.items():
+        expr = expr.replace(var, value)
+    return expr
+
+
+def walk(node, parents=()):
+    """(node, its ancestors) for every node of a parsed expression."""
+    yield node, parents
+    children = []
+    for attr in ("lhs", "rhs", "expr", "vector_selector"):
+        if hasattr(node, attr) and getattr(node, attr) is not None:
+            children.append(getattr(node, attr))
+    children += list(getattr(node, "args", None) or [])
+    for child in children:
+        yield from walk(child, (*parents, node))
+
+
+# -- generated and linted ------------------------------------------------------------------------------
+
+def test_the_dashboards_and_provisioning_are_generated_and_current(mixin):
+    files = generate(load(ROOT / DEFAULT_CONFIG))
+    generated = {k for k in files if k.startswith("grafana/")}
+    assert {f"grafana/dashboards/{p.name}" for p in DASHBOARDS} <= generated
+    for rel in generated:
+        assert (ROOT / rel).read_text() == files[rel], f"{rel} is stale: run `make rules`"
+    assert {d["uid"] for d in dashboards()} == {mixin.dashboards[b.key] for b in boards(mixin)}
+
+
+def test_lint_every_dashboard():
+    for dash in dashboards():
+        where = dash["uid"]
+        variables = dash["templating"]["list"]
+        sources = [v for v in variables if v["type"] == "datasource"]
+        assert len(sources) == 1 and sources[0]["name"] == "datasource" and sources[0]["query"] == "prometheus", where
+        assert "${DS_" not in json.dumps(dash) and "__inputs" not in dash, where
+        for v in variables:
+            if v["type"] == "query":
+                assert v["datasource"]["uid"] == "${datasource}" and v["multi"] and v["includeAll"], (where, v["name"])
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)) and 0 not in ids, f"{where}: panel ids must be unique and set"
+        for p in panels(dash):
+            what = f"{where} / {p.get('title')}"
+            assert p.get("title") and p.get("description", "").endswith("?"), f"{what}: a title and the question it answers"
+            assert p["fieldConfig"]["defaults"].get("unit"), f"{what}: no unit"
+            assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, what
+            assert p["targets"], what
+            for t in p["targets"]:
+                assert t["datasource"] == p["datasource"], what
+                lint_query(t["expr"], what)
+
+
+def lint_query(expr: str, what: str) -> None:
+    tree = promql_parser.parse(substituted(expr))
+    for node, parents in walk(tree):
+        if isinstance(node, promql_parser.Call) and node.func.name in ("rate", "increase", "irate"):
+            rng = node.args[0].range.total_seconds()
+            assert rng in (8, 40), f"{what}: {node.func.name}() over a fixed range; use $__rate_interval (or $__range)"
+        if isinstance(node, promql_parser.Call) and node.func.name == "histogram_quantile":
+            agg = node.args[1]
+            assert isinstance(agg, promql_parser.AggregateExpr) and "le" in agg.modifier.labels, \
+                f"{what}: histogram_quantile must aggregate by (le, ...)"
+        if isinstance(node, promql_parser.VectorSelector) and node.name and ":" not in node.name:
+            name = node.name
+            in_rate = any(isinstance(a, promql_parser.Call) and a.func.name in ("rate", "increase", "irate")
+                          for a in parents)
+            if name.endswith(COUNTER_SUFFIXES) and name not in GAUGE_HISTOGRAMS:
+                assert in_rate, f"{what}: counter {name} outside rate()/increase()"
+            elif name not in SUMMED_GAUGES and name.startswith(("livekit_", "voice_agent_")) and not in_rate:
+                aggs = [a for a in parents if isinstance(a, promql_parser.AggregateExpr)]
+                assert aggs and str(aggs[-1].op) == "max", \
+                    f"{what}: gauge {name} must be taken with max across replicas first (it is read by each)"
+
+
+def test_every_alert_links_to_a_generated_dashboard(mixin):
+    uids = {d["uid"] for d in dashboards()}
+    missing = {a.name: mixin.dashboards[a.dashboard] for a in mixin.alerts
+               if mixin.dashboards[a.dashboard] not in uids and a.component not in ("media_quality",)}
+    assert missing == {}
+
+
+# -- proven against data -------------------------------------------------------------------------------------
+
+async def drive(scenario, exporter_url: str, stop: asyncio.Event) -> None:
+    """Half a minute of a busy LiveKit, with the faults the fault panels show."""
+    rng = random.Random(3)
+    trunks = [scenario.add_trunk("inbound", "in-0"), scenario.add_trunk("outbound", "out-0")]
+    scenario.add_dispatch_rule(trunks[:1])
+    scenario.add_ingress(proto_ingress.RTMP_INPUT, proto_ingress.IngressState.ENDPOINT_PUBLISHING,
+                         audio_bitrate=128_000, video_bitrate=2_000_000)
+    scenario.add_room("lobby")  # a call that stays, so the in-progress gauges have a value at the end
+    scenario.add_sip_call("lobby", trunks[0], "active")
+    n = itertools.count()
+    async with aiohttp.ClientSession() as http, \
+            EventsClient(f"{exporter_url}/v1/events", EVENTS_TOKEN, flush_interval=0.2) as events:
+        fleet = VoiceAgentFleet(events, seed=4)
+        while not stop.is_set():
+            i = next(n)
+            room = f"room-{i}"
+            scenario.add_room(room, max_participants=rng.choice((0, 3)))
+            for j in range(rng.randint(1, 4)):
+                scenario.add_participant(room, f"u{j}", tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
+            scenario.add_participant(room, "agent", kind=Kind.AGENT, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
+            d = scenario.add_dispatch(room, "support-agent", [proto_agent.JS_RUNNING])
+            sip = scenario.add_sip_call(room, trunks[i % 2], "active")
+            eg = scenario.add_egress(room, EGRESS_TYPES[i % len(EGRESS_TYPES)])
+            ing = scenario.add_ingress(proto_ingress.WHIP_INPUT, proto_ingress.IngressState.ENDPOINT_PUBLISHING,
+                                       room=room, audio_bitrate=64_000)
+            fleet.simulate(calls=3)
+            await asyncio.sleep(0.4)
+            scenario.set_egress_status(eg.egress_id, proto_egress.EGRESS_COMPLETE if i % 3 else proto_egress.EGRESS_FAILED,
+                                       output_bytes=rng.randrange(10**5, 10**7))
+            scenario.set_ingress_status(ing.ingress_id, proto_ingress.IngressState.ENDPOINT_COMPLETE if i % 2
+                                        else proto_ingress.IngressState.ENDPOINT_ERROR)
+            scenario.remove_participant(room, sip.identity, proto_models.DisconnectReason.USER_UNAVAILABLE if i % 2
+                                        else proto_models.DisconnectReason.CLIENT_INITIATED)
+            scenario.set_job_status(room, d.id, 0, proto_agent.JS_SUCCESS)
+            if i % 4 == 3:
+                scenario.remove_room(f"room-{i - 3}")
+            # the faults: a failing service, a forged webhook, a refused batch
+            scenario.set_fault("ingress", Fault("error", "unavailable") if i % 3 == 0 else None)
+            body = b'{"event": "room_started", "id": "EV_forged", "room": {}}'
+            await http.post(f"{exporter_url}/webhook", data=body,
+                            headers=request_headers(sign(body, scenario.api_key, "not-the-secret-" + "x" * 32)))
+            await http.post(f"{exporter_url}/v1/events", data=b'{"events": [{"type": "nope"}]}',
+                            headers={"Authorization": f"Bearer {EVENTS_TOKEN}", "Content-Type": "application/json"})
+            await asyncio.sleep(0.4)
+
+
+async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario, simulator, make_config, tmp_path):
+    prometheus_bin = require_binary("prometheus")
+    config = replace(make_config(detail=True), label_max_values=2,
+                     events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),), prices=tuple(Price(**p) for p in PRICES)))
+    runner = web.AppRunner(build_app(config), access_log=None)
+    await runner.setup()
+    port, prom_port = free_port(), free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    files = generate(load(ROOT / DEFAULT_CONFIG, {
+        "prometheus.scrape_interval": "1s", "prometheus.scrape_timeout": "1s", "prometheus.evaluation_interval": "1s",
+        "prometheus.targets.exporter": [f"127.0.0.1:{port}"], "prometheus.targets.livekit_server": [],
+        "prometheus.alertmanagers": [], "slos.budget_interval": "1s",
+    }))
+    write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
+    prom = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus' / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = asyncio.Event()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with WebhookSender(scenario, f"{url}/webhook", delivery=Delivery(replay_rate=0.2, retry_wait_min=0.1)) as sender:
+            world = asyncio.create_task(drive(scenario, url, stop))
+            await asyncio.sleep(40)
+            stop.set()
+            await world
+            await sender.flush()
+        await asyncio.sleep(3)
+        empty, broken = [], []
+        async with aiohttp.ClientSession() as http:
+            async def query(expr: str) -> list:
+                async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": expr}) as r:
+                    data = await r.json()
+                if data["status"] != "success":
+                    raise ValueError(data.get("error"))
+                return data["data"]["result"]
+
+            m = Mixin(load(ROOT / DEFAULT_CONFIG))
+            faults = {(m.dashboards[b.key], p.title) for b in boards(m) for _, ps in b.rows for p in ps if p.fault}
+            for dash in dashboards():
+                for p in panels(dash):
+                    for t in p["targets"]:
+                        try:
+                            result = await query(substituted(t["expr"]))
+                        except ValueError as e:
+                            broken.append(f"{dash['uid']} / {p['title']}: {e}")
+                            continue
+                        if not result:
+                            empty.append(f"{dash['uid']} / {p['title']}{' (fault)' if (dash['uid'], p['title']) in faults else ''}: {t['expr']}")
+        assert broken == [], broken
+        assert empty == [], "\n".join(empty)
+    finally:
+        stop.set()
+        prom.terminate()
+        prom.wait(10)
+        await runner.cleanup()
