@@ -321,10 +321,59 @@ def boards(m: Mixin) -> list[Board]:
               w=12),
         ]),
     ])
-    return [overview, media, agents, campaigns, slo_board, exporter]
+    S = f'job="{m.q.jobs["livekit_server"]}",instance=~"$node"'
+    nodes = Board("nodes", "LiveKit server nodes",
+                  "For users who also scrape LiveKit server's own /metrics (names and units are LiveKit's: "
+                  "pkg/telemetry/prometheus): load, connection quality against the 4.0 and 3.5 marks, loss, jitter, "
+                  "RTT, NACK and PLI, joins.", ("node",), [
+        ("Load", [
+            P("Rooms per node", "How many rooms does each LiveKit node host?", "short",
+              [(f"max by (instance) (livekit_room_total{{{S}}})", "{{instance}}")], w=8),
+            P("Participants per node", "How many participants does each node serve?", "short",
+              [(f"max by (instance) (livekit_participant_total{{{S}}})", "{{instance}}")], w=8),
+            P("Tracks per node", "How many tracks are published, and subscribed, on each node?", "short",
+              [(f"max by (instance, kind) (livekit_track_published_total{{{S}}})", "published {{kind}} {{instance}}"),
+               (f"max by (instance, kind) (livekit_track_subscribed_total{{{S}}})", "subscribed {{kind}} {{instance}}")],
+              w=8),
+        ]),
+        ("Connection quality", [
+            P("Connection quality score", "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
+              "one per participant every 5 s)?", "short",
+              [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")], kind="heatmap"),
+            P("Scores below 4.0 and 3.5", "Which share of connection scores falls at or under the 4.0 (warning) and 3.5 "
+              "(critical) marks?", "percentunit",
+              [(f'sum(rate(livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}[{RI}])) / '
+                f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))", "at or under 4.0"),
+               (f'sum(rate(livekit_quality_score_bucket{{{S},le="3.5"}}[{RI}])) / '
+                f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))", "at or under 3.5")], max=1),
+        ]),
+        ("Media", [
+            P("Packet loss p95", "How much loss do the worst streams see, by direction (percent)?", "percent",
+              [(quantile(0.95, "livekit_packet_loss_percent", "direction", S), "{{direction}}")], w=8),
+            P("Jitter p95", "How much jitter do the worst streams see, by direction (LiveKit measures microseconds)?", "µs",
+              [(quantile(0.95, "livekit_jitter_us", "direction", S), "{{direction}}")], w=8),
+            P("RTT p95", "How long is the round trip for the worst streams (LiveKit measures milliseconds)?", "ms",
+              [(quantile(0.95, "livekit_rtt_ms", "direction", S), "{{direction}}")], w=8),
+            P("Packets lost", "Which share of packets is lost, by direction?", "percentunit",
+              [(f"sum by (direction) (rate(livekit_packet_loss_total{{{S}}}[{RI}])) / "
+                f"sum by (direction) (rate(livekit_packet_total{{{S}}}[{RI}]))", "{{direction}}")]),
+            P("NACK and PLI", "How often do receivers ask for retransmissions (NACK) and key frames (PLI)?", "ops",
+              [(rate("livekit_nack_total", "direction", S), "NACK {{direction}}"),
+               (rate("livekit_pli_total", "direction", S), "PLI {{direction}}")]),
+        ]),
+        ("Joins", [
+            P("Participant join success", "Which share of signal connections becomes a working media connection?",
+              "percentunit",
+              [(f'sum(rate(livekit_participant_join_total{{{S},state="rtc_success"}}[{RI}])) / '
+                f'sum(rate(livekit_participant_join_total{{{S},state="signal_connected"}}[{RI}]))', "join success")],
+              w=24, max=1),
+        ]),
+    ])
+    return [overview, media, agents, campaigns, slo_board, nodes, exporter]
 
 
 VARIABLES = {
+    "node": ("Node", "label_values(livekit_room_total, instance)"),
     "job": ("Job", "label_values(livekit_exporter_build_info, job)"),
     "instance": ("Instance", 'label_values(livekit_exporter_build_info{job=~"$job"}, instance)'),
     "agent": ("Agent", 'label_values(voice_agent_turns_total{job=~"$job"}, agent)'),

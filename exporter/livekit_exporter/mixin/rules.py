@@ -240,7 +240,7 @@ class Mixin:
         seen = c.window("down_seen_within")
         g = "livekit-exporter.alerts"
         self.alerts.append(Alert(
-            "LiveKitExporterDown", g, "exporter", "overview",
+            "LiveKitExporterDown", g, "exporter", "exporter",
             "No livekit-exporter target answers Prometheus.",
             [Tier("critical", f"max {q.by()} ({up}) == 0 or group {q.by()} (max_over_time({up}[{seen}])) "
                               f"unless group {q.by()} ({up}) or absent({up})", c.duration("down_for"),
@@ -257,7 +257,7 @@ class Mixin:
                 "Targets shows the scrape error), and that the job name matches jobs.exporter in mixin.yml.",
         ))
         self.alerts.append(Alert(
-            "LiveKitExporterInstanceDown", g, "exporter", "overview",
+            "LiveKitExporterInstanceDown", g, "exporter", "exporter",
             "A livekit-exporter replica is down.",
             [Tier("warning", f"{up} == 0", c.duration("instance_down_for"), "up == 0",
                   ("exporter.instance_down_for",),
@@ -271,7 +271,7 @@ class Mixin:
         sf = c["scrape_failures"]
         w, r = sf.window(), sf.ratio("max_failed_ratio")
         self.alerts.append(Alert(
-            "LiveKitExporterScrapesFailing", g, "exporter", "overview",
+            "LiveKitExporterScrapesFailing", g, "exporter", "exporter",
             "Scrapes of a livekit-exporter replica fail intermittently.",
             [Tier("warning", f"1 - avg_over_time({up}[{w}]) > {num(r)} and max_over_time({up}[{w}]) == 1",
                   sf.duration("for"), f"> {pct(r)} of scrapes failed over {w}",
@@ -288,7 +288,7 @@ class Mixin:
         limit = ss.ratio("timeout_ratio") * seconds(timeout)
         w = ss.window()
         self.alerts.append(Alert(
-            "LiveKitExporterScrapeSlow", g, "exporter", "overview",
+            "LiveKitExporterScrapeSlow", g, "exporter", "exporter",
             "Scrapes of livekit-exporter come close to the scrape timeout.",
             [Tier("warning", f"max_over_time({q.m('scrape_duration_seconds')}[{w}]) > {num(limit)}", ss.duration("for"),
                   f"scrape > {num(ss['timeout_ratio'])} x scrape_timeout ({num(limit)} s)",
@@ -307,7 +307,7 @@ class Mixin:
         lo = c["label_overflow"]
         w = lo.window()
         self.alerts.append(Alert(
-            "LiveKitExporterLabelOverflow", g, "exporter", "overview",
+            "LiveKitExporterLabelOverflow", g, "exporter", "exporter",
             "The exporter's cardinality guard folds label values into __other__.",
             [Tier("warning", f"{q.events('livekit_exporter_label_overflow_total', w, 'metric', 'label')} > 0",
                   lo.duration("for"), "any value folded", ("exporter.label_overflow.window",),
@@ -363,7 +363,7 @@ class Mixin:
         ))
         rd = c["room_detail_capped"]
         self.alerts.append(Alert(
-            "LiveKitExporterRoomDetailCapped", g, "exporter", "overview",
+            "LiveKitExporterRoomDetailCapped", g, "exporter", "exporter",
             "Per-room detail skips rooms above collect.room_detail.max_rooms.",
             [Tier("info", q.agg("max", "livekit_exporter_room_detail_rooms", matchers='result="skipped"') + " > 0",
                   rd.duration("for"), "rooms skipped > 0", ("exporter.room_detail_capped.for",),

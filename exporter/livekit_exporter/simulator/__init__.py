@@ -12,10 +12,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from .scenario import Fault, Scenario
+from .server_metrics import ServerMetrics, add_routes
 from .twirp import build_twirp_app
 from .webhooks import Delivery, WebhookSender
 
-__all__ = ["Delivery", "Fault", "Scenario", "Simulator", "WebhookSender"]
+__all__ = ["Delivery", "Fault", "Scenario", "ServerMetrics", "Simulator", "WebhookSender"]
 
 
 class Simulator:
@@ -27,6 +28,8 @@ class Simulator:
         self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self.app = build_twirp_app(scenario)
+        self.server_metrics = ServerMetrics(scenario)  # LiveKit server's own /metrics, at GET /metrics
+        add_routes(self.app, self.server_metrics)
 
     @property
     def url(self) -> str:
