@@ -10,6 +10,7 @@ import logging
 import socket
 import time
 
+import aiohttp
 import pytest
 from conftest import EVENTS_TOKEN, require_module, samples, value
 
@@ -470,3 +471,29 @@ def test_provider_names_are_normalised(reported, name):
     from livekit_exporter.agents import provider_name
 
     assert provider_name(reported) == name
+
+
+async def test_a_turn_carries_its_call_and_the_agents_trace_as_exemplars(exporter):
+    """The turn's latencies get exemplars: the call id, and the trace id of the span current when the
+    turn completes (livekit-agents traces every turn)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    url, _ = exporter
+    client = EventsClient(url, EVENTS_TOKEN)
+    session = AgentSession()
+    instrument(session, agent="a", direction="inbound", call_id="call-77", client=client)
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("agent_turn") as span:
+        session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.3))
+        session.emit("conversation_item_added", lk_events.ConversationItemAddedEvent(item=llm.ChatMessage(
+            role="assistant", content=["ok"], metrics={"e2e_latency": 0.95, "llm_node_ttft": 0.4, "tts_node_ttfb": 0.2})))
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+    await client.aclose()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as r:
+            text = await r.text()
+    exemplars = [s.exemplar for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "voice_agent_turn_latency_seconds_bucket" and s.exemplar]
+    assert [e.labels for e in exemplars] == [{"call_id": "call-77", "trace_id": trace_id}]
+    assert exemplars[0].value == 0.95

@@ -191,6 +191,16 @@ def _seconds(value: Any) -> float | None:
     return None
 
 
+def _trace_id() -> str | None:
+    """The current OpenTelemetry span's trace id (livekit-agents traces every turn), if there is one."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
+
+
 def _stage(value: Any) -> float | None:
     """A turn stage: like _seconds, but an absurd value is capped at the schema's maximum and sent,
     so the exporter discards it and counts the timestamp bug (events.max_latency)."""
@@ -304,6 +314,8 @@ class CallInstrumentation:
             stt_provider=_provider(stt.get("model_provider")), stt_model=_name(stt.get("model_name")),
             llm_provider=_provider(llm_meta.get("model_provider")), llm_model=_name(llm_meta.get("model_name")),
             tts_provider=_provider(tts.get("model_provider")), tts_model=_name(tts.get("model_name")),
+            # exemplars of the turn's latencies: its call, and the agent's current OpenTelemetry trace
+            call_id=self.call_id if len(self.call_id) <= 64 else None, trace_id=_trace_id(),
         ))
 
     def _take_stages(self, keys: tuple[str, ...] | None) -> dict[str, Any]:

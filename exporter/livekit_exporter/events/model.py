@@ -45,6 +45,17 @@ Campaign = _doc(
     "The outbound campaign the call belongs to; empty for none (cardinality-guarded label).",
     Annotated[str, msgspec.Meta(max_length=128)],
 )
+# Exemplars: OpenMetrics caps an exemplar's label names and values at 128 characters together;
+# call_id (7) + trace_id (8) + 64 + 32 = 111.
+ExemplarCallId = _doc(
+    "The call this turn belongs to, attached to its latency observations as an OpenMetrics exemplar "
+    "(never a label), so a slow turn on a dashboard links to its call. At most 64 characters.",
+    Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+)
+TraceId = _doc(
+    "The turn's OpenTelemetry trace id (32 lowercase hex digits), attached as an exemplar like call_id.",
+    Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")],
+)
 Provider = _doc("The provider, e.g. openai, deepgram, elevenlabs (cardinality-guarded label).", Name)
 Model = _doc("The model, e.g. gpt-4o-mini, nova-3 (cardinality-guarded label).", Name)
 
@@ -153,6 +164,8 @@ class Turn(_Event, tag="turn", kw_only=True):
     llm_model: Model | None = None
     tts_provider: Provider | None = None
     tts_model: Model | None = None
+    call_id: ExemplarCallId | None = None
+    trace_id: TraceId | None = None
 
 
 class STTUsage(_Event, tag="stt", kw_only=True):

@@ -400,17 +400,19 @@ class Pipeline:
         interruptions = e.interruptions if e.interruptions is not None else int(e.interrupted)
         if interruptions:
             self.interruptions(agent).inc(interruptions)
+        # call_id / trace_id become exemplars of the latency observations (OpenMetrics only; never labels)
+        ex = {k: v for k, v in (("call_id", e.call_id), ("trace_id", e.trace_id)) if v} or None
         if self._latency(e.e2e_latency_seconds, "e2e_latency_seconds", i, d):
-            self.turn_latency(agent).observe(e.e2e_latency_seconds)
+            self.turn_latency(agent).observe(e.e2e_latency_seconds, ex)
         if self._latency(e.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", i, d):
-            self.eou_delay(agent).observe(e.end_of_utterance_delay_seconds)
+            self.eou_delay(agent).observe(e.end_of_utterance_delay_seconds, ex)
         if self._latency(e.transcription_delay_seconds, "transcription_delay_seconds", i, d):
             self.transcription_delay(agent, e.stt_provider or UNKNOWN, e.stt_model or UNKNOWN).observe(
-                e.transcription_delay_seconds)
+                e.transcription_delay_seconds, ex)
         if self._latency(e.llm_ttft_seconds, "llm_ttft_seconds", i, d):
-            self.llm_ttft(agent, e.llm_provider or UNKNOWN, e.llm_model or UNKNOWN).observe(e.llm_ttft_seconds)
+            self.llm_ttft(agent, e.llm_provider or UNKNOWN, e.llm_model or UNKNOWN).observe(e.llm_ttft_seconds, ex)
         if self._latency(e.tts_ttfb_seconds, "tts_ttfb_seconds", i, d):
-            self.tts_ttfb(agent, e.tts_provider or UNKNOWN, e.tts_model or UNKNOWN).observe(e.tts_ttfb_seconds)
+            self.tts_ttfb(agent, e.tts_provider or UNKNOWN, e.tts_model or UNKNOWN).observe(e.tts_ttfb_seconds, ex)
 
     def _add_cost(self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage,
                   cost: Callable[[Price, Any], float | None]) -> None:

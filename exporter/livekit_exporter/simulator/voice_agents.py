@@ -212,6 +212,7 @@ class VoiceAgentFleet:
             llm_ttft_seconds=ttft, tts_ttfb_seconds=ttfb,
             stt_provider=p.stt.name, stt_model=p.stt.model, llm_provider=p.llm.name,
             llm_model=p.llm.model, tts_provider=p.tts.name, tts_model=p.tts.model,
+            call_id=call.call_id, trace_id=f"{rng.getrandbits(128):032x}",
         ))
         speech = round(rng.uniform(1.5, 8), 2)
         self._send(m.STTUsage(agent=p.name, provider=p.stt.name, model=p.stt.model, audio_seconds=speech))
