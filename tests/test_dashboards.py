@@ -39,18 +39,22 @@ from livekit_exporter.simulator import Delivery, Fault, WebhookSender
 from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
 from livekit_exporter.simulator.voice_agents import PRICES, VoiceAgentFleet
 from livekit_exporter.simulator.webhooks import request_headers, sign
+from livekit_exporter.simulator.sip_metrics import sip_app
+from livekit_exporter.simulator.worker_metrics import worker_app
 
 ROOT = Path(__file__).parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 # Grafana's substitutions for the data test: "All" is the variables' allValue; $__rate_interval is
 # at least four scrape intervals (1 s here).
 SUBSTITUTE = {"$__rate_interval": "8s", "$__range": "40s", "$__interval": "2s",
-              "$job": ".*", "$agent": ".*", "$campaign": ".*", "$instance": ".*", "$node": ".*"}
+              "$job": ".*", "$agent": ".*", "$campaign": ".*", "$instance": ".*", "$node": ".*",
+              "$provider": ".*", "$model": ".*"}
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 GAUGE_HISTOGRAMS = {"livekit_room_size_bucket"}  # buckets that are gauges (OpenMetrics gaugehistogram)
-# LiveKit server's gauges despite the suffix (pkg/telemetry/prometheus/rooms.go, ../shared/LIVEKIT.md)
-LIVEKIT_TOTAL_GAUGES = {"livekit_room_total", "livekit_participant_total", "livekit_track_published_total",
-                        "livekit_track_subscribed_total"}
+# Gauges despite a counter's suffix: LiveKit server's (pkg/telemetry/prometheus/rooms.go) and
+# livekit-agents workers' (livekit/agents/telemetry/metrics.py); ../shared/LIVEKIT.md
+SUFFIXED_GAUGES = {"livekit_room_total", "livekit_participant_total", "livekit_track_published_total",
+                   "livekit_track_subscribed_total", "lk_agents_active_job_count", "lk_agents_child_process_count"}
 SUMMED_GAUGES = {"voice_agent_calls_active"}  # per-replica counts: summed (docs/alerts.md, high availability)
 
 
@@ -133,12 +137,17 @@ def lint_query(expr: str, what: str) -> None:
             name = node.name
             in_rate = any(isinstance(a, promql_parser.Call) and a.func.name in ("rate", "increase", "irate")
                           for a in parents)
-            if name.endswith(COUNTER_SUFFIXES) and name not in GAUGE_HISTOGRAMS | LIVEKIT_TOTAL_GAUGES:
+            if name.endswith(COUNTER_SUFFIXES) and name not in GAUGE_HISTOGRAMS | SUFFIXED_GAUGES:
                 assert in_rate, f"{what}: counter {name} outside rate()/increase()"
-            elif name not in SUMMED_GAUGES and name.startswith(("livekit_", "voice_agent_")) and not in_rate:
+            elif name not in SUMMED_GAUGES and from_exporter(node) and not in_rate:
                 aggs = [a for a in parents if isinstance(a, promql_parser.AggregateExpr)]
                 assert aggs and str(aggs[-1].op) == "max", \
                     f"{what}: gauge {name} must be taken with max across replicas first (it is read by each)"
+
+
+def from_exporter(selector) -> bool:
+    """Selected through the exporter's job variable (LiveKit's own per-node metrics are not replicated reads)."""
+    return any(m.name == "job" and m.value == SUBSTITUTE["$job"] for m in selector.matchers.matchers)
 
 
 def test_every_alert_links_to_a_generated_dashboard(mixin):
@@ -204,7 +213,17 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
     await runner.setup()
     port, prom_port = free_port(), free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    worker_runner = web.AppRunner(worker_app(scenario, "support-agent"), access_log=None)
+    await worker_runner.setup()
+    worker_port = free_port()
+    await web.TCPSite(worker_runner, "127.0.0.1", worker_port).start()
+    sip_runner = web.AppRunner(sip_app(scenario), access_log=None)
+    await sip_runner.setup()
+    sip_port = free_port()
+    await web.TCPSite(sip_runner, "127.0.0.1", sip_port).start()
     files = generate(load(ROOT / DEFAULT_CONFIG, {
+        "prometheus.targets.agent_workers": {"support-agent": [f"127.0.0.1:{worker_port}"]},
+        "prometheus.targets.livekit_sip": [f"127.0.0.1:{sip_port}"],
         "prometheus.scrape_interval": "1s", "prometheus.scrape_timeout": "1s", "prometheus.evaluation_interval": "1s",
         "prometheus.targets.exporter": [f"127.0.0.1:{port}"],
         "prometheus.targets.livekit_server": [f"127.0.0.1:{simulator.port}"],  # its LiveKit-server /metrics face
@@ -233,6 +252,18 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
                     raise ValueError(data.get("error"))
                 return data["data"]["result"]
 
+            async def label_values(selector: str, label: str) -> list:
+                async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/label/{label}/values",
+                                    params={"match[]": selector}) as r:
+                    return (await r.json())["data"]
+
+            for dash in dashboards():
+                for v in dash["templating"]["list"]:
+                    if v["type"] == "query":
+                        selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)", v["query"]["query"]).groups()
+                        if not await label_values(substituted(selector), label):
+                            empty.append(f"{dash['uid']} / variable {v['name']}: {v['query']['query']}")
+
             m = Mixin(load(ROOT / DEFAULT_CONFIG))
             faults = {(m.dashboards[b.key], p.title) for b in boards(m) for _, ps in b.rows for p in ps if p.fault}
             for dash in dashboards():
@@ -252,3 +283,5 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
         prom.terminate()
         prom.wait(10)
         await runner.cleanup()
+        await worker_runner.cleanup()
+        await sip_runner.cleanup()

@@ -66,6 +66,7 @@ def boards(m: Mixin) -> list[Board]:
     burn_windows = sorted({b["long"] for b in slo["burn_rates"]} | {b["short"] for b in slo["burn_rates"]}, key=seconds)
     J = 'job=~"$job"'
     A = f'{J},agent=~"$agent"'
+    AP = f'{A},provider=~"$provider",model=~"$model"'
     C = f'{J},campaign=~"$campaign"'
 
     def state(metric: str, by: str, sel: str = J, op: str = "sum") -> str:
@@ -175,7 +176,7 @@ def boards(m: Mixin) -> list[Board]:
 
     agents = Board("voice_agents", "LiveKit voice agents",
                    "Calls and their outcomes, voice-to-voice latency and the stage that ate the budget, tools, errors, "
-                   "usage and estimated cost.", ("job", "agent"), [
+                   "usage and estimated cost.", ("job", "agent", "provider", "model"), [
         ("Calls", [
             P("Calls started, answered and ended", "How many calls start, get answered, and end, per second?", "ops",
               [(rate("voice_agent_calls_started_total", "agent", A), "started {{agent}}"),
@@ -211,9 +212,9 @@ def boards(m: Mixin) -> list[Board]:
                (mean("voice_agent_tts_time_to_first_byte_seconds", "agent", A), "TTS TTFB {{agent}}")],
               stack=True, w=24),
             P(f"Stage p{sq[1:]} by provider and model", f"Which provider or model is slow, per stage ({sw})?", "s",
-              [(f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{A}}}", "STT {{provider}} {{model}}"),
-               (f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{A}}}", "LLM {{provider}} {{model}}"),
-               (f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{A}}}", "TTS {{provider}} {{model}}"),
+              [(f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{AP}}}", "STT {{provider}} {{model}}"),
+               (f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{AP}}}", "LLM {{provider}} {{model}}"),
+               (f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{AP}}}", "TTS {{provider}} {{model}}"),
                (f"agent:voice_agent_end_of_utterance_delay_seconds:{sq}_{sw}{{{A}}}", "EOU {{agent}}")], w=24),
         ]),
         ("Turns, tools and errors", [
@@ -232,13 +233,14 @@ def boards(m: Mixin) -> list[Board]:
         ]),
         ("Usage and cost", [
             P("LLM tokens", "How many tokens per second, by model and type?", "short",
-              [(rate("voice_agent_llm_tokens_total", "model, type", A), "{{model}} {{type}}")], w=8),
+              [(rate("voice_agent_llm_tokens_total", "model, type", AP), "{{model}} {{type}}")], w=8),
             P("TTS characters and STT audio", "How many characters are synthesized and audio seconds transcribed, per second?",
-              "short", [(rate("voice_agent_tts_characters_total", "provider", A), "characters {{provider}}"),
-                        (rate("voice_agent_stt_audio_seconds_total", "provider", A), "audio s {{provider}}")], w=8),
-            P("Estimated cost per hour", "What do the agents cost, by component and provider (usage x events.prices)?",
-              "currencyUSD", [(f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{A}}}[{RI}])) * 3600",
-                               "{{component}} {{provider}}")], w=8, stack=True),
+              "short", [(rate("voice_agent_tts_characters_total", "provider", AP), "characters {{provider}}"),
+                        (rate("voice_agent_stt_audio_seconds_total", "provider", AP), "audio s {{provider}}")], w=8),
+            P("Estimated cost per day", "What would a day cost at the current rate, by component and provider (usage x "
+              "events.prices)?", "currencyUSD",
+              [(f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{AP}}}[{RI}])) * 86400",
+                "{{component}} {{provider}}")], w=8, stack=True),
             P("Estimated cost per call", "What does one ended call cost on average, over the dashboard's range?", "currencyUSD",
               [(f"sum by (agent) (increase(voice_agent_estimated_cost_dollars_total{{{A}}}[$__range])) / "
                 f"sum by (agent) (increase(voice_agent_calls_ended_total{{{A}}}[$__range]))", "{{agent}}")], kind="stat"),
@@ -324,6 +326,8 @@ def boards(m: Mixin) -> list[Board]:
         ]),
     ])
     S = f'job="{m.q.jobs["livekit_server"]}",instance=~"$node"'
+    W = f'job="{m.q.jobs["agent_workers"]}"'
+    SIP = f'job="{m.q.jobs["livekit_sip"]}"'
     nodes = Board("nodes", "LiveKit server nodes",
                   "For users who also scrape LiveKit server's own /metrics (names and units are LiveKit's: "
                   "pkg/telemetry/prometheus): load, connection quality against the 4.0 and 3.5 marks, loss, jitter, "
@@ -363,6 +367,24 @@ def boards(m: Mixin) -> list[Board]:
               [(rate("livekit_nack_total", "direction", S), "NACK {{direction}}"),
                (rate("livekit_pli_total", "direction", S), "PLI {{direction}}")]),
         ]),
+        ("SIP service (livekit/sip's own /metrics, when Prometheus scrapes them)", [
+            P("SIP INVITEs", "How many INVITEs does the SIP service receive and accept, by direction?", "ops",
+              [(rate("livekit_sip_invite_requests", "dir", SIP), "received {{dir}}"),
+               (rate("livekit_sip_invite_accepted", "dir", SIP), "accepted {{dir}}")], w=8),
+            P("SIP calls active", "How many calls does the SIP service carry, by direction (summed over its nodes)?",
+              "short", [(f"sum by (dir) (livekit_sip_calls_active{{{SIP}}})", "{{dir}}")], w=8),
+            P("SIP calls terminated", "How do SIP calls end, by result?", "ops",
+              [(rate("livekit_sip_calls_terminated", "dir, result", SIP), "{{dir}} {{result}}")], w=8),
+        ]),
+        ("Agent workers (their own /metrics, when Prometheus scrapes them)", [
+            P("Worker load", f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
+              f"{m.cfg['agent_workers'].ratio('load_threshold'):g} in production)?", "percentunit",
+              [(f"max by (agent, instance) (lk_agents_worker_load{{{W}}})", "{{agent}} {{instance}}")], w=8, max=1),
+            P("Active jobs", "How many jobs (calls) does each worker run?", "short",
+              [(f"max by (agent, instance) (lk_agents_active_job_count{{{W}}})", "{{agent}} {{instance}}")], w=8),
+            P("Child processes", "How many job processes does each worker keep (running and warm)?", "short",
+              [(f"max by (agent, instance) (lk_agents_child_process_count{{{W}}})", "{{agent}} {{instance}}")], w=8),
+        ]),
         ("Joins", [
             P("Participant join success", "Which share of signal connections becomes a working media connection?",
               "percentunit",
@@ -380,6 +402,11 @@ VARIABLES = {
     "instance": ("Instance", 'label_values(livekit_exporter_build_info{job=~"$job"}, instance)'),
     "agent": ("Agent", 'label_values(voice_agent_turns_total{job=~"$job"}, agent)'),
     "campaign": ("Campaign", 'label_values(voice_agent_calls_started_total{job=~"$job", campaign!=""}, campaign)'),
+    # every STT, LLM and TTS provider and model (the stage histograms carry all three components)
+    "provider": ("Provider", 'label_values({__name__=~"voice_agent_(transcription_delay|llm_time_to_first_token|'
+                             'tts_time_to_first_byte)_seconds_count", job=~"$job", agent=~"$agent"}, provider)'),
+    "model": ("Model", 'label_values({__name__=~"voice_agent_(transcription_delay|llm_time_to_first_token|'
+                       'tts_time_to_first_byte)_seconds_count", job=~"$job", agent=~"$agent", provider=~"$provider"}, model)'),
 }
 
 

@@ -83,6 +83,8 @@ def prometheus_yml(cfg: MixinConfig) -> str:
     livekit = t["livekit_server"]
     if livekit:
         scrape.append({"job_name": jobs["livekit_server"], "static_configs": [{"targets": t.strings("livekit_server")}]})
+    if t["livekit_sip"]:
+        scrape.append({"job_name": jobs["livekit_sip"], "static_configs": [{"targets": t.strings("livekit_sip")}]})
     workers = t["agent_workers"]
     if workers.keys():
         scrape.append({"job_name": jobs["agent_workers"], "static_configs": [

@@ -121,7 +121,7 @@ class Q:
     def __init__(self, cfg: MixinConfig):
         self.keep = cfg["aggregation"].strings("keep")
         jobs = cfg["jobs"]
-        self.jobs = {k: jobs[k] for k in ("exporter", "livekit_server", "agent_workers")}
+        self.jobs = {k: jobs[k] for k in ("exporter", "livekit_server", "agent_workers", "livekit_sip")}
 
     def by(self, *labels: str) -> str:
         return "by (" + ", ".join([*self.keep, *labels]) + ")"

@@ -1,0 +1,75 @@
+"""A simulated LiveKit SIP service's /metrics (livekit/sip's `prometheus_port`), from the scenario's SIP calls.
+
+Names and labels are livekit/sip's pkg/stats/monitor.go (namespace livekit, subsystem sip, constant
+label node_id; `dir` is in or out; counters carry no _total suffix there): each SIP participant the
+scenario adds is one INVITE received and accepted, an active one is in livekit_sip_calls_active,
+and one that leaves is livekit_sip_calls_terminated (result success, reason hangup; client_error,
+no-answer for a callee who did not answer). `to` is the host of the To URI.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from aiohttp import web
+from livekit.protocol import models as proto_models
+
+from .scenario import Kind, Scenario, State
+
+TO = "sip.livekit.example"
+
+
+class _SipService:
+    def __init__(self, scenario: Scenario, node_id: str = "NE_simulated"):
+        self.scenario, self.const = scenario, f'node_id="{node_id}"'
+        self.counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
+        self.live: dict[str, str] = {}  # participant sid -> dir, while in a room
+
+    def _count(self, name: str, **labels: str) -> None:
+        self.counters[name][tuple(sorted(labels.items()))] += 1
+
+    def text(self) -> str:
+        now: dict[str, tuple[str, proto_models.ParticipantInfo]] = {}
+        for room in self.scenario.rooms.values():
+            for p in room.participants.values():
+                if p.kind == Kind.SIP:
+                    trunk = p.attributes.get("sip.trunkID", "")
+                    now[p.sid] = ("in" if trunk in self.scenario.inbound_trunks else "out", p)
+        for sid, (d, p) in now.items():
+            if sid not in self.live and p.state != State.DISCONNECTED:
+                self.live[sid] = d
+                self._count("livekit_sip_invite_requests_raw")
+                self._count("livekit_sip_invite_requests", dir=d)
+                self._count("livekit_sip_invite_accepted", dir=d, to=TO)
+        for sid, d in list(self.live.items()):
+            p = now.get(sid, (d, None))[1]
+            if p is None or p.state == State.DISCONNECTED:
+                unanswered = p is not None and p.disconnect_reason == proto_models.DisconnectReason.USER_UNAVAILABLE
+                self._count("livekit_sip_calls_terminated", dir=d, to=TO,
+                            result="client_error" if unanswered else "success",
+                            reason="no-answer" if unanswered else "hangup")
+                del self.live[sid]
+        active: dict[str, int] = defaultdict(int)
+        for d in self.live.values():
+            active[d] += 1
+        c = self.const
+        lines = ["# TYPE livekit_sip_calls_active gauge",
+                 *(f'livekit_sip_calls_active{{{c},dir="{d}",to="{TO}"}} {active.get(d, 0)}' for d in ("in", "out")),
+                 "# TYPE livekit_sip_available gauge", f"livekit_sip_available{{{c}}} 1"]
+        for name, series in sorted(self.counters.items()):
+            lines.append(f"# TYPE {name} counter")
+            for key, v in sorted(series.items()):
+                lab = "".join(f',{k}="{val}"' for k, val in key)
+                lines.append(f"{name}{{{c}{lab}}} {v:g}")
+        return "\n".join(lines) + "\n"
+
+
+def sip_app(scenario: Scenario) -> web.Application:
+    service = _SipService(scenario)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=service.text(), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app
