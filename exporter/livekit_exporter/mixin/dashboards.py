@@ -34,6 +34,7 @@ class P:
     fault: bool = False
     max: float | None = None
     exemplars: bool = False  # the turn-latency histograms carry call_id / trace_id exemplars
+    threshold: float | None = None  # a dashed red line (a timeseries' limit: a threshold of the alerts)
 
 
 @dataclass
@@ -65,6 +66,7 @@ def boards(m: Mixin) -> list[Board]:
     period = slo.window("period")
     burn_windows = sorted({b["long"] for b in slo["burn_rates"]} | {b["short"] for b in slo["burn_rates"]}, key=seconds)
     J = 'job=~"$job"'
+    timeout = m.cfg["prometheus"].duration("scrape_timeout")
     A = f'{J},agent=~"$agent"'
     AP = f'{A},provider=~"$provider",model=~"$model"'
     C = f'{J},campaign=~"$campaign"'
@@ -294,16 +296,24 @@ def boards(m: Mixin) -> list[Board]:
                      "The exporter itself: scrapes against their timeout, LiveKit API calls and errors, events and "
                      "webhooks accepted and refused, the cardinality guard, process resources.", ("job", "instance"), [
         ("Scrapes", [
-            P("Scrape duration", "How long do scrapes take, against the scrape timeout?", "s",
+            P("Scrape duration", f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?", "s",
               [(f"max by (instance) (scrape_duration_seconds{{{J},instance=~\"$instance\"}})", "scrape {{instance}}"),
                (f"max by (instance) (livekit_exporter_scrape_duration_seconds{{{J},instance=~\"$instance\"}})",
-                "LiveKit API part {{instance}}")], w=8),
+                "LiveKit API part {{instance}}")], w=8, threshold=seconds(timeout)),
             P("Scrapes per second", "How often is the exporter scraped, and do scrapes share one collection?", "reqps",
               [(rate("livekit_exporter_scrapes_total", "instance, collection", f'{J},instance=~"$instance"'),
                 "{{instance}} {{collection}}")], w=8),
             P("Label overflow", "Which label values does the cardinality guard fold into __other__?", "ops",
               [(rate("livekit_exporter_label_overflow_total", "metric, label", f'{J},instance=~"$instance"'),
                 "{{metric}} {{label}}")], w=8, fault=True),
+        ]),
+        ("LiveKit API", [
+            P("API calls per second", "How many LiveKit API calls does each replica make, by service?", "reqps",
+              [(rate("livekit_api_request_duration_seconds_count", "instance, service", f'{J},instance=~"$instance"'),
+                "{{instance}} {{service}}")], w=12),
+            P("API errors by code", "Which errors do each replica's LiveKit calls get (Twirp code, timeout, connection)?",
+              "reqps", [(rate("livekit_api_errors_total", "instance, service, code", f'{J},instance=~"$instance"'),
+                         "{{instance}} {{service}} {{code}}")], w=12, fault=True),
         ]),
         ("Inputs", [
             P("Events accepted", "Which voice-agent events does the events API accept, per second?", "ops",
@@ -414,7 +424,7 @@ def render(m: Mixin) -> dict[str, str]:
     """grafana/dashboards/<uid>.json and the provisioning files."""
     from grafana_foundation_sdk.builders import dashboard as d
     from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries
-    from grafana_foundation_sdk.builders.common import StackingConfig
+    from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, StackingConfig
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models import common
     from grafana_foundation_sdk.models import dashboard as dm
@@ -448,6 +458,10 @@ def render(m: Mixin) -> dict[str, str]:
                          .datasource(ds).span(p.w).height(p.h))
                 if p.max is not None:
                     panel = panel.min(0).max(p.max)
+                if p.threshold is not None:
+                    panel = (panel.thresholds(d.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps([
+                        dm.Threshold(value=None, color="green"), dm.Threshold(value=p.threshold, color="red")]))
+                        .thresholds_style(GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)))
                 if p.stack and p.kind == "timeseries":
                     panel = panel.stacking(StackingConfig().mode(common.StackingMode.NORMAL)).fill_opacity(40)
                 for i, (expr, legend) in enumerate(p.targets):
