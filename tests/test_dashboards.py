@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import random
 import re
 import subprocess
@@ -47,9 +48,12 @@ DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 # Grafana's substitutions for the data test: "All" is the variables' allValue; $__rate_interval is
 # at least four scrape intervals (1 s here).
 SUBSTITUTE = {"$__rate_interval": "8s", "$__range": "40s", "$__interval": "2s",
-              "$job": ".*", "$agent": ".*", "$campaign": ".*", "$instance": ".*", "$node": ".*",
+              "$job": "livekit-exporter", "$agent": ".*", "$campaign": ".*", "$instance": ".*", "$node": ".*",
               "$provider": ".*", "$model": ".*"}
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+# Counters without a counter's suffix: livekit/sip's (pkg/stats/monitor.go) and LiveKit's packet bytes
+UNSUFFIXED_COUNTERS = {"livekit_sip_invite_requests", "livekit_sip_invite_requests_raw", "livekit_sip_invite_accepted",
+                       "livekit_sip_invite_error", "livekit_sip_calls_terminated", "livekit_packet_bytes"}
 GAUGE_HISTOGRAMS = {"livekit_room_size_bucket"}  # buckets that are gauges (OpenMetrics gaugehistogram)
 # Gauges despite a counter's suffix: LiveKit server's (pkg/telemetry/prometheus/rooms.go) and
 # livekit-agents workers' (livekit/agents/telemetry/metrics.py); ../shared/LIVEKIT.md
@@ -98,6 +102,9 @@ def test_the_dashboards_and_provisioning_are_generated_and_current(mixin):
     for rel in generated:
         assert (ROOT / rel).read_text() == files[rel], f"{rel} is stale: run `make rules`"
     assert {d["uid"] for d in dashboards()} == {mixin.dashboards[b.key] for b in boards(mixin)}
+    # Grafana expands $VAR and ${VAR} in provisioning files: every $ of a link template is doubled
+    ds = (ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    assert "$${__value.raw}" in ds and not re.search(r"(?<!\$)\$\{", ds)
 
 
 def test_lint_every_dashboard():
@@ -120,6 +127,9 @@ def test_lint_every_dashboard():
             assert p["targets"], what
             for t in p["targets"]:
                 assert t["datasource"] == p["datasource"], what
+                for rng in re.findall(r"\[([^\]]+)\]", t["expr"]):
+                    allowed = ("$__rate_interval", "$__range") if p["type"] == "stat" else ("$__rate_interval",)
+                    assert rng in allowed, f"{what}: range [{rng}]; a {p['type']} panel uses [$__rate_interval]"
                 lint_query(t["expr"], what)
 
 
@@ -131,13 +141,15 @@ def lint_query(expr: str, what: str) -> None:
             assert rng in (8, 40), f"{what}: {node.func.name}() over a fixed range; use $__rate_interval (or $__range)"
         if isinstance(node, promql_parser.Call) and node.func.name == "histogram_quantile":
             agg = node.args[1]
-            assert isinstance(agg, promql_parser.AggregateExpr) and "le" in agg.modifier.labels, \
+            assert isinstance(agg, promql_parser.AggregateExpr) and "le" in agg.modifier.labels \
+                and agg.modifier.type == promql_parser.AggModifierType.By, \
                 f"{what}: histogram_quantile must aggregate by (le, ...)"
         if isinstance(node, promql_parser.VectorSelector) and node.name and ":" not in node.name:
             name = node.name
             in_rate = any(isinstance(a, promql_parser.Call) and a.func.name in ("rate", "increase", "irate")
                           for a in parents)
-            if name.endswith(COUNTER_SUFFIXES) and name not in GAUGE_HISTOGRAMS | SUFFIXED_GAUGES:
+            if (name.endswith(COUNTER_SUFFIXES) and name not in GAUGE_HISTOGRAMS | SUFFIXED_GAUGES) \
+                    or name in UNSUFFIXED_COUNTERS:
                 assert in_rate, f"{what}: counter {name} outside rate()/increase()"
             elif name not in SUMMED_GAUGES and from_exporter(node) and not in_rate:
                 aggs = [a for a in parents if isinstance(a, promql_parser.AggregateExpr)]
@@ -231,6 +243,7 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
     }))
     write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
     prom = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus' / 'prometheus.yml'}",
+                             "--enable-feature=exemplar-storage",
                              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop = asyncio.Event()
@@ -274,8 +287,17 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
                         except ValueError as e:
                             broken.append(f"{dash['uid']} / {p['title']}: {e}")
                             continue
-                        if not result:
+                        finite = [r for r in result if math.isfinite(float(r["value"][1]))]
+                        if not finite:
                             empty.append(f"{dash['uid']} / {p['title']}{' (fault)' if (dash['uid'], p['title']) in faults else ''}: {t['expr']}")
+                        if "$job" in t["expr"]:  # the job variable scopes the query to the exporter's job
+                            jobs = {r["metric"].get("job") for r in result} - {None}
+                            assert jobs <= {SUBSTITUTE["$job"]}, f"{dash['uid']} / {p['title']}: {jobs}"
+                        if t.get("exemplar"):
+                            async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query_exemplars", params={
+                                    "query": substituted(t["expr"]), "start": "0", "end": "9999999999"}) as r:
+                                if not (await r.json())["data"]:
+                                    empty.append(f"{dash['uid']} / {p['title']}: no exemplar for {t['expr']}")
         assert broken == [], broken
         assert empty == [], "\n".join(empty)
     finally:

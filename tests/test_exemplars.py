@@ -72,7 +72,9 @@ async def test_the_text_format_and_the_series_are_the_same_with_or_without_exemp
 
 async def test_an_exemplar_too_long_or_a_trace_id_that_is_not_one_is_refused_whole(events_exporter):
     client = await events_exporter()
-    for bad in ({"call_id": "x" * 65}, {"trace_id": "not-a-trace"}, {"trace_id": TRACE.upper()}, {"call_id": ""}):
+    # a NUL would make Prometheus refuse the whole OpenMetrics scrape: control characters are refused
+    for bad in ({"call_id": "x" * 65}, {"trace_id": "not-a-trace"}, {"trace_id": TRACE.upper()}, {"call_id": ""},
+                {"call_id": "a\u0000b"}, {"call_id": "line\nbreak"}, {"call_id": "tab\there"}):
         r = await post(client, turn(), turn(**bad))
         assert r.status == 400, bad
         answer = await r.json()
@@ -96,7 +98,9 @@ async def test_prometheus_with_exemplar_storage_returns_them(events_config, tmp_
     try:
         async with aiohttp.ClientSession() as http:
             r = await http.post(f"http://127.0.0.1:{port}/v1/events", headers=AUTH,
-                                json={"events": [turn(call_id="call-slow", trace_id=TRACE, e2e_latency_seconds=4.5)]})
+                                json={"events": [turn(call_id="call-slow", trace_id=TRACE, e2e_latency_seconds=4.5),
+                                                 # odd but valid: quotes, a backslash, braces, non-ASCII
+                                                 turn(call_id='q"\\} # x 1 ✓🎧', e2e_latency_seconds=1.9)]})
             assert r.status == 200
             found = []
             for _ in range(120):
@@ -110,7 +114,11 @@ async def test_prometheus_with_exemplar_storage_returns_them(events_config, tmp_
                     continue
                 if found:
                     break
+            async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": "up"}) as q:
+                up = (await q.json())["data"]["result"]
+        assert [u["value"][1] for u in up] == ["1"], up  # the scrape with the odd call_id is whole
         assert found, "no exemplar stored"
+        found = [s for s in found if s["seriesLabels"]["le"] == "5.0"]
         (series,) = found
         assert series["seriesLabels"]["le"] == "5.0"  # 4 < 4.5 <= 5
         assert series["exemplars"][0]["labels"] == {"call_id": "call-slow", "trace_id": TRACE}

@@ -53,6 +53,7 @@ import asyncio
 import functools
 import logging
 import math
+import re
 import time
 import typing
 import uuid
@@ -191,6 +192,9 @@ def _seconds(value: Any) -> float | None:
     return None
 
 
+_EXEMPLAR_CALL_ID = re.compile(m.EXEMPLAR_CALL_ID_PATTERN.strip("^$"))
+
+
 def _trace_id() -> str | None:
     """The current OpenTelemetry span's trace id (livekit-agents traces every turn), if there is one."""
     try:
@@ -315,7 +319,7 @@ class CallInstrumentation:
             llm_provider=_provider(llm_meta.get("model_provider")), llm_model=_name(llm_meta.get("model_name")),
             tts_provider=_provider(tts.get("model_provider")), tts_model=_name(tts.get("model_name")),
             # exemplars of the turn's latencies: its call, and the agent's current OpenTelemetry trace
-            call_id=self.call_id if len(self.call_id) <= 64 else None, trace_id=_trace_id(),
+            call_id=self.call_id if _EXEMPLAR_CALL_ID.fullmatch(self.call_id) else None, trace_id=_trace_id(),
         ))
 
     def _take_stages(self, keys: tuple[str, ...] | None) -> dict[str, Any]:

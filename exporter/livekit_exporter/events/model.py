@@ -47,10 +47,14 @@ Campaign = _doc(
 )
 # Exemplars: OpenMetrics caps an exemplar's label names and values at 128 characters together;
 # call_id (7) + trace_id (8) + 64 + 32 = 111.
+# No control characters: Prometheus' OpenMetrics parser refuses a NUL in an exemplar and fails the
+# whole scrape, so one such call_id would take every metric of the exporter down.
+EXEMPLAR_CALL_ID_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,64}$"
 ExemplarCallId = _doc(
     "The call this turn belongs to, attached to its latency observations as an OpenMetrics exemplar "
-    "(never a label), so a slow turn on a dashboard links to its call. At most 64 characters.",
-    Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+    "(never a label), so a slow turn on a dashboard links to its call. 1 to 64 characters, no control "
+    "characters.",
+    Annotated[str, msgspec.Meta(pattern=EXEMPLAR_CALL_ID_PATTERN)],
 )
 TraceId = _doc(
     "The turn's OpenTelemetry trace id (32 lowercase hex digits), attached as an exemplar like call_id.",

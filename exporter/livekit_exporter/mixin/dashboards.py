@@ -35,6 +35,7 @@ class P:
     max: float | None = None
     exemplars: bool = False  # the turn-latency histograms carry call_id / trace_id exemplars
     threshold: float | None = None  # a dashed red line (a timeseries' limit: a threshold of the alerts)
+    yunit: str = ""  # a heatmap's y axis (its buckets); `unit` formats its cells
 
 
 @dataclass
@@ -69,7 +70,7 @@ def boards(m: Mixin) -> list[Board]:
     timeout = m.cfg["prometheus"].duration("scrape_timeout")
     A = f'{J},agent=~"$agent"'
     AP = f'{A},provider=~"$provider",model=~"$model"'
-    C = f'{J},campaign=~"$campaign"'
+    C = f'{J},campaign=~"$campaign",campaign!=""'
 
     def state(metric: str, by: str, sel: str = J, op: str = "sum") -> str:
         """A LiveKit-state gauge: one replica's reading (max across replicas), then summed by `by`."""
@@ -90,7 +91,7 @@ def boards(m: Mixin) -> list[Board]:
                      ("job",), [
         ("LiveKit API", [
             P("API services up", "Does each LiveKit API service answer the exporter right now (1 up, 0 down)?", "none",
-              [(f"max by (service) (livekit_api_up{{{J}}})", "{{service}}")], kind="stat", w=6),
+              [(state("livekit_api_up", "job, service", op="min"), "{{job}} {{service}}")], kind="stat", w=6),
             P(f"API latency p{qname(api['latency'].number('quantile'))[1:]} by service",
               "How long do the exporter's calls to each LiveKit service take (failed calls included)?", "s",
               [(f"{api_p}{{{J}}}", "{{service}}")], w=9),
@@ -104,16 +105,16 @@ def boards(m: Mixin) -> list[Board]:
         ("Rooms and participants", [
             P("Rooms", "How many rooms are open, occupied, empty or full?", "short",
               [(state("livekit_rooms", "occupancy"), "{{occupancy}}"),
-               (f"max(livekit_rooms_full{{{J}}})", "full")], w=8),
+               (state("livekit_rooms_full", ""), "full")], w=8),
             P("Participants", "How many participants are in LiveKit's rooms (agents and egress excluded), and by kind "
               "where per-room detail is on?", "short",
-              [(f"max(livekit_room_participants{{{J}}})", "in rooms"),
+              [(state("livekit_room_participants", ""), "in rooms"),
                (state("livekit_participants", "kind"), "{{kind}}")], w=8),
             P("Recordings and publishers", "How many rooms record, and how many participants publish media?", "short",
-              [(f"max(livekit_rooms_recording{{{J}}})", "recording rooms"),
-               (f"max(livekit_room_publishers{{{J}}})", "publishers")], w=8),
+              [(state("livekit_rooms_recording", ""), "recording rooms"),
+               (state("livekit_room_publishers", ""), "publishers")], w=8),
             P("Room sizes", "How are open rooms distributed by number of participants (rooms at or under each size)?",
-              "short", [(f"max by (le) (livekit_room_size_bucket{{{J}}})", "<= {{le}}")], w=24, h=7),
+              "short", [(state("livekit_room_size_bucket", "le"), "<= {{le}}")], w=24, h=7),
         ]),
         ("Egress and ingress", [
             P("Egress active", "How many egress jobs (recordings, streams) run now, by type?", "short",
@@ -165,7 +166,7 @@ def boards(m: Mixin) -> list[Board]:
         ("SIP", [
             P("SIP trunks and dispatch rules", "How many trunks (by direction) and dispatch rules are configured?", "short",
               [(state("livekit_sip_trunks", "direction"), "{{direction}} trunks"),
-               (f"max(livekit_sip_dispatch_rules{{{J}}})", "dispatch rules")], w=8),
+               (state("livekit_sip_dispatch_rules", ""), "dispatch rules")], w=8),
             P("SIP calls started and ended", "How many SIP calls start, per trunk, and end, by reason, per second?", "ops",
               [(rate("livekit_sip_calls_started_total", "trunk"), "started {{trunk}}"),
                (rate("livekit_sip_calls_ended_total", "reason"), "ended {{reason}}")], w=8),
@@ -202,14 +203,15 @@ def boards(m: Mixin) -> list[Board]:
             P("Voice-to-voice latency", "How long do users wait from the end of their speech to the agent's first audio "
               f"(p{', p'.join(qname(x)[1:] for x in quantiles)} over {lw})?", "s",
               [(f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{lw}{{{A}}}", f"{qname(x)} {{{{agent}}}}")
-               for x in quantiles], exemplars=True),
-            P("Voice-to-voice latency distribution", "Where do turns fall between the latency buckets?", "s",
+               for x in quantiles]),
+            P("Voice-to-voice latency distribution", "Where do turns fall between the latency buckets (turns per "
+              "second in each; each dot an exemplar: one turn, with its call and trace)?", "ops",
               [(f"sum by (le) (rate(voice_agent_turn_latency_seconds_bucket{{{A}}}[{RI}]))", "{{le}}")], kind="heatmap",
-              exemplars=True),
-            P("Which stage eats the budget", "What does each stage of a turn take on average (stacked: end of utterance, "
-              "transcription, LLM time to first token, TTS time to first byte)?", "s",
+              exemplars=True, yunit="s"),
+            P("Which stage eats the budget", "What does each stage of a turn take on average, stacked as LiveKit adds "
+              "them up (end of utterance, which includes transcription, then LLM time to first token and TTS time to "
+              "first byte)?", "s",
               [(mean("voice_agent_end_of_utterance_delay_seconds", "agent", A), "end of utterance {{agent}}"),
-               (mean("voice_agent_transcription_delay_seconds", "agent", A), "transcription {{agent}}"),
                (mean("voice_agent_llm_time_to_first_token_seconds", "agent", A), "LLM TTFT {{agent}}"),
                (mean("voice_agent_tts_time_to_first_byte_seconds", "agent", A), "TTS TTFB {{agent}}")],
               stack=True, w=24),
@@ -223,8 +225,9 @@ def boards(m: Mixin) -> list[Board]:
             P("Turns and interruptions", "How many turns per second, and how often do users speak over the agent?", "ops",
               [(rate("voice_agent_turns_total", "agent", A), "turns {{agent}}"),
                (rate("voice_agent_interruptions_total", "agent", A), "interruptions {{agent}}")], w=8),
-            P("Tool calls", "Which tools do agents call, and how long do they take (p95)?", "ops",
-              [(f"sum by (tool) (rate(voice_agent_tool_call_duration_seconds_count{{{A}}}[{RI}]))", "{{tool}}")], w=8),
+            P("Tool calls", "Which tools do agents call, how often, and how long do the slowest take (p95)?", "ops",
+              [(f"sum by (tool) (rate(voice_agent_tool_call_duration_seconds_count{{{A}}}[{RI}]))", "{{tool}}"),
+               (quantile(0.95, "voice_agent_tool_call_duration_seconds", "tool", A), "p95 s {{tool}}")], w=8),
             P("Errors by component", "Which pipeline component fails, retried past or not?", "ops",
               [(rate("voice_agent_errors_total", "component, recoverable", A), "{{component}} recoverable={{recoverable}}")],
               w=8),
@@ -287,7 +290,7 @@ def boards(m: Mixin) -> list[Board]:
             P("SLI by window", "Which share of events was good over each burn-rate window?", "percentunit",
               [(f"1 - slo:sli_error:ratio_rate{w}{{{A}}}", f"{{{{slo}}}} {{{{agent}}}} {w}") for w in burn_windows], w=24, max=1),
             P("Burn rate (1 h)", "How fast is the error budget burning (1 = exactly on budget; pages at 14.4 over 1 h)?",
-              "none", [(f"slo:sli_error:ratio_rate1h{{{A}}} / on (slo) group_left () (1 - slo:objective:ratio)",
+              "none", [(f"slo:sli_error:ratio_rate1h{{{A}}} / on (slo) group_left () max by (slo) (1 - slo:objective:ratio)",
                         "{{slo}} {{agent}}")] if "1h" in burn_windows else [], w=24),
         ]),
     ])
@@ -354,8 +357,8 @@ def boards(m: Mixin) -> list[Board]:
         ]),
         ("Connection quality", [
             P("Connection quality score", "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
-              "one per participant every 5 s)?", "short",
-              [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")], kind="heatmap"),
+              "one per participant every 5 s)?", "ops",
+              [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")], kind="heatmap", yunit="short"),
             P("Scores below 4.0 and 3.5", "Which share of connection scores falls at or under the 4.0 (warning) and 3.5 "
               "(critical) marks?", "percentunit",
               [(f'sum(rate(livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}[{RI}])) / '
@@ -406,6 +409,8 @@ def boards(m: Mixin) -> list[Board]:
     return [overview, media, agents, campaigns, slo_board, nodes, exporter]
 
 
+LISTED = ("job", "instance", "node")
+
 VARIABLES = {
     "node": ("Node", "label_values(livekit_room_total, instance)"),
     "job": ("Job", "label_values(livekit_exporter_build_info, job)"),
@@ -442,10 +447,12 @@ def render(m: Mixin) -> dict[str, str]:
              .with_variable(d.DatasourceVariable("datasource").label("Data source").type("prometheus")))
         for name in board.variables:
             label, query = VARIABLES[name]
-            b = b.with_variable(d.QueryVariable(name).label(label).datasource(ds)
-                                .query({"query": query, "refId": name}).multi(True).include_all(True)
-                                .all_value(".*").refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
-                                .sort(dm.VariableSort.ALPHABETICAL_ASC))
+            var = (d.QueryVariable(name).label(label).datasource(ds)
+                   .query({"query": query, "refId": name}).multi(True).include_all(True)
+                   .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC))
+            if name not in LISTED:  # job and instance: "All" is the listed values, never every job Prometheus scrapes
+                var = var.all_value(".*")
+            b = b.with_variable(var)
         pid = 0
         for row, panels in board.rows:
             pid += 1
@@ -456,6 +463,8 @@ def render(m: Mixin) -> dict[str, str]:
                 pid += 1
                 panel = (kinds[p.kind]().id(pid).title(p.title).description(p.description).unit(p.unit)
                          .datasource(ds).span(p.w).height(p.h))
+                if p.yunit:
+                    panel = panel.y_axis(heatmap.YAxisConfig().unit(p.yunit))
                 if p.max is not None:
                     panel = panel.min(0).max(p.max)
                 if p.threshold is not None:
@@ -496,7 +505,8 @@ def render(m: Mixin) -> dict[str, str]:
         "        - name: trace_id\n"
         f"          datasourceUid: {g['tracing_datasource_uid']}\n"
         "        - name: call_id\n"
-        f"          url: '{g['call_url']}'\n"
+        # Grafana expands $VAR in provisioning files: $$ keeps ${__value.raw} for the link
+        f"          url: '{g['call_url'].replace('$', '$$')}'\n"
         "          urlDisplayLabel: Open the call\n"
     )
     files["grafana/provisioning/dashboards/livekit.yml"] = (
@@ -544,7 +554,7 @@ Variables: `datasource`, `job` (the exporter's job), and where they apply `insta
 
 ## Exemplars
 
-The voice-to-voice panels show exemplars: each dot is one turn, carrying its `call_id` and
+The voice-to-voice latency distribution shows exemplars: each dot is one turn, carrying its `call_id` and
 `trace_id` (the agent's OpenTelemetry trace). Prometheus stores them with
 `--enable-feature=exemplar-storage`; the provisioned datasource links `trace_id` to the tracing
 datasource `grafana.tracing_datasource_uid` and `call_id` to the URL `grafana.call_url` of
