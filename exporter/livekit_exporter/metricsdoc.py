@@ -204,6 +204,22 @@ Differences from the starting catalogue, and why:
 """
 
 
+FOREIGN_SECTION = """
+## Not served by this exporter: what the bundle reads from LiveKit's own /metrics
+
+The optional alerts and the "LiveKit server nodes" dashboard read these when Prometheus also
+scrapes them (`jobs` and `prometheus.targets` of `prometheus/mixin.yml`). Their names and units are
+LiveKit's; the simulator serves the same names for the tests (`simulator/server_metrics.py`,
+`sip_metrics.py`, `worker_metrics.py`).
+
+| source | metrics |
+|---|---|
+| livekit-server (`prometheus: port:`), pkg/telemetry/prometheus, labels node_id, node_type | `livekit_room_total`, `livekit_participant_total`, `livekit_track_published_total{kind}`, `livekit_track_subscribed_total{kind}` (gauges despite the suffix); `livekit_quality_score` (histogram, MOS 1 to 4.5); `livekit_packet_loss_percent`, `livekit_jitter_us`, `livekit_rtt_ms` (histograms by direction, source, type, country); `livekit_packet_total`, `livekit_packet_loss_total`, `livekit_nack_total`, `livekit_pli_total`, `livekit_participant_join_total{state,warp}` (counters) |
+| LiveKit SIP (`prometheus_port`), livekit/sip pkg/stats, label node_id | `livekit_sip_invite_requests{dir}`, `livekit_sip_invite_requests_raw`, `livekit_sip_invite_accepted{dir,to}`, `livekit_sip_calls_terminated{dir,to,result,reason}` (counters without `_total`), `livekit_sip_calls_active{dir,to}`, `livekit_sip_available` (gauges) |
+| livekit-agents workers (`prometheus_port`), label nodename (and `agent` from the scrape config) | `lk_agents_worker_load` (0 to 1), `lk_agents_active_job_count`, `lk_agents_child_process_count` (gauges), `lk_agents_proc_initialize_duration_seconds` (histogram) |
+"""
+
+
 async def _collect() -> tuple[str, dict[str, tuple[str, ...]]]:
     from .demo import demo_config
     from .server import EXPORTER, build_app
@@ -331,6 +347,7 @@ def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
         "\n## Standard process metrics\n\n`process_*` (CPU, memory, file descriptors, start time) and "
         "`python_*` (GC, interpreter info) from prometheus-client's default collectors.\n"
     )
+    out.append(FOREIGN_SECTION)
     if undocumented_in_output:
         out.append(
             "\n## Not in the sample output\n\nThese exist but had no sample when this page was generated: "

@@ -205,6 +205,14 @@ class Mixin:
                     t.keep_firing_for = keep
         self._check()
 
+    def two_tiers(self, node, key: str, make, read=None, extra_keys: tuple[str, ...] = ()) -> list[Tier]:
+        """The warning and critical tiers of one condition: make(limit) -> (expr, threshold text, description)."""
+        out = []
+        for sev in ("warning", "critical"):
+            expr, threshold, description = make((read or node.number)(sev))
+            out.append(Tier(sev, expr, node.duration("for"), threshold, (f"{key}.{sev}", *extra_keys), description))
+        return out
+
     def ordered(self, node, worse: str) -> None:
         """The critical tier is beyond the warning one ("higher" or "lower" is worse)."""
         w, c = node.number("warning"), node.number("critical")
@@ -447,10 +455,9 @@ class Mixin:
         self.alerts.append(Alert(
             "LiveKitApiLatencyHigh", g, "livekit", "overview",
             "LiveKit's API answers the exporter slowly.",
-            [Tier(sev, f"{p} > {num(lat.number(sev))}", lat.duration("for"), f"p{num(lq * 100)} > {num(lat[sev])} s",
-                  (f"livekit_api.latency.{sev}",),
-                  f"p{num(lq * 100)} latency of LiveKit's {lab('service')} API is {DUR} over {lw}, above {num(lat[sev])} s.")
-             for sev in ("warning", "critical")],
+            self.two_tiers(lat, "livekit_api.latency", lambda x: (
+                f"{p} > {num(x)}", f"p{num(lq * 100)} > {num(x)} s",
+                f"p{num(lq * 100)} latency of LiveKit's {lab('service')} API is {DUR} over {lw}, above {num(x)} s.")),
             meaning="The exporter's calls to the service are slow (failed calls included).",
             impact="Slow scrapes, and the same slowness for every client of LiveKit's API (token servers, dispatchers).",
             diagnosis=[p, f"histogram_quantile(0.95, sum by (service, method, le) (rate(livekit_api_request_duration_seconds_bucket{{job=\"{job}\"}}[5m])))"],
@@ -460,10 +467,9 @@ class Mixin:
         self.alerts.append(Alert(
             "LiveKitApiErrorRatioHigh", g, "livekit", "overview",
             "Too many of the exporter's LiveKit API calls fail.",
-            [Tier(sev, f"{ratio} > {num(er.ratio(sev))}", er.duration("for"), f"> {pct(er[sev])} of calls",
-                  (f"livekit_api.error_ratio.{sev}",),
-                  f"{PCT} of the calls to LiveKit's {lab('service')} API failed over {ew}, above {pct(er[sev])}.")
-             for sev in ("warning", "critical")],
+            self.two_tiers(er, "livekit_api.error_ratio", lambda x: (
+                f"{ratio} > {num(x)}", f"> {pct(x)} of calls",
+                f"{PCT} of the calls to LiveKit's {lab('service')} API failed over {ew}, above {pct(x)}."), read=er.ratio),
             meaning="A share of the service's calls fail (any Twirp code, timeout or connection error).",
             impact="Scrapes read the service as down part of the time: gaps in its metrics.",
             diagnosis=[ratio, f"sum by (service, code) (rate(livekit_api_errors_total{{job=\"{job}\"}}[5m]))"],
@@ -738,10 +744,9 @@ class Mixin:
         self.alerts.append(Alert(
             "LiveKitVoiceAgentLatencyHigh", g, "voice_agents", "voice_agents",
             "Voice-to-voice latency of an agent is high.",
-            [Tier(sev, f"{p} > {num(lat.number(sev))}", lat.duration("for"), f"p{num(lq * 100)} > {num(lat[sev])} s",
-                  (f"voice_agents.latency.{sev}",),
-                  f"p{num(lq * 100)} voice-to-voice latency of {lab('agent')} is {DUR} over {lw}, above {num(lat[sev])} s.")
-             for sev in ("warning", "critical")],
+            self.two_tiers(lat, "voice_agents.latency", lambda x: (
+                f"{p} > {num(x)}", f"p{num(lq * 100)} > {num(x)} s",
+                f"p{num(lq * 100)} voice-to-voice latency of {lab('agent')} is {DUR} over {lw}, above {num(x)} s.")),
             meaning="Users wait too long between the end of their speech and the agent's first audio.",
             impact="Conversations feel slow; users talk over the agent or hang up.",
             diagnosis=[p] + [f"{name}{{agent=\"<agent>\"}}" for name in stage_records.values()],
@@ -772,10 +777,9 @@ class Mixin:
         self.alerts.append(Alert(
             "LiveKitVoiceAgentErrorRatioHigh", g, "voice_agents", "voice_agents",
             "An agent's pipeline fails too often.",
-            [Tier(sev, f"{err_ratio} > {num(er.ratio(sev))}", er.duration("for"), f"> {pct(er[sev])} errors per turn",
-                  (f"voice_agents.error_ratio.{sev}",),
-                  f"{lab('agent')} had {PCT} non-recoverable errors per turn over {ew}, above {pct(er[sev])}.")
-             for sev in ("warning", "critical")],
+            self.two_tiers(er, "voice_agents.error_ratio", lambda x: (
+                f"{err_ratio} > {num(x)}", f"> {pct(x)} errors per turn",
+                f"{lab('agent')} had {PCT} non-recoverable errors per turn over {ew}, above {pct(x)}."), read=er.ratio),
             meaning="Non-recoverable errors (recoverable=\"false\": retries that succeeded do not count) per turn.",
             impact="Turns fail: the agent goes silent, repeats itself or drops the call.",
             diagnosis=[err_ratio, f"sum by (agent, component, type) (rate(voice_agent_errors_total{{job=\"{job}\",recoverable=\"false\"}}[{ew}]))"],
@@ -785,12 +789,12 @@ class Mixin:
         self.alerts.append(Alert(
             "LiveKitVoiceAgentCallSuccessRatioLow", g, "voice_agents", "voice_agents",
             "Too few of an agent's calls succeed.",
-            [Tier(sev, f"{success} < {num(cs.ratio(sev))} and "
-                       f"{q.rate('voice_agent_calls_ended_total', cw, 'agent', fn='increase')} >= {num(cs.number('min_calls', low=0))}",
-                  cs.duration("for"), f"< {pct(cs[sev])} of calls succeed (of at least {num(cs['min_calls'])})",
-                  (f"voice_agents.call_success.{sev}", "voice_agents.failed_outcomes"),
-                  f"Only {PCT} of the calls of {lab('agent')} ended without failing over {cw}, below {pct(cs[sev])}.")
-             for sev in ("warning", "critical")],
+            self.two_tiers(cs, "voice_agents.call_success", lambda x: (
+                f"{success} < {num(x)} and "
+                f"{q.rate('voice_agent_calls_ended_total', cw, 'agent', fn='increase')} >= {num(cs.number('min_calls', low=0))}",
+                f"< {pct(x)} of calls succeed (of at least {num(cs['min_calls'])})",
+                f"Only {PCT} of the calls of {lab('agent')} ended without failing over {cw}, below {pct(x)}."),
+                read=cs.ratio, extra_keys=("voice_agents.failed_outcomes",)),
             meaning=f"Calls end with an outcome of voice_agents.failed_outcomes ({words(c['failed_outcomes'], 'and')}).",
             impact="Callers are not served.",
             diagnosis=[success, f"sum by (agent, outcome) (increase(voice_agent_calls_ended_total{{job=\"{job}\"}}[{cw}]))",
@@ -1033,10 +1037,10 @@ class Mixin:
         self.alerts.append(Alert(
             "LiveKitConnectionQualityLow", g, "media_quality", "nodes",
             "Participants' connection quality is low.",
-            [Tier(sev, f"{score} < {num(qu.number(sev, low=1, high=4.5))}", qu.duration("for"),
-                  f"p{num(qq * 100)} score < {num(qu[sev])}", (f"livekit_server.quality.{sev}",),
-                  f"p{num(qq * 100)} connection quality score is {VAL} over {w}, below {num(qu[sev])} (LiveKit's MOS-like score, 1 to 4.5).")
-             for sev in ("warning", "critical")],
+            self.two_tiers(qu, "livekit_server.quality", lambda x: (
+                f"{score} < {num(x)}", f"p{num(qq * 100)} score < {num(x)}",
+                f"p{num(qq * 100)} connection quality score is {VAL} over {w}, below {num(x)} (LiveKit's MOS-like score, 1 to 4.5)."),
+                read=lambda sev: qu.number(sev, low=1, high=4.5)),
             meaning="LiveKit scores each participant's connection every 5 s (a MOS from 1 to 4.5; above about 4.0 "
                     "it calls the quality excellent). The chosen quantile of those scores is low.",
             impact="Users hear choppy audio and see frozen video; voice agents mis-hear them.",
