@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 import promql_parser
 import pytest
+import yaml
 from aiohttp import web
 from livekit.protocol import agent as proto_agent
 from livekit.protocol import egress as proto_egress
@@ -162,10 +163,23 @@ def from_exporter(selector) -> bool:
     return any(m.name == "job" and m.value == SUBSTITUTE["$job"] for m in selector.matchers.matchers)
 
 
-def test_every_alert_links_to_a_generated_dashboard(mixin):
-    uids = {d["uid"] for d in dashboards()}
-    missing = {a.name: mixin.dashboards[a.dashboard] for a in mixin.alerts if mixin.dashboards[a.dashboard] not in uids}
-    assert missing == {}
+def test_every_alert_links_to_a_generated_dashboard_and_the_panel_that_shows_it(mixin):
+    from livekit_exporter.mixin.rules import ALERT_PANELS
+
+    by_uid = {d["uid"]: d for d in dashboards()}
+    rules = yaml.safe_load((ROOT / "prometheus" / "rules" / "livekit.alerts.yml").read_text())
+    linked = 0
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            url = r["annotations"]["dashboard_url"]
+            m = re.fullmatch(r"http://localhost:3000/d/([\w-]+)(?:\?viewPanel=(\d+))?", url)
+            assert m and m.group(1) in by_uid, (r["alert"], url)
+            if m.group(2):
+                (panel,) = [p for p in by_uid[m.group(1)]["panels"] if p["id"] == int(m.group(2))]
+                assert panel["type"] != "row", (r["alert"], url)
+                linked += 1
+    assert set(ALERT_PANELS) <= {a.name for a in mixin.alerts}
+    assert linked >= len(ALERT_PANELS)
 
 
 # -- proven against data -------------------------------------------------------------------------------------

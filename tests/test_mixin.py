@@ -297,7 +297,7 @@ def test_runbooks_have_every_section_the_alerts_link_to(mixin):
             assert part in section, (name, part)
         assert "\n- `" in section  # at least one query to run
         assert f"[{name}](runbooks.md#{anchor})" in alerts_md
-        uid = rule["annotations"]["dashboard_url"].rsplit("/d/", 1)[1]
+        uid = rule["annotations"]["dashboard_url"].rsplit("/d/", 1)[1].split("?")[0]
         assert uid in mixin.dashboards.values()
 
 

@@ -36,6 +36,33 @@ class P:
     exemplars: bool = False  # the turn-latency histograms carry call_id / trace_id exemplars
     threshold: float | None = None  # a dashed red line (a timeseries' limit: a threshold of the alerts)
     yunit: str = ""  # a heatmap's y axis (its buckets); `unit` formats its cells
+    anchor: str = ""  # how an alert's dashboard_url names this panel (rules.ALERT_PANELS)
+
+
+def anchored(anchor: str, *args, **kwargs) -> P:
+    return P(*args, anchor=anchor, **kwargs)
+
+
+def layout(m: Mixin):
+    """(board, row title, panels with their ids): ids in the order render() gives them."""
+    for board in boards(m):
+        pid = 0
+        rows = []
+        for row, panels in board.rows:
+            pid += 1
+            row_id, placed = pid, []
+            for p in panels:
+                if p.targets:
+                    pid += 1
+                    placed.append((pid, p))
+            rows.append((row, row_id, placed))
+        yield board, rows
+
+
+def panel_ids(m: Mixin) -> dict[tuple[str, str], int]:
+    """(dashboard key, panel anchor) -> the panel's id in the generated JSON."""
+    return {(board.key, p.anchor): pid for board, rows in layout(m) for _, _, placed in rows
+            for pid, p in placed if p.anchor}
 
 
 @dataclass
@@ -90,14 +117,14 @@ def boards(m: Mixin) -> list[Board]:
                      "Every LiveKit API's health and latency, rooms and participants, egress and ingress at a glance, webhooks.",
                      ("job",), [
         ("LiveKit API", [
-            P("API services up", "Does each LiveKit API service answer the exporter right now (1 up, 0 down)?", "none",
+            anchored("api-up", "API services up", "Does each LiveKit API service answer the exporter right now (1 up, 0 down)?", "none",
               [(state("livekit_api_up", "job, service", op="min"), "{{job}} {{service}}")], kind="stat", w=6),
-            P(f"API latency p{qname(api['latency'].number('quantile'))[1:]} by service",
+            anchored("api-latency", f"API latency p{qname(api['latency'].number('quantile'))[1:]} by service",
               "How long do the exporter's calls to each LiveKit service take (failed calls included)?", "s",
               [(f"{api_p}{{{J}}}", "{{service}}")], w=9),
-            P("API error ratio by service", "Which share of the calls to each LiveKit service fails?", "percentunit",
+            anchored("api-error-ratio", "API error ratio by service", "Which share of the calls to each LiveKit service fails?", "percentunit",
               [(f"{api_ratio}{{{J}}}", "{{service}}")], w=9),
-            P("API errors by code", "Which errors does LiveKit answer (Twirp code, timeout, connection)?", "reqps",
+            anchored("api-errors", "API errors by code", "Which errors does LiveKit answer (Twirp code, timeout, connection)?", "reqps",
               [(rate("livekit_api_errors_total", "service, code"), "{{service}} {{code}}")], fault=True),
             P("API calls per second", "How many LiveKit API calls does the exporter make, by service and method?", "reqps",
               [(rate("livekit_api_request_duration_seconds_count", "service, method"), "{{service}} {{method}}")]),
@@ -125,11 +152,11 @@ def boards(m: Mixin) -> list[Board]:
               [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")], w=8, max=1),
         ]),
         ("Webhooks", [
-            P("Webhook events", "Which lifecycle events does LiveKit deliver, per second?", "reqps",
+            anchored("webhook-events", "Webhook events", "Which lifecycle events does LiveKit deliver, per second?", "reqps",
               [(rate("livekit_webhook_events_total", "event"), "{{event}}")], w=8),
-            P("Webhook rejections", "Which webhook requests are refused, and why (a wrong key, forged or replayed)?",
+            anchored("webhook-rejections", "Webhook rejections", "Which webhook requests are refused, and why (a wrong key, forged or replayed)?",
               "reqps", [(rate("livekit_webhook_rejected_total", "reason"), "{{reason}}")], w=8, fault=True),
-            P("Webhook delivery delay", "How late do LiveKit's webhooks arrive (created_at to arrival)?", "s",
+            anchored("webhook-delay", "Webhook delivery delay", "How late do LiveKit's webhooks arrive (created_at to arrival)?", "s",
               [(quantile(0.5, "livekit_webhook_delivery_delay_seconds", "job"), "p50"),
                (quantile(0.99, "livekit_webhook_delivery_delay_seconds", "job"), "p99")], w=8),
         ]),
@@ -141,7 +168,7 @@ def boards(m: Mixin) -> list[Board]:
         ("Egress", [
             P("Egress active by type and status", "Which egress jobs run now?", "short",
               [(state("livekit_egress_active", "type, status"), "{{type}} {{status}}")], w=8),
-            P("Egress started and ended", "How many egress jobs start, and end by status, per second?", "ops",
+            anchored("egress-ended", "Egress started and ended", "How many egress jobs start, and end by status, per second?", "ops",
               [(rate("livekit_egress_started_total", "type"), "started {{type}}"),
                (rate("livekit_egress_ended_total", "type, status"), "ended {{type}} {{status}}")], w=8),
             P("Egress output", "How many bytes do ended egress jobs write per second?", "Bps",
@@ -149,7 +176,7 @@ def boards(m: Mixin) -> list[Board]:
             P("Egress duration", "How long do egress jobs run (p50 and p90)?", "s",
               [(quantile(0.5, "livekit_egress_duration_seconds", "type"), "p50 {{type}}"),
                (quantile(0.9, "livekit_egress_duration_seconds", "type"), "p90 {{type}}")]),
-            P("Egress success ratio", f"Which share of ended egress did not fail, over {egress_w}?", "percentunit",
+            anchored("egress-success", "Egress success ratio", f"Which share of ended egress did not fail, over {egress_w}?", "percentunit",
               [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")], max=1),
         ]),
         ("Ingress", [
@@ -157,20 +184,20 @@ def boards(m: Mixin) -> list[Board]:
               [(state("livekit_ingress", "input_type, status"), "{{input_type}} {{status}}")], w=8),
             P("Ingress input rate", "How many bytes per second do publishing ingress receive (x 8 for bits)?", "Bps",
               [(state("livekit_ingress_input_bytes_per_second", "input_type, media"), "{{input_type}} {{media}}")], w=8),
-            P("Ingress started and ended", "How many ingress start publishing, and end by status, per second?", "ops",
+            anchored("ingress-ended", "Ingress started and ended", "How many ingress start publishing, and end by status, per second?", "ops",
               [(rate("livekit_ingress_started_total", "input_type"), "started {{input_type}}"),
                (rate("livekit_ingress_ended_total", "input_type, status"), "ended {{input_type}} {{status}}")], w=8),
-            P("Ingress failure ratio", f"Which share of ingress ends are errors, over {ingress_w}?", "percentunit",
+            anchored("ingress-failure", "Ingress failure ratio", f"Which share of ingress ends are errors, over {ingress_w}?", "percentunit",
               [(f"input_type:livekit_ingress_failure:ratio_rate{ingress_w}{{{J}}}", "{{input_type}}")], max=1),
         ]),
         ("SIP", [
             P("SIP trunks and dispatch rules", "How many trunks (by direction) and dispatch rules are configured?", "short",
               [(state("livekit_sip_trunks", "direction"), "{{direction}} trunks"),
                (state("livekit_sip_dispatch_rules", ""), "dispatch rules")], w=8),
-            P("SIP calls started and ended", "How many SIP calls start, per trunk, and end, by reason, per second?", "ops",
+            anchored("sip-calls", "SIP calls started and ended", "How many SIP calls start, per trunk, and end, by reason, per second?", "ops",
               [(rate("livekit_sip_calls_started_total", "trunk"), "started {{trunk}}"),
                (rate("livekit_sip_calls_ended_total", "reason"), "ended {{reason}}")], w=8),
-            P("SIP answer ratio", f"Which share of SIP calls was answered (not unavailable or rejected), over {sip_w}?",
+            anchored("sip-answer", "SIP answer ratio", f"Which share of SIP calls was answered (not unavailable or rejected), over {sip_w}?",
               "percentunit", [(f"trunk:livekit_sip_calls_answer:ratio_rate{sip_w}{{{J}}}", "{{trunk}}")], w=8, max=1),
             P("SIP calls in progress", "How many SIP calls are in the rooms read for detail, by call status?", "short",
               [(state("livekit_sip_calls", "status"), "{{status}}")]),
@@ -187,10 +214,10 @@ def boards(m: Mixin) -> list[Board]:
                (rate("voice_agent_calls_ended_total", "agent", A), "ended {{agent}}")], w=8),
             P("Calls ended by outcome", "How do calls end (the agents' own outcomes)?", "ops",
               [(rate("voice_agent_calls_ended_total", "outcome", A), "{{outcome}}")], w=8, stack=True),
-            P("Active and queued calls", "How many calls are in progress, and how many wait to be dialled?", "short",
+            anchored("active-calls", "Active and queued calls", "How many calls are in progress, and how many wait to be dialled?", "short",
               [(f"sum by (agent) (voice_agent_calls_active{{{A}}})", "active {{agent}}"),
                (f"sum by (agent) (max without (instance, pod) (voice_agent_calls_queued{{{A}}}))", "queued {{agent}}")], w=8),
-            P("Answer and success ratio", f"Which share of started calls is answered, and which share of ended calls "
+            anchored("call-ratios", "Answer and success ratio", f"Which share of started calls is answered, and which share of ended calls "
               f"does not fail ({calls_w})?", "percentunit",
               [(f"{rate('voice_agent_calls_answered_total', 'agent', A)} / {rate('voice_agent_calls_started_total', 'agent', A)}",
                 "answered {{agent}}"),
@@ -200,7 +227,7 @@ def boards(m: Mixin) -> list[Board]:
                (quantile(0.5, "voice_agent_call_setup_seconds", "agent", A), "setup {{agent}}")]),
         ]),
         ("Voice-to-voice latency", [
-            P("Voice-to-voice latency", "How long do users wait from the end of their speech to the agent's first audio "
+            anchored("v2v-latency", "Voice-to-voice latency", "How long do users wait from the end of their speech to the agent's first audio "
               f"(p{', p'.join(qname(x)[1:] for x in quantiles)} over {lw})?", "s",
               [(f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{lw}{{{A}}}", f"{qname(x)} {{{{agent}}}}")
                for x in quantiles]),
@@ -215,7 +242,7 @@ def boards(m: Mixin) -> list[Board]:
                (mean("voice_agent_llm_time_to_first_token_seconds", "agent", A), "LLM TTFT {{agent}}"),
                (mean("voice_agent_tts_time_to_first_byte_seconds", "agent", A), "TTS TTFB {{agent}}")],
               stack=True, w=24),
-            P(f"Stage p{sq[1:]} by provider and model", f"Which provider or model is slow, per stage ({sw})?", "s",
+            anchored("stage-p95", f"Stage p{sq[1:]} by provider and model", f"Which provider or model is slow, per stage ({sw})?", "s",
               [(f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{AP}}}", "STT {{provider}} {{model}}"),
                (f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{AP}}}", "LLM {{provider}} {{model}}"),
                (f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{AP}}}", "TTS {{provider}} {{model}}"),
@@ -231,9 +258,9 @@ def boards(m: Mixin) -> list[Board]:
             P("Errors by component", "Which pipeline component fails, retried past or not?", "ops",
               [(rate("voice_agent_errors_total", "component, recoverable", A), "{{component}} recoverable={{recoverable}}")],
               w=8),
-            P("Error ratio", f"How many non-recoverable errors per turn ({err_w})?", "percentunit",
+            anchored("error-ratio", "Error ratio", f"How many non-recoverable errors per turn ({err_w})?", "percentunit",
               [(f"agent:voice_agent_errors:ratio_rate{err_w}{{{A}}}", "{{agent}}")]),
-            P("Dependencies", "Does each agent report its dependencies up (1) or down (0)?", "none",
+            anchored("dependencies", "Dependencies", "Does each agent report its dependencies up (1) or down (0)?", "none",
               [(f"max by (agent, dependency) (voice_agent_dependency_up{{{A}}})", "{{agent}} {{dependency}}")], kind="stat"),
         ]),
         ("Usage and cost", [
@@ -242,7 +269,7 @@ def boards(m: Mixin) -> list[Board]:
             P("TTS characters and STT audio", "How many characters are synthesized and audio seconds transcribed, per second?",
               "short", [(rate("voice_agent_tts_characters_total", "provider", AP), "characters {{provider}}"),
                         (rate("voice_agent_stt_audio_seconds_total", "provider", AP), "audio s {{provider}}")], w=8),
-            P("Estimated cost per day", "What would a day cost at the current rate, by component and provider (usage x "
+            anchored("cost-per-day", "Estimated cost per day", "What would a day cost at the current rate, by component and provider (usage x "
               "events.prices)?", "currencyUSD",
               [(f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{AP}}}[{RI}])) * 86400",
                 "{{component}} {{provider}}")], w=8, stack=True),
@@ -256,7 +283,7 @@ def boards(m: Mixin) -> list[Board]:
                       "Outbound campaigns: running or not, calls placed and queued, answer, qualification and conversion "
                       "rates, outcomes.", ("job", "campaign"), [
         ("Campaigns", [
-            P("Running", "Does each campaign run (1) or not (0), as its dialer reports?", "none",
+            anchored("campaign-running", "Running", "Does each campaign run (1) or not (0), as its dialer reports?", "none",
               [(f"max by (campaign) (voice_agent_campaign_running{{{C}}})", "{{campaign}}")], kind="stat", w=6),
             P("Calls placed in the range", "How many calls did each campaign start over the dashboard's range?", "short",
               [(f"sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range]))", "{{campaign}}")],
@@ -289,7 +316,7 @@ def boards(m: Mixin) -> list[Board]:
               "percentunit", [(f"slo:error_budget_remaining:ratio{{{A}}}", "{{slo}} {{agent}}")], kind="stat", w=24),
             P("SLI by window", "Which share of events was good over each burn-rate window?", "percentunit",
               [(f"1 - slo:sli_error:ratio_rate{w}{{{A}}}", f"{{{{slo}}}} {{{{agent}}}} {w}") for w in burn_windows], w=24, max=1),
-            P("Burn rate (1 h)", "How fast is the error budget burning (1 = exactly on budget; pages at 14.4 over 1 h)?",
+            anchored("burn-rate", "Burn rate (1 h)", "How fast is the error budget burning (1 = exactly on budget; pages at 14.4 over 1 h)?",
               "none", [(f"slo:sli_error:ratio_rate1h{{{A}}} / on (slo) group_left () max by (slo) (1 - slo:objective:ratio)",
                         "{{slo}} {{agent}}")] if "1h" in burn_windows else [], w=24),
         ]),
@@ -299,14 +326,14 @@ def boards(m: Mixin) -> list[Board]:
                      "The exporter itself: scrapes against their timeout, LiveKit API calls and errors, events and "
                      "webhooks accepted and refused, the cardinality guard, process resources.", ("job", "instance"), [
         ("Scrapes", [
-            P("Scrape duration", f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?", "s",
+            anchored("scrape-duration", "Scrape duration", f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?", "s",
               [(f"max by (instance) (scrape_duration_seconds{{{J},instance=~\"$instance\"}})", "scrape {{instance}}"),
                (f"max by (instance) (livekit_exporter_scrape_duration_seconds{{{J},instance=~\"$instance\"}})",
                 "LiveKit API part {{instance}}")], w=8, threshold=seconds(timeout)),
             P("Scrapes per second", "How often is the exporter scraped, and do scrapes share one collection?", "reqps",
               [(rate("livekit_exporter_scrapes_total", "instance, collection", f'{J},instance=~"$instance"'),
                 "{{instance}} {{collection}}")], w=8),
-            P("Label overflow", "Which label values does the cardinality guard fold into __other__?", "ops",
+            anchored("label-overflow", "Label overflow", "Which label values does the cardinality guard fold into __other__?", "ops",
               [(rate("livekit_exporter_label_overflow_total", "metric, label", f'{J},instance=~"$instance"'),
                 "{{metric}} {{label}}")], w=8, fault=True),
         ]),
@@ -321,7 +348,7 @@ def boards(m: Mixin) -> list[Board]:
         ("Inputs", [
             P("Events accepted", "Which voice-agent events does the events API accept, per second?", "ops",
               [(rate("livekit_exporter_events_total", "type", f'{J},instance=~"$instance"'), "{{type}}")], w=8),
-            P("Event requests refused", "Which requests to the events API are refused whole, and why?", "reqps",
+            anchored("events-refused", "Event requests refused", "Which requests to the events API are refused whole, and why?", "reqps",
               [(rate("livekit_exporter_event_requests_rejected_total", "reason", f'{J},instance=~"$instance"'), "{{reason}}")],
               w=8, fault=True),
             P("Webhooks accepted and refused", "How many webhooks are accepted, deduplicated and refused?", "reqps",
@@ -359,7 +386,7 @@ def boards(m: Mixin) -> list[Board]:
             P("Connection quality score", "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
               "one per participant every 5 s)?", "ops",
               [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")], kind="heatmap", yunit="short"),
-            P("Scores below 4.0 and 3.5", "Which share of connection scores falls at or under the 4.0 (warning) and 3.5 "
+            anchored("quality-marks", "Scores below 4.0 and 3.5", "Which share of connection scores falls at or under the 4.0 (warning) and 3.5 "
               "(critical) marks?", "percentunit",
               [(f'sum(rate(livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}[{RI}])) / '
                 f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))", "at or under 4.0"),
@@ -367,11 +394,11 @@ def boards(m: Mixin) -> list[Board]:
                 f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))", "at or under 3.5")], max=1),
         ]),
         ("Media", [
-            P("Packet loss p95", "How much loss do the worst streams see, by direction (percent)?", "percent",
+            anchored("packet-loss", "Packet loss p95", "How much loss do the worst streams see, by direction (percent)?", "percent",
               [(quantile(0.95, "livekit_packet_loss_percent", "direction", S), "{{direction}}")], w=8),
-            P("Jitter p95", "How much jitter do the worst streams see, by direction (LiveKit measures microseconds)?", "µs",
+            anchored("jitter", "Jitter p95", "How much jitter do the worst streams see, by direction (LiveKit measures microseconds)?", "µs",
               [(quantile(0.95, "livekit_jitter_us", "direction", S), "{{direction}}")], w=8),
-            P("RTT p95", "How long is the round trip for the worst streams (LiveKit measures milliseconds)?", "ms",
+            anchored("rtt", "RTT p95", "How long is the round trip for the worst streams (LiveKit measures milliseconds)?", "ms",
               [(quantile(0.95, "livekit_rtt_ms", "direction", S), "{{direction}}")], w=8),
             P("Packets lost", "Which share of packets is lost, by direction?", "percentunit",
               [(f"sum by (direction) (rate(livekit_packet_loss_total{{{S}}}[{RI}])) / "
@@ -390,10 +417,10 @@ def boards(m: Mixin) -> list[Board]:
               [(rate("livekit_sip_calls_terminated", "dir, result", SIP), "{{dir}} {{result}}")], w=8),
         ]),
         ("Agent workers (their own /metrics, when Prometheus scrapes them)", [
-            P("Worker load", f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
+            anchored("worker-load", "Worker load", f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
               f"{m.cfg['agent_workers'].ratio('load_threshold'):g} in production)?", "percentunit",
               [(f"max by (agent, instance) (lk_agents_worker_load{{{W}}})", "{{agent}} {{instance}}")], w=8, max=1),
-            P("Active jobs", "How many jobs (calls) does each worker run?", "short",
+            anchored("worker-jobs", "Active jobs", "How many jobs (calls) does each worker run?", "short",
               [(f"max by (agent, instance) (lk_agents_active_job_count{{{W}}})", "{{agent}} {{instance}}")], w=8),
             P("Child processes", "How many job processes does each worker keep (running and warm)?", "short",
               [(f"max by (agent, instance) (lk_agents_child_process_count{{{W}}})", "{{agent}} {{instance}}")], w=8),
@@ -438,7 +465,7 @@ def render(m: Mixin) -> dict[str, str]:
     ds = dm.DataSourceRef(type_val="prometheus", uid=DS)
     kinds = {"timeseries": timeseries.Panel, "stat": stat.Panel, "heatmap": heatmap.Panel, "table": table.Panel}
     files = {}
-    for board in boards(m):
+    for board, rows in layout(m):
         uid = m.dashboards[board.key]
         b = (d.Dashboard(board.title).uid(uid).description(board.description).tags(["livekit"])
              .refresh("30s").time("now-3h", "now").tooltip(dm.DashboardCursorSync.CROSSHAIR)
@@ -453,14 +480,9 @@ def render(m: Mixin) -> dict[str, str]:
             if name not in LISTED:  # job and instance: "All" is the listed values, never every job Prometheus scrapes
                 var = var.all_value(".*")
             b = b.with_variable(var)
-        pid = 0
-        for row, panels in board.rows:
-            pid += 1
-            b = b.with_row(d.Row(row).id(pid))
-            for p in panels:
-                if not p.targets:
-                    continue
-                pid += 1
+        for row, row_id, placed in rows:
+            b = b.with_row(d.Row(row).id(row_id))
+            for pid, p in placed:
                 panel = (kinds[p.kind]().id(pid).title(p.title).description(p.description).unit(p.unit)
                          .datasource(ds).span(p.w).height(p.h))
                 if p.yunit:

@@ -40,7 +40,7 @@ def _alert_rules(m: Mixin, alert: Alert) -> list[dict[str, Any]]:
             "summary": alert.summary,
             "description": tier.description,
             "runbook_url": m.runbook_url(alert.name),
-            "dashboard_url": m.dashboard_url(alert.dashboard),
+            "dashboard_url": m.dashboard_url(alert.dashboard, alert.panel),
         }
         out.append(rule)
     return out
@@ -113,7 +113,7 @@ A test fails when they differ from what the file generates. The rule tests are
 Every alert carries `severity` (critical pages, warning goes to chat, info is for dashboards only),
 `component`, and the annotations `summary`, `description` (the value and what it is compared with),
 `runbook_url` (a section of [runbooks.md](runbooks.md)) and `dashboard_url` (the Grafana dashboard
-uid of `links.dashboards`). A warning and a critical tier of one condition share the alert name.
+of `links.dashboards`, opened on the panel that shows the alert's numbers where there is one). A warning and a critical tier of one condition share the alert name.
 
 ## Routing and inhibition
 

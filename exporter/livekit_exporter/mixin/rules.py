@@ -69,6 +69,28 @@ def qname(q: float) -> str:
     return "p" + num(q * 100).replace(".", "")
 
 
+# The panel (dashboards.py's anchor) each alert's dashboard_url opens; a test checks each exists.
+ALERT_PANELS = {
+    "LiveKitExporterInstanceDown": "scrape-duration", "LiveKitExporterScrapesFailing": "scrape-duration",
+    "LiveKitExporterScrapeSlow": "scrape-duration", "LiveKitExporterLabelOverflow": "label-overflow",
+    "LiveKitExporterEventsUnauthorized": "events-refused", "LiveKitExporterEventsRejected": "events-refused",
+    "LiveKitApiUnreachable": "api-up", "LiveKitApiServiceDown": "api-up", "LiveKitApiUnauthenticated": "api-errors",
+    "LiveKitApiLatencyHigh": "api-latency", "LiveKitApiErrorRatioHigh": "api-error-ratio",
+    "LiveKitWebhooksSilent": "webhook-events", "LiveKitWebhookDeliveryDelayHigh": "webhook-delay",
+    "LiveKitWebhookKeyMismatch": "webhook-rejections", "LiveKitWebhookRejectionsFlood": "webhook-rejections",
+    "LiveKitWebhookMalformed": "webhook-rejections",
+    "LiveKitEgressFailureRatioHigh": "egress-success", "LiveKitEgressFailing": "egress-ended",
+    "LiveKitIngressFailureRatioHigh": "ingress-failure", "LiveKitIngressFailing": "ingress-ended",
+    "LiveKitSipCallFailureRatioHigh": "sip-calls", "LiveKitSipAnswerRatioLow": "sip-answer",
+    "LiveKitVoiceAgentLatencyHigh": "v2v-latency", "LiveKitVoiceAgentStageLatencyHigh": "stage-p95",
+    "LiveKitVoiceAgentErrorRatioHigh": "error-ratio", "LiveKitVoiceAgentCallSuccessRatioLow": "call-ratios",
+    "LiveKitVoiceAgentCallsExpiring": "active-calls", "LiveKitVoiceAgentDependencyDown": "dependencies",
+    "LiveKitVoiceAgentCampaignStalled": "campaign-running", "LiveKitVoiceAgentSpendHigh": "cost-per-day",
+    "LiveKitSloErrorBudgetBurn": "burn-rate", "LiveKitConnectionQualityLow": "quality-marks",
+    "LiveKitPacketLossHigh": "packet-loss", "LiveKitJitterHigh": "jitter", "LiveKitRttHigh": "rtt",
+    "LiveKitAgentWorkerLoadHigh": "worker-load", "LiveKitAgentWorkersAbsent": "worker-jobs",
+}
+
 # The alerts alertmanager/alertmanager.yml inhibits others with (a test checks the two agree). They
 # keep firing for inhibitors.keep_firing_for after their condition clears, so the symptoms they
 # mute resolve first rather than being delivered on the way out.
@@ -99,6 +121,7 @@ class Alert:
     impact: str
     diagnosis: list[str]  # PromQL queries to run, in order (checked like the rules' own)
     fix: str
+    panel: str = ""  # the anchor of the dashboard panel that shows it (dashboards.py), for viewPanel
 
 
 @dataclass
@@ -175,8 +198,13 @@ class Mixin:
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    def dashboard_url(self, key: str) -> str:
-        return f"{self.grafana}/d/{self.dashboards[key]}"
+    def dashboard_url(self, key: str, panel: str = "") -> str:
+        url = f"{self.grafana}/d/{self.dashboards[key]}"
+        if panel:
+            from .dashboards import panel_ids
+
+            url += f"?viewPanel={panel_ids(self)[key, panel]}"
+        return url
 
     def runbook_url(self, name: str) -> str:
         return f"{self.runbook_base}#{name.lower()}"
@@ -200,6 +228,7 @@ class Mixin:
                 self.cfg[section].skip()
         keep = self.cfg["inhibitors"].duration("keep_firing_for")
         for a in self.alerts:
+            a.panel = ALERT_PANELS.get(a.name, "")
             if a.name in INHIBITORS:
                 for t in a.tiers:
                     t.keep_firing_for = keep
@@ -329,7 +358,7 @@ class Mixin:
         eu = c["events_unauthorized"]
         w = eu.window()
         self.alerts.append(Alert(
-            "LiveKitExporterEventsUnauthorized", g, "exporter", "voice_agents",
+            "LiveKitExporterEventsUnauthorized", g, "exporter", "exporter",
             "Voice agents push events with a token the exporter does not accept.",
             [Tier("warning", q.rate("livekit_exporter_event_requests_rejected_total", w, matchers='reason="unauthorized"') + " > 0",
                   eu.duration("for"), "any 401 on /v1/events", ("exporter.events_unauthorized.window",),
@@ -344,7 +373,7 @@ class Mixin:
         er = c["events_rejected"]
         w = er.window()
         self.alerts.append(Alert(
-            "LiveKitExporterEventsRejected", g, "exporter", "voice_agents",
+            "LiveKitExporterEventsRejected", g, "exporter", "exporter",
             "The events API refuses batches of voice-agent events.",
             [Tier("warning", q.events("livekit_exporter_event_requests_rejected_total", w, "reason", matchers='reason!="unauthorized"') + " > 0",
                   er.duration("for"), "any request refused (other than 401)", ("exporter.events_rejected.window",),
@@ -1082,7 +1111,7 @@ class Mixin:
         w = ld.window()
         limit = c.ratio("load_threshold") * ld.ratio("near")
         self.alerts.append(Alert(
-            "LiveKitAgentWorkerLoadHigh", g, "agent_workers", "voice_agents",
+            "LiveKitAgentWorkerLoadHigh", g, "agent_workers", "nodes",
             "A livekit-agents worker is near the load where it refuses jobs.",
             [Tier("warning", f"avg_over_time({q.m('lk_agents_worker_load', job='agent_workers')}[{w}]) > {num(limit)}",
                   ld.duration("for"), f"load > {num(ld['near'])} x load_threshold ({num(limit)})",
@@ -1102,7 +1131,7 @@ class Mixin:
         workers = f"max by (agent) ({q.m('up', job='agent_workers')})"
         scraped = f"group by (agent) (max_over_time({q.m('up', job='agent_workers')}[{seen}]))"
         self.alerts.append(Alert(
-            "LiveKitAgentWorkersAbsent", g, "agent_workers", "voice_agents",
+            "LiveKitAgentWorkersAbsent", g, "agent_workers", "nodes",
             "An agent that receives calls has no worker up.",
             [Tier("critical", f"({calls} > 0 unless on (agent) {workers} == 1) and on (agent) {scraped}", ab.duration("for"),
                   f"calls over {w}, no worker up (of the agents with workers seen within {seen})",
