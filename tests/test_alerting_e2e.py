@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
-import pytest
 import yaml
 from aiohttp import web
 

@@ -17,7 +17,6 @@ Conventions (kubernetes-mixin's, and the Prometheus docs' on rules):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from .config import MixinConfig, MixinError, seconds

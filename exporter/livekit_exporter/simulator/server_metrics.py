@@ -60,6 +60,24 @@ class Histogram:
         return out
 
 
+class Counters:
+    """Counter series by name and labels, written as a Go client writes them (no _total added)."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
+
+    def add(self, name: str, n: float = 1, **labels: str) -> None:
+        self.series[name][tuple(sorted(labels.items()))] += n
+
+    def lines(self, const: str) -> list[str]:
+        out = []
+        for name, series in sorted(self.series.items()):
+            out.append(f"# TYPE {name} counter")
+            for key, v in sorted(series.items()):
+                out.append(f"{name}{{{const}{''.join(f',{k}={chr(34)}{val}{chr(34)}' for k, val in key)}}} {v:g}")
+        return out
+
+
 class ServerMetrics:
     """LiveKit server's /metrics for one node, advanced by one observation round per scrape."""
 
@@ -72,11 +90,8 @@ class ServerMetrics:
         self.loss = Histogram(LOSS_BUCKETS)
         self.jitter = Histogram(JITTER_BUCKETS)
         self.rtt = Histogram(RTT_BUCKETS)
-        self.counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
+        self.counters = Counters()
         self.joined: set[str] = set()
-
-    def _count(self, name: str, n: float, **labels: str) -> None:
-        self.counters[name][tuple(sorted(labels.items()))] += n
 
     def advance(self) -> None:
         bad = max(self.media_quality, 0.0)
@@ -85,10 +100,10 @@ class ServerMetrics:
             for p in room.participants.values():
                 if p.sid not in self.joined:
                     self.joined.add(p.sid)
-                    self._count("livekit_participant_join_total", 1, state="signal_connected", warp="")
-                    self._count("livekit_participant_join_total", 1, state="rtc_connected", warp="")
+                    self.counters.add("livekit_participant_join_total", 1, state="signal_connected", warp="")
+                    self.counters.add("livekit_participant_join_total", 1, state="rtc_connected", warp="")
                     ok = p.state == State.ACTIVE
-                    self._count("livekit_participant_join_total", 1, state="rtc_success" if ok else "rtc_failure",
+                    self.counters.add("livekit_participant_join_total", 1, state="rtc_success" if ok else "rtc_failure",
                                 warp="false")
                 if p.state != State.ACTIVE:
                     continue
@@ -104,11 +119,11 @@ class ServerMetrics:
                         self.loss.observe(loss, **labels)
                         self.jitter.observe(max(1.0, rng.gauss(4000, 1500) * bad), **labels)
                         self.rtt.observe(max(1.0, rng.gauss(60, 20) * bad), **labels)
-                        self._count("livekit_packet_total", packets, direction=direction, transmission="initial", country="")
-                        self._count("livekit_packet_loss_total", packets * loss / 100, **labels)
-                        self._count("livekit_nack_total", rng.randint(0, 3) * bad, direction=direction, country="")
+                        self.counters.add("livekit_packet_total", packets, direction=direction, transmission="initial", country="")
+                        self.counters.add("livekit_packet_loss_total", packets * loss / 100, **labels)
+                        self.counters.add("livekit_nack_total", rng.randint(0, 3) * bad, direction=direction, country="")
                         if t.type == proto_models.VIDEO:
-                            self._count("livekit_pli_total", rng.randint(0, 1) * bad, direction=direction, country="")
+                            self.counters.add("livekit_pli_total", rng.randint(0, 1) * bad, direction=direction, country="")
 
     def text(self) -> str:
         self.advance()
@@ -135,10 +150,7 @@ class ServerMetrics:
         for name, hist in (("livekit_quality_score", self.quality), ("livekit_packet_loss_percent", self.loss),
                            ("livekit_jitter_us", self.jitter), ("livekit_rtt_ms", self.rtt)):
             lines += [f"# TYPE {name} histogram", *hist.lines(name, c)]
-        for name, series in sorted(self.counters.items()):
-            lines.append(f"# TYPE {name} counter")
-            for key, v in sorted(series.items()):
-                lines.append(f"{name}{{{c}{''.join(f',{k}={chr(34)}{val}{chr(34)}' for k, val in key)}}} {v:g}")
+        lines += self.counters.lines(c)
         return "\n".join(lines) + "\n"
 
 

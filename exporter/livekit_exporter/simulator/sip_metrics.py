@@ -15,6 +15,7 @@ from aiohttp import web
 from livekit.protocol import models as proto_models
 
 from .scenario import Kind, Scenario, State
+from .server_metrics import Counters
 
 TO = "sip.livekit.example"
 
@@ -22,11 +23,8 @@ TO = "sip.livekit.example"
 class _SipService:
     def __init__(self, scenario: Scenario, node_id: str = "NE_simulated"):
         self.scenario, self.const = scenario, f'node_id="{node_id}"'
-        self.counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(lambda: defaultdict(float))
+        self.counters = Counters()
         self.live: dict[str, str] = {}  # participant sid -> dir, while in a room
-
-    def _count(self, name: str, **labels: str) -> None:
-        self.counters[name][tuple(sorted(labels.items()))] += 1
 
     def text(self) -> str:
         now: dict[str, tuple[str, proto_models.ParticipantInfo]] = {}
@@ -38,14 +36,14 @@ class _SipService:
         for sid, (d, p) in now.items():
             if sid not in self.live and p.state != State.DISCONNECTED:
                 self.live[sid] = d
-                self._count("livekit_sip_invite_requests_raw")
-                self._count("livekit_sip_invite_requests", dir=d)
-                self._count("livekit_sip_invite_accepted", dir=d, to=TO)
+                self.counters.add("livekit_sip_invite_requests_raw")
+                self.counters.add("livekit_sip_invite_requests", dir=d)
+                self.counters.add("livekit_sip_invite_accepted", dir=d, to=TO)
         for sid, d in list(self.live.items()):
             p = now.get(sid, (d, None))[1]
             if p is None or p.state == State.DISCONNECTED:
                 unanswered = p is not None and p.disconnect_reason == proto_models.DisconnectReason.USER_UNAVAILABLE
-                self._count("livekit_sip_calls_terminated", dir=d, to=TO,
+                self.counters.add("livekit_sip_calls_terminated", dir=d, to=TO,
                             result="client_error" if unanswered else "success",
                             reason="no-answer" if unanswered else "hangup")
                 del self.live[sid]
@@ -56,11 +54,7 @@ class _SipService:
         lines = ["# TYPE livekit_sip_calls_active gauge",
                  *(f'livekit_sip_calls_active{{{c},dir="{d}",to="{TO}"}} {active.get(d, 0)}' for d in ("in", "out")),
                  "# TYPE livekit_sip_available gauge", f"livekit_sip_available{{{c}}} 1"]
-        for name, series in sorted(self.counters.items()):
-            lines.append(f"# TYPE {name} counter")
-            for key, v in sorted(series.items()):
-                lab = "".join(f',{k}="{val}"' for k, val in key)
-                lines.append(f"{name}{{{c}{lab}}} {v:g}")
+        lines += self.counters.lines(c)
         return "\n".join(lines) + "\n"
 
 
