@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test bench setup clean rules
+.PHONY: demo test bench setup clean rules stack
 
 $(BIN)/livekit-exporter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ setup: $(BIN)/livekit-exporter
 
 demo: setup
 	$(BIN)/livekit-exporter demo
+
+# The demo, Debian's prometheus (with the bundle's rules) and alertmanager, on free loopback ports;
+# Ctrl+C stops them all. Needs `apt-get install prometheus prometheus-alertmanager`.
+stack: setup
+	$(BIN)/python -m livekit_exporter.stack
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
                        help="YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)")
     demo = sub.add_parser("demo", help="run a simulated LiveKit and the exporter pointed at it")
     _common(demo)
+    demo.add_argument("--simulator.listen-address", dest="simulator_address", default="127.0.0.1:0",
+                      help="address of the simulated LiveKit: its Twirp API and, at /metrics, LiveKit "
+                           "server's own metrics (default 127.0.0.1:0, a free loopback port)")
     check = sub.add_parser("check-config", help="validate a configuration file; exit 2 if it is bad")
     check.add_argument("file")
     return p
@@ -64,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
+        try:
+            sim_host, sim_port = parse_listen_address(args.simulator_address)
+        except ValueError as e:
+            print(f"livekit-exporter: {str(e).replace('--web.listen-address', '--simulator.listen-address')}", file=sys.stderr)
+            return 2
         logsetup.setup(level, args.log_format)
         try:
-            asyncio.run(run_demo(host, port, args.telemetry_path))
+            asyncio.run(run_demo(host, port, args.telemetry_path, simulator=(sim_host, sim_port)))
         except KeyboardInterrupt:
             pass
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 
 from aiohttp import web
 
@@ -28,11 +29,29 @@ def demo_config(livekit_url: str, scenario: Scenario, events_token: str) -> Conf
     )
 
 
-async def run_demo(host: str | None, port: int, telemetry_path: str = "/metrics") -> None:
+async def run_demo(host: str | None, port: int, telemetry_path: str = "/metrics",
+                   simulator: tuple[str | None, int] = ("127.0.0.1", 0)) -> None:
+    """Until Ctrl+C or SIGTERM (a container's stop), either of which ends it cleanly."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await _run_demo(host, port, telemetry_path, simulator)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_demo(host: str | None, port: int, telemetry_path: str, simulator: tuple[str | None, int]) -> None:
     scenario = Scenario(api_key="demo", api_secret=secrets.token_urlsafe(32))
     events_token = secrets.token_urlsafe(24)
-    async with Simulator(scenario) as sim:
-        config = demo_config(sim.url, scenario, events_token)
+    sim_host, sim_port = simulator
+    async with Simulator(scenario, sim_host or "0.0.0.0", sim_port) as sim:
+        sim_shown = "127.0.0.1" if sim.host in ("0.0.0.0", "::") else sim.host
+        sim_url = f"http://{sim_shown}:{sim.port}"
+        config = demo_config(sim_url, scenario, events_token)
         app = build_app(config, telemetry_path=telemetry_path)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -41,7 +60,8 @@ async def run_demo(host: str | None, port: int, telemetry_path: str = "/metrics"
         port = site._server.sockets[0].getsockname()[1]  # the one picked when asked for port 0
         shown = "127.0.0.1" if host in (None, "0.0.0.0", "::") else host
         webhook_url = f"http://{shown}:{port}{config.webhooks.path}"
-        print(f"LiveKit simulator (Twirp API): {sim.url}", flush=True)
+        print(f"LiveKit simulator (Twirp API): {sim_url}", flush=True)
+        print(f"LiveKit server's own metrics:  {sim_url}/metrics (simulated)", flush=True)
         print(f"Exporter:                      http://{shown}:{port}/", flush=True)
         print(f"Metrics:                       http://{shown}:{port}{telemetry_path}", flush=True)
         print(f"Webhooks:                      POST {webhook_url} (signed as LiveKit signs them)", flush=True)
