@@ -34,6 +34,9 @@ def generate(cfg: MixinConfig) -> dict[str, str]:
     from .dashboards import render as dashboards  # needs grafana-foundation-sdk (the test extra)
 
     files.update(dashboards(m))
+    from .chart import chart_files  # the Helm chart's copies of the rules and dashboards, Chart.yaml, README
+
+    files.update(chart_files(files))
     unread = cfg.unread()
     if unread:
         raise MixinError(f"{cfg.source}: unknown keys (nothing reads them; a typo?): {', '.join(unread)}")
