@@ -1,0 +1,499 @@
+"""The Helm chart (charts/livekit-exporter): lint and render with Helm's own Go SDK, every object
+validated (Kubernetes' schemas, prometheus-operator's CRD models, promtool), the rules and dashboards
+it carries identical to the bundle's, its config.yml accepted by the exporter's own check, and the
+properties a kube-prometheus-stack user relies on (job label, sidecar labels, security, probes).
+
+No cluster and no helm binary: helm-python-sdk binds Helm's Go SDK (lint, render, schema).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import require_binary
+
+helm = pytest.importorskip("helm_python")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor  # noqa: E402
+
+from livekit_exporter import __version__  # noqa: E402
+from livekit_exporter.mixin import DEFAULT_CONFIG, MixinError, generate, load, stale  # noqa: E402
+from livekit_exporter.mixin.chart import CHART, chart_files, leaves, values_docs  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+CHART_DIR = ROOT / CHART
+CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
+MIXIN = yaml.safe_load((ROOT / DEFAULT_CONFIG).read_text())
+SECRET_DIR = "/etc/livekit-exporter/secrets"
+NAMESPACE = "monitoring"
+# The oldest Kubernetes Chart.yaml's kubeVersion admits, and the newest kubernetes-validate bundles.
+K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+# What tests write into an existingSecret: the keys the chart's README documents.
+EXISTING_SECRET_DATA = {
+    "api-key": "APIexisting",
+    "api-secret": "existing-secret-0123456789abcdef0123456789",
+    "webhook-api-secret-0": "old-webhook-secret-0123456789abcdef",
+    "webhook-api-secret-1": "new-webhook-secret-0123456789abcdef",
+    "events-tokens": "existing-events-token-0123456789\nexisting-events-token-abcdefghij\n",
+}
+
+
+def ci_values(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@lru_cache(maxsize=None)
+def _render(values_json: str, name: str) -> tuple[tuple[str, str], ...]:
+    with helm.Chart.load(CHART_DIR) as chart:
+        return tuple(sorted(chart.render(json.loads(values_json), name=name, namespace=NAMESPACE).items()))
+
+
+def render(values: dict[str, Any] | None = None, name: str = "lk") -> dict[str, str]:
+    """{template path: text} of a render with these values (cached: renders are pure)."""
+    return dict(_render(json.dumps(values or {}, sort_keys=True), name))
+
+
+def objects(values: dict[str, Any] | None = None, name: str = "lk") -> list[dict[str, Any]]:
+    out = []
+    for path, text in render(values, name).items():
+        if path.endswith("NOTES.txt"):
+            continue
+        out += [doc for doc in yaml.safe_load_all(text) if doc]
+    return out
+
+
+def one(objs: list[dict], kind: str) -> dict:
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def kinds(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def container(objs: list[dict]) -> dict:
+    (c,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def bundle_groups() -> list[dict]:
+    return [g for f in ("livekit.rules.yml", "livekit.alerts.yml")
+            for g in yaml.safe_load((ROOT / "prometheus" / "rules" / f).read_text())["groups"]]
+
+
+ids = [p.name.removesuffix("-values.yaml") for p in CI_VALUES]
+
+
+def test_the_ci_values_files_exist():
+    assert set(ids) >= {"default", "existing-secret", "ingress-on", "several-replicas", "dashboards-off"}
+
+
+# -- 1. lint and render ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CI_VALUES, ids=ids)
+def test_every_ci_values_file_lints_clean_and_renders(path):
+    report = helm.lint(CHART_DIR, values=ci_values(path), strict=True, namespace=NAMESPACE)
+    assert report["errors"] == [], report
+    assert report["total_charts_linted"] == 1
+    # severity 2 = warning, 3 = error; info (1) findings are advice, and there are none either
+    assert [m for m in report["messages"] if m["severity"] >= 1] == [], report["messages"]
+    objs = objects(ci_values(path))
+    assert {"Deployment", "Service", "ConfigMap"} <= {o["kind"] for o in objs}
+
+
+# -- 2. every object valid ---------------------------------------------------------------------------------
+
+def _roundtrip(model, obj: dict) -> dict:
+    return model.model_validate(obj).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+@pytest.mark.parametrize("path", CI_VALUES, ids=ids)
+def test_every_rendered_object_validates(path):
+    crds = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
+    for obj in objects(ci_values(path)):
+        if obj["kind"] in crds:
+            # the models accept unknown fields, so the round trip is the check: a field they do not know is dropped
+            assert _roundtrip(crds[obj["kind"]], obj) == obj, f"{obj['kind']}: fields prometheus-operator does not know"
+        else:
+            for version in K8S_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_validation_refuses_what_it_should():
+    """The two checks above can fail: an unknown field of a Deployment and of a ServiceMonitor."""
+    objs = objects(ci_values(CHART_DIR / "ci" / "several-replicas-values.yaml"))
+    deployment = json.loads(json.dumps(one(objs, "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+    sm = json.loads(json.dumps(one(objs, "ServiceMonitor")))
+    sm["spec"]["endpoints"][0]["scrape_timeout"] = "10s"
+    assert _roundtrip(ServiceMonitor, sm) != sm
+
+
+def test_the_prometheus_rule_holds_the_bundles_rules_exactly_and_promtool_passes_them(tmp_path):
+    promtool = require_binary("promtool")
+    rule = one(objects(), "PrometheusRule")
+    groups = rule["spec"]["groups"]
+    assert groups == bundle_groups()
+    # the annotations' Prometheus templates reach Prometheus unevaluated
+    annotations = [v for g in groups for r in g["rules"] for v in r.get("annotations", {}).values()]
+    assert any("{{ $value" in a for a in annotations)
+    assert any("{{ $labels." in a for a in annotations)
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "WARNING" not in run.stdout + run.stderr
+    n = sum(len(g["rules"]) for g in groups)
+    assert f"SUCCESS: {n} rules found" in run.stdout
+
+
+# -- 3. dashboards -----------------------------------------------------------------------------------------
+
+def dashboard_maps(objs: list[dict], label: str = "grafana_dashboard") -> list[dict]:
+    return [o for o in kinds(objs, "ConfigMap") if label in o["metadata"].get("labels", {})]
+
+
+def test_the_dashboard_configmaps_hold_the_bundles_dashboards_byte_for_byte():
+    maps = dashboard_maps(objects())
+    bundle = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "grafana" / "dashboards").glob("*.json"))}
+    assert len(bundle) >= 7
+    carried = {}
+    for cm in maps:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "LiveKit"}
+        (name, text), = cm["data"].items()
+        carried[name] = text
+        board = json.loads(text)
+        # kube-prometheus-stack's Prometheus datasource is picked through the datasource variable
+        assert {"name": "datasource", "type": "datasource", "query": "prometheus"}.items() <= next(
+            v for v in board["templating"]["list"] if v["name"] == "datasource").items()
+    assert carried == bundle
+
+
+def test_the_sidecar_label_and_folder_annotation_are_configurable_and_dashboards_can_be_off():
+    objs = objects({"dashboards": {"label": "my_dashboards", "labelValue": "yes",
+                                   "folderAnnotation": "k8s-sidecar-target-directory", "folder": "/tmp/dashboards/LiveKit"}})
+    maps = dashboard_maps(objs, "my_dashboards")
+    assert len(maps) == len(list((ROOT / "grafana" / "dashboards").glob("*.json")))
+    assert all(m["metadata"]["labels"]["my_dashboards"] == "yes" and "grafana_dashboard" not in m["metadata"]["labels"]
+               for m in maps)
+    assert all(m["metadata"]["annotations"] == {"k8s-sidecar-target-directory": "/tmp/dashboards/LiveKit"} for m in maps)
+    off = objects(ci_values(CHART_DIR / "ci" / "dashboards-off-values.yaml"))
+    assert dashboard_maps(off) == []
+    assert kinds(off, "PrometheusRule") == []
+    assert [o["kind"] for o in kinds(off, "ConfigMap")] == ["ConfigMap"]  # config.yml only
+
+
+# -- 4. the carried files are generated ---------------------------------------------------------------------
+
+def test_the_charts_carried_files_are_the_bundles_generated_by_the_same_step():
+    files = generate(load(ROOT / DEFAULT_CONFIG))
+    ours = chart_files(files)
+    assert {k for k in files if k.startswith(CHART + "/")} == set(ours)
+    assert stale(ours, ROOT) == [], "the chart's generated files are stale: run `make rules` and commit the result"
+    pairs = {"prometheus/rules/": "files/rules/", "grafana/dashboards/": "files/dashboards/"}
+    expected = {f"{CHART}/{into}{rel.removeprefix(src)}": rel
+                for rel in files for src, into in pairs.items() if rel.startswith(src) and rel.count("/") == 2}
+    assert {k for k in ours if "/files/" in k} == set(expected)
+    for carried, source in expected.items():
+        assert ours[carried] == files[source]
+        assert (ROOT / carried).read_bytes() == (ROOT / source).read_bytes()
+    on_disk = {str(p.relative_to(ROOT)) for p in (CHART_DIR / "files").rglob("*") if p.is_file()}
+    assert on_disk == set(expected), "files/ holds a file generate() does not write"
+
+
+def test_chart_yaml_is_generated_with_the_packages_version():
+    meta = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2" and meta["type"] == "application" and meta["version"] == "0.1.0"
+    assert meta["appVersion"] == __version__
+    with helm.Chart.load(CHART_DIR) as chart:
+        assert chart.metadata["appVersion"] == __version__
+
+
+# -- 5. the schema refuses typos and wrong types ---------------------------------------------------------
+
+@pytest.mark.parametrize("values, named", [
+    ({"replicas": "two"}, "replicas"),
+    ({"replica": 3}, "replica"),
+    ({"serviceMonitor": {"intervall": "30s"}}, "intervall"),
+    ({"ingress": {"enabled": "yes"}}, "enabled"),
+    ({"livekit": {"url": "livekit.example.com"}}, "url"),
+    ({"events": {"tokens": ["short"]}}, "tokens"),
+    ({"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
+])
+def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, named):
+    report = helm.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE)
+    problems = " ".join(report["errors"] + [m["error"] for m in report["messages"] if m["severity"] >= 2])
+    assert named in problems, report
+    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError, match=re.escape(named)):
+        chart.render(values, name="lk", namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"livekit": {"url": "https://lk.example.com"}}, "livekit.url is set but the LiveKit credentials are not"),
+    ({"livekit": {"url": "https://lk.example.com", "apiKey": "APIx"}}, "livekit.url is set but the LiveKit credentials"),
+    ({"existingSecret": "s", "livekit": {"apiSecret": "x"}}, "leave livekit.apiKey and livekit.apiSecret empty"),
+    ({"livekit": {"apiKey": "APIx", "apiSecret": "y"}, "webhooks": {"keys": [{"apiKey": "APIw"}]}},
+     r"webhooks.keys\[0\] \(APIw\) has no apiSecret"),
+    ({"config": {"livekit": {"api_secret": "inline"}}}, "config.livekit: put no credentials in config"),
+])
+def test_values_that_cannot_make_a_working_exporter_fail_with_a_clear_message(values, message):
+    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError, match=message):
+        chart.render(values, name="lk", namespace=NAMESPACE)
+
+
+def test_a_default_install_renders_and_its_notes_say_what_is_missing():
+    notes = render()["livekit-exporter/templates/NOTES.txt"]
+    assert "MISSING: livekit.url is not set" in notes
+    assert "MISSING: no LiveKit API key pair" in notes
+    assert "/webhook" in notes and "/metrics" in notes and "serviceMonitor.additionalLabels.release" in notes
+    complete = render(ci_values(CHART_DIR / "ci" / "several-replicas-values.yaml"))["livekit-exporter/templates/NOTES.txt"]
+    assert "MISSING" not in complete
+
+
+# -- 6. the rendered config passes the exporter's own check ------------------------------------------------
+
+WITH_URL = [p for p in CI_VALUES if ci_values(p).get("livekit", {}).get("url")]
+
+
+@pytest.mark.parametrize("path", WITH_URL, ids=[p.name.removesuffix("-values.yaml") for p in WITH_URL])
+def test_the_rendered_config_and_secret_files_pass_check_config(path, tmp_path):
+    values = ci_values(path)
+    objs = objects(values)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret_volume = next(n for n, v in volumes.items() if "secret" in v)
+    assert mounts[secret_volume] == SECRET_DIR
+    assert volumes[secret_volume]["secret"]["defaultMode"] == 0o440
+    secret_name = volumes[secret_volume]["secret"]["secretName"]
+
+    if values.get("existingSecret"):
+        assert kinds(objs, "Secret") == [], "existingSecret: the chart creates no Secret"
+        assert secret_name == values["existingSecret"]
+        data = EXISTING_SECRET_DATA
+    else:
+        secret = one(objs, "Secret")
+        assert secret_name == secret["metadata"]["name"]
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        secrets = {values["livekit"]["apiSecret"], *(k["apiSecret"] for k in values.get("webhooks", {}).get("keys", [])),
+                   *values.get("events", {}).get("tokens", [])}
+        assert secrets <= set(data.values()) | {t for v in data.values() for t in v.splitlines()}
+    # the config names the secret files under the mount; no secret is in the ConfigMap or a literal env value
+    config_text = one([o for o in kinds(objs, "ConfigMap") if "config.yml" in o["data"]], "ConfigMap")["data"]["config.yml"]
+    for v in data.values():
+        for s in v.splitlines():
+            if "secret" in s or "token" in s:
+                assert s not in config_text
+                assert all(s not in str(e.get("value", "")) for e in c.get("env", []))
+    assert "LIVEKIT_API_SECRET" not in {e["name"] for e in c.get("env", [])}
+    named = re.findall(rf"{re.escape(SECRET_DIR)}/([\w.-]+)", config_text)
+    assert named and set(named) <= set(data), f"the config names files the Secret lacks: {set(named) - set(data)}"
+
+    # the pod's filesystem and environment, in a temporary directory
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for key, v in data.items():
+        (secrets_dir / key).write_text(v)
+    config = tmp_path / "config.yml"
+    config.write_text(config_text.replace(SECRET_DIR, str(secrets_dir)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "LIVEKIT_EXPORTER_"))}
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == secret_name
+            env[e["name"]] = data[ref["key"]]
+        else:
+            env[e["name"]] = e["value"]
+    assert "LIVEKIT_API_KEY" in env
+    exe = Path(sys.executable).parent / "livekit-exporter"
+    run = subprocess.run([str(exe), "check-config", str(config)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # and the check is real: without the secret files it refuses
+    (secrets_dir / "api-secret").unlink()
+    run = subprocess.run([str(exe), "check-config", str(config)], capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "api_secret_file" in run.stderr
+
+
+def test_the_chart_merges_its_settings_into_the_free_form_config():
+    values = {"livekit": {"url": "https://lk.example.com", "apiKey": "APIx", "apiSecret": "s" * 32},
+              "config": {"livekit": {"request_timeout": "5s"}, "collect": {"services": ["room"]},
+                         "webhooks": {"path": "/hooks"}}}
+    cm = next(o for o in kinds(objects(values), "ConfigMap") if "config.yml" in o["data"])
+    cfg = yaml.safe_load(cm["data"]["config.yml"])
+    assert cfg == {"livekit": {"url": "https://lk.example.com", "request_timeout": "5s",
+                               "api_secret_file": f"{SECRET_DIR}/api-secret"},
+                   "collect": {"services": ["room"]}, "webhooks": {"path": "/hooks"}}
+
+
+def test_a_config_or_secret_change_rolls_the_pods():
+    base = {"livekit": {"url": "https://lk.example.com", "apiKey": "APIx", "apiSecret": "s" * 32}}
+
+    def checksums(values):
+        return one(objects(values), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+
+    a = checksums(base)
+    b = checksums({**base, "config": {"labels": {"max_values": 10}}})
+    c = checksums({**base, "livekit": {**base["livekit"], "apiSecret": "t" * 32}})
+    assert a["checksum/config"] != b["checksum/config"] and a["checksum/secret"] == b["checksum/secret"]
+    assert a["checksum/secret"] != c["checksum/secret"] and a["checksum/config"] == c["checksum/config"]
+
+
+# -- 7. what a production install relies on -------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", CI_VALUES, ids=ids)
+def test_security_probes_and_ports(path):
+    objs = objects(ci_values(path))
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    c = container(objs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == 10001
+    assert pod["securityContext"]["fsGroup"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+    assert all(sa["automountServiceAccountToken"] is False for sa in kinds(objs, "ServiceAccount"))
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/tmp"}
+    assert any("emptyDir" in v for v in pod["volumes"])
+    assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
+    assert c["ports"] == [{"name": "http", "containerPort": 9784, "protocol": "TCP"}]
+    assert c["args"][:2] == ["--config.file=/etc/livekit-exporter/config.yml", "--web.listen-address=:9784"]
+    assert c["image"] == f"ghcr.io/livekit-exporter/livekit-exporter:{__version__}"
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    svc = one(objs, "Service")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 9784, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["selector"].items() <= one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_ingress_exposes_only_the_webhook_and_events_paths():
+    assert kinds(objects(), "Ingress") == []
+    values = ci_values(CHART_DIR / "ci" / "ingress-on-values.yaml")
+    ing = one(objects(values), "Ingress")
+    assert ing["spec"]["ingressClassName"] == "nginx" and ing["spec"]["tls"]
+    for rule in ing["spec"]["rules"]:
+        paths = rule["http"]["paths"]
+        assert sorted(p["path"] for p in paths) == ["/v1/events", "/webhook"]
+        assert all(p["pathType"] == "Exact" and p["backend"]["service"]["port"] == {"name": "http"} for p in paths)
+    # the paths follow the exporter's config, and a disabled endpoint is not exposed
+    moved = one(objects({**values, "config": {"webhooks": {"path": "/lk"}, "events": {"enabled": False}}}), "Ingress")
+    assert [p["path"] for r in moved["spec"]["rules"] for p in r["http"]["paths"]] == ["/lk"]
+
+
+def test_autoscaling_removes_replicas_and_several_replicas_get_a_pdb():
+    default = objects()
+    assert one(default, "Deployment")["spec"]["replicas"] == 2
+    assert kinds(default, "HorizontalPodAutoscaler") == []
+    assert one(default, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    several = objects(ci_values(CHART_DIR / "ci" / "several-replicas-values.yaml"))
+    assert "replicas" not in one(several, "Deployment")["spec"]
+    hpa = one(several, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": one(several, "Deployment")["metadata"]["name"]}
+    assert hpa["spec"]["minReplicas"] == 3
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    pdb = one(several, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+        one(several, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    single = objects(ci_values(CHART_DIR / "ci" / "dashboards-off-values.yaml"))
+    assert one(single, "Deployment")["spec"]["replicas"] == 1
+    assert kinds(single, "PodDisruptionBudget") == []
+
+
+def scraped_job(objs: list[dict]) -> str:
+    """The job label prometheus-operator gives the series of the Service the ServiceMonitor selects:
+    the value of the Service label named by spec.jobLabel, else the Service's name; then relabelings."""
+    sm = one(objs, "ServiceMonitor")
+    (svc,) = [s for s in kinds(objs, "Service")
+              if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert svc["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    job = svc["metadata"]["labels"].get(sm["spec"].get("jobLabel", ""), svc["metadata"]["name"])
+    for r in ep.get("relabelings", []):
+        if r.get("targetLabel") == "job":
+            job = r["replacement"]
+    return job
+
+
+@pytest.mark.parametrize("release", ["lk", "prod", "livekit-exporter", "kube-prometheus-stack"])
+def test_the_service_monitor_scrapes_like_the_mixin_says(release):
+    objs = objects(name=release)
+    assert scraped_job(objs) == MIXIN["jobs"]["exporter"] == "livekit-exporter"
+    (ep,) = one(objs, "ServiceMonitor")["spec"]["endpoints"]
+    assert ep["interval"] == MIXIN["prometheus"]["scrape_interval"]
+    assert ep["scrapeTimeout"] == MIXIN["prometheus"]["scrape_timeout"]
+    assert ep["path"] == "/metrics"
+
+
+def test_the_kube_prometheus_stack_selector_labels_are_applied():
+    objs = objects(ci_values(CHART_DIR / "ci" / "existing-secret-values.yaml"))
+    assert one(objs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert one(objs, "PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # without the jobLabel the job would be the Service's name, which follows the release: the check can fail
+    no_job_label = [json.loads(json.dumps(o)) for o in objects(name="prod")]
+    one(no_job_label, "ServiceMonitor")["spec"].pop("jobLabel")
+    assert scraped_job(no_job_label) == "prod-livekit-exporter"
+
+
+# -- 8. values documented and in the schema ----------------------------------------------------------------
+
+def _schema_has(schema: dict, path: str) -> bool:
+    node = schema
+    for part in path.split("."):
+        props = node.get("properties")
+        if props is None:  # a free-form object (resources, config, ...): anything under it is its own
+            return node.get("type") == "object" and node.get("additionalProperties") is not False
+        if part not in props:
+            return False
+        node = props[part]
+    return True
+
+
+def test_every_values_key_is_in_the_readme_table_and_the_schema():
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    readme = (CHART_DIR / "README.md").read_text()
+    rows = re.findall(r"^\| `([^`]+)` \|", readme, flags=re.M)
+    assert rows
+    for leaf in leaves(values):
+        assert any(leaf == r or leaf.startswith(r + ".") for r in rows), f"{leaf} is not in the README's values table"
+        assert _schema_has(schema, leaf), f"{leaf} is not in values.schema.json"
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    for key, sub in schema["properties"].items():
+        if "properties" in sub:
+            assert sub["additionalProperties"] is False, f"{key}: a typo under it would be accepted"
+    assert set(schema["properties"]) - {"global"} == set(values), "schema keys values.yaml does not have"
+    assert schema["properties"]["config"] == {"type": "object", **{k: v for k, v in schema["properties"]["config"].items()
+                                                                   if k == "description"}}
+    for key in ("existingSecret", "api-key", "api-secret", "webhook-api-secret-<i>", "events-tokens",
+                "serviceMonitor.additionalLabels.release", "prometheusRule.additionalLabels.release",
+                "sessionAffinity", "/webhook", "/v1/events"):
+        assert key in readme, key
+
+
+def test_an_undocumented_values_key_is_refused_by_the_generator():
+    with pytest.raises(MixinError, match="replicas has no `# -- description`"):
+        values_docs("# -- documented\nimage: x\nreplicas: 2\n")
+    rows = values_docs("a:\n  # -- the b\n  b: 1\n# -- whole\nc:\n  d: [1]\n")
+    assert rows == [("a.b", "the b", 1), ("c", "whole", {"d": [1]})]
