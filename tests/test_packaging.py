@@ -398,3 +398,30 @@ def test_native_stack_says_what_is_missing(tmp_path):
     assert r.returncode == 1
     assert "secret smtp_password: set SMTP_PASSWORD in .env or in the environment" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_build_context_builds_the_package_with_its_data_and_entrypoint(tmp_path):
+    """What .dockerignore lets through is enough for the Dockerfile's `pip install .`: a wheel built
+    from exactly that context has the console script and the schemas the exporter loads at run time."""
+    import zipfile
+
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    context = tmp_path / "context"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        if not dockerignored(rel, patterns) and (ROOT / rel).is_file():
+            (context / rel).parent.mkdir(parents=True, exist_ok=True)
+            (context / rel).write_bytes((ROOT / rel).read_bytes())
+    assert sorted({rel.split("/")[0] for rel in tracked if (context / rel).exists()}) == ["README.md", "exporter", "pyproject.toml"]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"),
+                        str(context)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("livekit_exporter-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        files = set(z.namelist())
+        entry_points = next(z.read(n).decode() for n in files if n.endswith("entry_points.txt"))
+    assert "livekit-exporter = livekit_exporter.cli:main" in entry_points
+    for schema in ("config.schema.json", "events.schema.json", "openapi.yaml"):
+        assert f"livekit_exporter/schemas/{schema}" in files
+    assert not any("/tests/" in f or f.startswith("tests/") for f in files)
