@@ -108,8 +108,9 @@ def test_every_ci_values_file_lints_clean_and_renders(path):
     report = helm.lint(CHART_DIR, values=ci_values(path), strict=True, namespace=NAMESPACE)
     assert report["errors"] == [], report
     assert report["total_charts_linted"] == 1
-    # severity 2 = warning, 3 = error; info (1) findings are advice, and there are none either
-    assert [m for m in report["messages"] if m["severity"] >= 1] == [], report["messages"]
+    # severity 2 = warning, 3 = error, 1 = info (advice): the only one left is the icon, as the project has none
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [], report["messages"]
+    assert [m["error"] for m in report["messages"]] == ["icon is recommended"], report["messages"]
     objs = objects(ci_values(path))
     assert {"Deployment", "Service", "ConfigMap"} <= {o["kind"] for o in objs}
 
@@ -235,6 +236,7 @@ def test_chart_yaml_is_generated_with_the_packages_version():
     ({"livekit": {"url": "livekit.example.com"}}, "url"),
     ({"events": {"tokens": ["short"]}}, "tokens"),
     ({"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
+    ({"ingress": {"enabled": True, "hosts": []}}, "hosts"),
 ])
 def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, named):
     report = helm.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE)
@@ -251,6 +253,8 @@ def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, 
     ({"livekit": {"apiKey": "APIx", "apiSecret": "y"}, "webhooks": {"keys": [{"apiKey": "APIw"}]}},
      r"webhooks.keys\[0\] \(APIw\) has no apiSecret"),
     ({"config": {"livekit": {"api_secret": "inline"}}}, "config.livekit: put no credentials in config"),
+    ({"config": {"webhooks": {"keys": [{"api_key": "k", "api_secret": "s"}]}}}, "config.webhooks.keys: set webhooks.keys"),
+    ({"config": {"events": {"tokens": ["t" * 20]}}}, "config.events.tokens: set events.tokens instead"),
 ])
 def test_values_that_cannot_make_a_working_exporter_fail_with_a_clear_message(values, message):
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError, match=message):

@@ -75,6 +75,12 @@ app.kubernetes.io/part-of: livekit-exporter
 {{- fail (printf "webhooks.keys[%d] (%s) has no apiSecret" $i $k.apiKey) }}
 {{- end }}
 {{- end }}
+{{- if (.Values.config.webhooks | default dict).keys }}
+{{- fail "config.webhooks.keys: set webhooks.keys ([{apiKey, apiSecret}]) instead: the chart mounts their secrets as files" }}
+{{- end }}
+{{- if (.Values.config.events | default dict).tokens }}
+{{- fail "config.events.tokens: set events.tokens instead (kept in the Secret, not in the ConfigMap)" }}
+{{- end }}
 {{- with .Values.config.livekit }}
 {{- if or .api_key .api_secret .api_secret_file }}
 {{- fail "config.livekit: put no credentials in config (livekit.apiKey, livekit.apiSecret or existingSecret set them)" }}

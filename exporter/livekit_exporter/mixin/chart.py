@@ -43,7 +43,6 @@ version: {CHART_VERSION}
 appVersion: "{__version__}"
 kubeVersion: ">=1.25.0-0"
 home: https://github.com/livekit-exporter/livekit-exporter
-icon: https://raw.githubusercontent.com/livekit/livekit/master/.github/banner_light.png
 sources:
   - https://github.com/livekit-exporter/livekit-exporter
 keywords: [livekit, prometheus, exporter, webrtc, voice-agents, kube-prometheus-stack]
