@@ -18,19 +18,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm  # the test extra: helm-python-sdk, kubernetes-validate, cloudcoil-models-prometheus-operator
+import kubernetes_validate
 import pytest
 import yaml
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
 from conftest import require_binary
-
-helm = pytest.importorskip("helm_python")
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor  # noqa: E402
-
-from livekit_exporter import __version__  # noqa: E402
-from livekit_exporter.mixin import DEFAULT_CONFIG, MixinError, generate, load, stale  # noqa: E402
-from livekit_exporter.mixin.chart import CHART, chart_files, leaves, values_docs  # noqa: E402
+from livekit_exporter import __version__
+from livekit_exporter.mixin import DEFAULT_CONFIG, MixinError, generate, load, stale
+from livekit_exporter.mixin.chart import CHART, chart_files, leaves, values_docs
 
 ROOT = Path(__file__).parent.parent
 CHART_DIR = ROOT / CHART
