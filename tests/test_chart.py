@@ -160,6 +160,23 @@ def test_the_prometheus_rule_holds_the_bundles_rules_exactly_and_promtool_passes
     assert f"SUCCESS: {n} rules found" in run.stdout
 
 
+def test_the_alerts_dashboard_links_can_point_at_your_grafana():
+    groups = one(objects({"prometheusRule": {"grafanaUrl": "https://grafana.example.com/"}}), "PrometheusRule")["spec"]["groups"]
+    bundle = bundle_groups()
+    links = 0
+    for g, b in zip(groups, bundle, strict=True):
+        for r, br in zip(g["rules"], b["rules"], strict=True):
+            url = r.get("annotations", {}).get("dashboard_url")
+            if url:
+                base, _, rest = br["annotations"]["dashboard_url"].partition("/d/")
+                assert base == MIXIN["links"]["grafana_url"]
+                assert url == f"https://grafana.example.com/d/{rest}"
+                r["annotations"]["dashboard_url"] = br["annotations"]["dashboard_url"]
+                links += 1
+            assert r == br
+    assert links > 20
+
+
 # -- 3. dashboards -----------------------------------------------------------------------------------------
 
 def dashboard_maps(objs: list[dict], label: str = "grafana_dashboard") -> list[dict]:
@@ -195,6 +212,8 @@ def test_the_sidecar_label_and_folder_annotation_are_configurable_and_dashboards
     assert dashboard_maps(off) == []
     assert kinds(off, "PrometheusRule") == []
     assert [o["kind"] for o in kinds(off, "ConfigMap")] == ["ConfigMap"]  # config.yml only
+    assert len(kinds(off, "ServiceMonitor")) == 1
+    assert kinds(objects({"serviceMonitor": {"enabled": False}}), "ServiceMonitor") == []
 
 
 # -- 4. the carried files are generated ---------------------------------------------------------------------
@@ -234,6 +253,7 @@ def test_chart_yaml_is_generated_with_the_packages_version():
     ({"events": {"tokens": ["short"]}}, "tokens"),
     ({"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
     ({"ingress": {"enabled": True, "hosts": []}}, "hosts"),
+    ({"prometheusRule": {"grafanaUrl": "grafana.example.com"}}, "grafanaUrl"),
 ])
 def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, named):
     report = helm.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE)
@@ -390,6 +410,9 @@ def test_the_ingress_exposes_only_the_webhook_and_events_paths():
     assert kinds(objects(), "Ingress") == []
     values = ci_values(CHART_DIR / "ci" / "ingress-on-values.yaml")
     ing = one(objects(values), "Ingress")
+    pod = one(objects(values), "Deployment")["spec"]["template"]["spec"]
+    assert "livekit-ca" in {v["name"] for v in pod["volumes"]}  # extraVolumes, extraVolumeMounts
+    assert "/etc/livekit-ca" in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert ing["spec"]["ingressClassName"] == "nginx" and ing["spec"]["tls"]
     for rule in ing["spec"]["rules"]:
         paths = rule["http"]["paths"]
