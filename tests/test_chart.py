@@ -270,6 +270,7 @@ def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, 
     ({"livekit": {"apiKey": "APIx", "apiSecret": "y"}, "webhooks": {"keys": [{"apiKey": "APIw"}]}},
      r"webhooks.keys\[0\] \(APIw\) has no apiSecret"),
     ({"config": {"livekit": {"api_secret": "inline"}}}, "config.livekit: put no credentials in config"),
+    ({"events": {"existingSecretTokens": True}}, "events.existingSecretTokens is set without existingSecret"),
     ({"config": {"webhooks": {"keys": [{"api_key": "k", "api_secret": "s"}]}}}, "config.webhooks.keys: set webhooks.keys"),
     ({"config": {"events": {"tokens": ["t" * 20]}}}, "config.events.tokens: set events.tokens instead"),
 ])
@@ -391,6 +392,7 @@ def test_security_probes_and_ports(path):
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
     assert all(sa["automountServiceAccountToken"] is False for sa in kinds(objs, "ServiceAccount"))
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/tmp"}
     assert any("emptyDir" in v for v in pod["volumes"])

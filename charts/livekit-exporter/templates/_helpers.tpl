@@ -64,6 +64,9 @@ app.kubernetes.io/part-of: livekit-exporter
 {{- if and .Values.existingSecret (or .Values.livekit.apiKey .Values.livekit.apiSecret) }}
 {{- fail "existingSecret is set: leave livekit.apiKey and livekit.apiSecret empty (the Secret's api-key and api-secret are used)" }}
 {{- end }}
+{{- if and .Values.events.existingSecretTokens (not .Values.existingSecret) }}
+{{- fail "events.existingSecretTokens is set without existingSecret: give the tokens in events.tokens, or name the Secret in existingSecret" }}
+{{- end }}
 {{- if and .Values.existingSecret .Values.events.tokens }}
 {{- fail "existingSecret is set: put the events tokens in its events-tokens key (and set events.existingSecretTokens) instead of events.tokens" }}
 {{- end }}
