@@ -286,6 +286,9 @@ def test_a_default_install_renders_and_its_notes_say_what_is_missing():
     assert "/webhook" in notes and "/metrics" in notes and "serviceMonitor.additionalLabels.release" in notes
     complete = render(ci_values(CHART_DIR / "ci" / "several-replicas-values.yaml"))["livekit-exporter/templates/NOTES.txt"]
     assert "MISSING" not in complete
+    existing = render(ci_values(CHART_DIR / "ci" / "existing-secret-values.yaml"))["livekit-exporter/templates/NOTES.txt"]
+    assert "must hold the keys: api-key, api-secret, webhook-api-secret-0, webhook-api-secret-1, events-tokens" in existing
+    assert "(set: release=kube-prometheus-stack)" in existing
 
 
 # -- 6. the rendered config passes the exporter's own check ------------------------------------------------
