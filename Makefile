@@ -30,6 +30,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# Regenerate prometheus/prometheus.yml, prometheus/rules/, grafana/ and docs/{alerts,runbooks}.md from prometheus/mixin.yml.
+# Regenerate prometheus/prometheus.yml, prometheus/rules/, grafana/, the chart's carried copies (charts/livekit-exporter/files/,
+# Chart.yaml, README.md) and docs/{alerts,runbooks,dashboards}.md from prometheus/mixin.yml.
 rules: setup
 	$(BIN)/python -m livekit_exporter.mixin

@@ -526,3 +526,27 @@ def test_an_undocumented_values_key_is_refused_by_the_generator():
         values_docs("# -- documented\nimage: x\nreplicas: 2\n")
     rows = values_docs("a:\n  # -- the b\n  b: 1\n# -- whole\nc:\n  d: [1]\n")
     assert rows == [("a.b", "the b", 1), ("c", "whole", {"d": [1]})]
+
+
+def test_the_readmes_kube_prometheus_stack_example_lints_renders_and_does_what_it_says():
+    """The values example of the top-level README is a working install, not prose."""
+    readme = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n# my-values.yaml\n(.*?)```", readme, re.S)
+    values = yaml.safe_load(block)
+    report = helm.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == [], report
+    objs = objects(values)
+    for obj in objs:
+        if obj["kind"] not in ("ServiceMonitor", "PrometheusRule"):
+            kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+    assert one(objs, "ServiceMonitor")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert one(objs, "PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert not kinds(objs, "Secret"), "existingSecret: the chart creates none"
+    paths = {p["path"] for rule in one(objs, "Ingress")["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert paths == {"/webhook", "/v1/events"}
+    links = {r["annotations"]["dashboard_url"] for g in one(objs, "PrometheusRule")["spec"]["groups"]
+             for r in g["rules"] if "alert" in r}
+    assert links and all(link.startswith("https://grafana.example.com/d/") for link in links)
+    # The kubectl line creates the keys the values name.
+    kubectl = re.search(r"kubectl -n monitoring create secret generic livekit-exporter(.*?)\nhelm install", readme, re.S)
+    assert set(re.findall(r"--from-(?:literal|file)=([\w-]+)=", kubectl.group(1))) == {"api-key", "api-secret", "events-tokens"}
