@@ -31,17 +31,30 @@ def demo_config(livekit_url: str, scenario: Scenario, events_token: str) -> Conf
 
 async def run_demo(host: str | None, port: int, telemetry_path: str = "/metrics",
                    simulator: tuple[str | None, int] = ("127.0.0.1", 0)) -> None:
-    """Until Ctrl+C or SIGTERM (a container's stop), either of which ends it cleanly."""
+    """Until Ctrl+C or SIGTERM (a container's stop), either of which ends it cleanly; a
+    cancellation from elsewhere propagates as usual."""
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    if task is not None:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    terminated: list[int] = []
+
+    def on_sigterm() -> None:
+        terminated.append(signal.SIGTERM)
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        handled = True
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+        handled = False
     try:
         await _run_demo(host, port, telemetry_path, simulator)
     except asyncio.CancelledError:
-        pass
+        if not terminated:
+            raise
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _run_demo(host: str | None, port: int, telemetry_path: str, simulator: tuple[str | None, int]) -> None:
