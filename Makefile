@@ -18,8 +18,9 @@ demo: setup
 
 # The demo, Debian's prometheus (with the bundle's rules) and alertmanager, on free loopback ports;
 # Ctrl+C stops them all. Needs `apt-get install prometheus prometheus-alertmanager`.
+# STACK_ENV=FILE: the secrets from FILE instead of .env (as `docker compose --env-file FILE`).
 stack: setup
-	$(BIN)/python -m livekit_exporter.stack
+	$(BIN)/python -m livekit_exporter.stack $(if $(STACK_ENV),--env-file $(STACK_ENV))
 
 test: setup
 	$(BIN)/python -m pytest -q

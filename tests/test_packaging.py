@@ -22,9 +22,10 @@ import aiohttp
 import pytest
 import yaml
 
-from conftest import require_binary
+from conftest import free_port, require_binary
 from livekit_exporter.config import load as load_exporter_config
-from livekit_exporter.stack import compose_secrets, read_env_file
+from livekit_exporter import __version__
+from livekit_exporter.stack import compose_env, compose_secrets
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = Path(sys.executable).with_name("docker-compose")
@@ -65,12 +66,15 @@ def test_dockerfile_is_multi_stage_slim_pinned_and_non_root():
     assert final["STOPSIGNAL"] == "SIGTERM"
     assert json.loads(final["ENTRYPOINT"]) == ["livekit-exporter"]
     assert json.loads(final["CMD"]) == ["--web.listen-address=:9784"] and final["EXPOSE"] == "9784"
+    final_args = dict(a.split("=", 1) for kind, a in stages[-1] if kind == "ARG" and "=" in a)
+    assert final_args["VERSION"] == __version__, "the image's version label is the package's version"
     labels = " ".join(a for kind, a in stages[-1] if kind == "LABEL")
-    for key in ("title", "description", "source", "licenses", "version"):
+    for key in ("title", "description", "source", "licenses", "version", "revision"):
         assert f"org.opencontainers.image.{key}=" in labels
     # No compiler or package manager run in the final image; it copies the build stage's virtualenv.
     runs = " ".join(a for kind, a in stages[-1] if kind == "RUN")
     assert not re.search(r"apt-get|apk |gcc|build-essential|pip install", runs)
+    assert "pip uninstall -y -q pip setuptools wheel" in runs, "the base image's pip is not needed at run time"
     assert any(kind == "COPY" and a.startswith("--from=build") for kind, a in stages[-1])
     # What the build stage copies exists, and the entrypoint is the package's console script.
     for kind, a in stages[0]:
@@ -80,17 +84,46 @@ def test_dockerfile_is_multi_stage_slim_pinned_and_non_root():
     assert 'livekit-exporter = "livekit_exporter.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
+def _docker_pattern(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern as Docker's patternmatcher compiles it: `*` and `?` never match `/`,
+    `**` matches any number of directories (`**/` none too)."""
+    out, i = "^", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            out += ".*" if i >= len(pattern) else "(.*/)?"
+            continue
+        out += "[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch)
+        i += 1
+    return re.compile(out + "$")
+
+
 def dockerignored(path: str, patterns: list[str]) -> bool:
-    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
-    parts = path.split("/")
+    """Docker's MatchesOrParentMatches: the last pattern that matches the path or one of its
+    parent directories decides; `!` patterns include again."""
+    parents = path.split("/")[:-1]
     ignored = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        pat = pattern.lstrip("!").strip("/")
-        regex = fnmatch.translate(pat).replace(".*", "[^/]*").replace("[^/]*[^/]*", ".*")
-        if any(re.fullmatch(regex, "/".join(parts[:i])) for i in range(1, len(parts) + 1)):
-            ignored = not negate
+    for raw in patterns:
+        exclusion = raw.startswith("!")
+        pattern = os.path.normpath(raw.lstrip("!").strip()).lstrip("/")
+        if exclusion != ignored:
+            continue
+        regex = _docker_pattern(pattern)
+        match = bool(regex.match(path)) or any(regex.match("/".join(parents[:i + 1])) for i in range(len(parents)))
+        if match:
+            ignored = not exclusion
     return ignored
+
+
+def test_the_dockerignore_matcher_follows_dockers_rules():
+    assert dockerignored("exporter/__pycache__/x.pyc", ["exporter/**/__pycache__"])
+    assert dockerignored("__pycache__", ["**/__pycache__"]) and dockerignored("a/b/__pycache__/c", ["**/__pycache__"])
+    assert not dockerignored("a/b", ["a?b"]) and dockerignored("axb", ["a?b"])
+    assert dockerignored("x/y", ["*"]) and not dockerignored("x/y", ["*", "!x"]) and dockerignored("x/y", ["*", "!x", "x/y"])
+    assert not dockerignored("docs/a.md", ["*.md"]) and dockerignored("a.md", ["*.md"])
 
 
 def test_dockerignore_keeps_the_context_to_what_the_image_needs():
@@ -200,15 +233,47 @@ def test_compose_mounts_exist_and_images_are_pinned(resolved):
                 assert "healthcheck" in dep_service or "build" in dep_service, f"{dep} has no healthcheck"
     for profile, exporter in (("livekit", "exporter"), ("demo", "demo")):
         s = resolved[profile]["services"][exporter]
-        assert s["read_only"] is True and s["cap_drop"] == ["ALL"] and "no-new-privileges:true" in s["security_opt"]
+        assert s["cap_drop"] == ["ALL"] and "no-new-privileges:true" in s["security_opt"]
         assert s["build"]["context"] == str(ROOT), "built from the Dockerfile"
+    assert resolved["demo"]["services"]["demo"]["read_only"] is True, "the image runs on a read-only root"
+
+
+# What each image can run for a healthcheck, and where it answers 200 when healthy: busybox wget in
+# prom/* (busybox based), livekit-server and grafana (Alpine); the exporter's own Python.
+HEALTH = {"livekit/livekit-server": ("wget", "http://127.0.0.1:7880/"),
+          "prom/prometheus": ("wget", "http://127.0.0.1:9090/-/ready"),
+          "prom/alertmanager": ("wget", "http://127.0.0.1:9093/-/ready"),
+          "grafana/grafana": ("wget", "http://127.0.0.1:3000/api/health")}
+
+
+def test_compose_services_can_start_as_written(resolved):
+    """What `config -q` does not check but `up` needs: compose refuses to copy an `environment:`
+    secret into a read-only container; a healthcheck must run a tool the image has, on a real URL."""
+    for profile, cfg in resolved.items():
+        for name, service in cfg["services"].items():
+            if service.get("read_only"):
+                copied = [s["source"] for s in service.get("secrets", [])
+                          if "environment" in cfg["secrets"][s["source"]]]
+                assert not copied, f"{profile}/{name}: read_only with environment secrets {copied}"
+            if "build" in service:
+                assert "healthcheck" not in service, "the image's HEALTHCHECK is the one"
+                continue
+            tool, url = HEALTH[service["image"].rpartition(":")[0]]
+            test = service["healthcheck"]["test"]
+            assert test[0] == "CMD" and test[1] == tool and test[-1] == url, f"{name}: {test}"
+            for port in service.get("ports", []):
+                assert port["host_ip"] == "127.0.0.1", f"{name}: published beyond this host by default"
+        prom = cfg["services"]["prometheus"]["command"]
+        assert "--web.enable-lifecycle" not in prom, "anyone reaching :9090 could stop Prometheus"
+        assert "--web.external-url=http://localhost:9090" in prom
+        assert "--web.external-url=http://localhost:9093" in cfg["services"]["alertmanager"]["command"]
 
 
 def test_compose_hosts_ports_keys_and_urls_agree(resolved, tmp_path):
     prom_cfg = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]] for j in prom_cfg["scrape_configs"]}
     livekit_cfg = yaml.safe_load((ROOT / "compose" / "livekit.yaml").read_text())
-    env = read_env_file(ROOT / ".env")
+    env = compose_env(ROOT, environ={})
     for profile, cfg in resolved.items():
         services = cfg["services"]
         exporter_name = "exporter" if profile == "livekit" else "demo"
@@ -259,14 +324,19 @@ def test_compose_hosts_ports_keys_and_urls_agree(resolved, tmp_path):
         dash_dir = in_container(grafana, provider["providers"][0]["options"]["path"])
         assert dash_dir is not None and dash_dir.samefile(ROOT / "grafana" / "dashboards")
         assert in_container(grafana, grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]).is_file()
-        assert in_container(grafana, "/etc/grafana/provisioning").samefile(ROOT / "grafana" / "provisioning")
+        for kind in ("datasources", "dashboards"):  # only these: Grafana keeps its own plugins/ and alerting/
+            assert in_container(grafana, f"/etc/grafana/provisioning/{kind}").samefile(ROOT / "grafana" / "provisioning" / kind)
+        assert in_container(grafana, "/etc/grafana/provisioning/plugins") is None
 
     # LiveKit (profile livekit): its key pair is the exporter's, its webhooks go to the exporter's endpoint.
     services = resolved["livekit"]["services"]
     lk, exporter = services["livekit"], services["exporter"]
     keys = yaml.safe_load(lk["environment"]["LIVEKIT_KEYS"])
     assert keys == {env["LIVEKIT_API_KEY"]: env["LIVEKIT_API_SECRET"]} and len(env["LIVEKIT_API_SECRET"]) >= 32
-    assert livekit_cfg["webhook"]["api_key"] == exporter["environment"]["LIVEKIT_API_KEY"] == env["LIVEKIT_API_KEY"]
+    # The webhook key is the same variable (LiveKit reads config key webhook.api_key from
+    # LIVEKIT_WEBHOOK_API_KEY), so changing the key in .env cannot leave webhooks signed with another.
+    assert "api_key" not in livekit_cfg["webhook"]
+    assert lk["environment"]["LIVEKIT_WEBHOOK_API_KEY"] == exporter["environment"]["LIVEKIT_API_KEY"] == env["LIVEKIT_API_KEY"]
     lk_config = in_container(lk, lk["command"][lk["command"].index("--config") + 1])
     assert lk_config.samefile(ROOT / "compose" / "livekit.yaml") and "--dev" in lk["command"]
     host, port = host_port(exporter["environment"]["LIVEKIT_URL"])
@@ -315,7 +385,8 @@ STACK_SET = {
 
 def test_the_make_target_runs_the_stack_module():
     make = (ROOT / "Makefile").read_text()
-    assert re.search(r"^stack: setup\n\t\$\(BIN\)/python -m livekit_exporter\.stack$", make, re.M)
+    assert re.search(r"^stack: setup\n\t\$\(BIN\)/python -m livekit_exporter\.stack "
+                     r"\$\(if \$\(STACK_ENV\),--env-file \$\(STACK_ENV\)\)$", make, re.M)
 
 
 async def test_native_stack_demo_alerts_reach_alertmanager_and_ctrl_c_stops_everything(tmp_path):
@@ -341,11 +412,14 @@ async def test_native_stack_demo_alerts_reach_alertmanager_and_ctrl_c_stops_ever
         am_cfg = (tmp_path / "stack" / "alertmanager.yml").read_text()
         assert "/run/secrets/" not in am_cfg
         assert (tmp_path / "stack" / "secrets" / "smtp_password").read_text() == "from-the-environment"
-        assert (tmp_path / "stack" / "secrets" / "slack_webhook_url").read_text() == read_env_file(ROOT / ".env")["SLACK_WEBHOOK_URL"]
+        assert (tmp_path / "stack" / "secrets" / "slack_webhook_url").read_text() == compose_env(ROOT, environ={})["SLACK_WEBHOOK_URL"]
+        assert sorted(p.name for p in (tmp_path / "stack" / "secrets").iterdir()) == \
+            ["alert_webhook_token", "slack_webhook_url", "smtp_password"], "only the secrets Alertmanager reads"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{urls['prometheus']}/api/v1/status/flags") as r:
                 flags = (await r.json())["data"]
             assert flags["storage.tsdb.retention.time"] in ("35d", "5w") and "exemplar-storage" in flags["enable-feature"]
+            assert flags["web.external-url"] == urls["prometheus"]
             async with http.get(f"{urls['prometheus']}/api/v1/targets") as r:
                 health = {t["labels"]["job"]: t["health"] for t in (await r.json())["data"]["activeTargets"]}
             deadline = asyncio.get_running_loop().time() + 90
@@ -370,14 +444,19 @@ async def test_native_stack_demo_alerts_reach_alertmanager_and_ctrl_c_stops_ever
         out = (await asyncio.wait_for(proc.stdout.read(), 30)).decode()
         assert await proc.wait() == 0
         assert "stopped: demo (exit 0), alertmanager (exit 0), prometheus (exit 0)" in out
+        assert not (tmp_path / "stack" / "secrets").exists(), "the secrets are removed at exit"
         for url in urls.values():
             if url.startswith("http://"):
                 with pytest.raises(OSError), socket.create_connection(host_port(url), timeout=1):
                     pass
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if proc.returncode is None:  # SIGTERM first: the stack stops its children
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 def test_native_stack_says_what_is_missing(tmp_path):
@@ -396,7 +475,7 @@ def test_native_stack_says_what_is_missing(tmp_path):
     r = subprocess.run([sys.executable, "-m", "livekit_exporter.stack", "--root", str(root)], env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
-    assert "secret smtp_password: set SMTP_PASSWORD in .env or in the environment" in r.stderr
+    assert "secret smtp_password: set SMTP_PASSWORD in .env (or the --env-file) or in the environment" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -425,3 +504,69 @@ def test_the_build_context_builds_the_package_with_its_data_and_entrypoint(tmp_p
     for schema in ("config.schema.json", "events.schema.json", "openapi.yaml"):
         assert f"livekit_exporter/schemas/{schema}" in files
     assert not any("/tests/" in f or f.startswith("tests/") for f in files)
+
+
+async def read_urls(proc: asyncio.subprocess.Process) -> dict[str, str]:
+    urls: dict[str, str] = {}
+    while not {"exporter", "prometheus", "alertmanager"} <= set(urls):
+        line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+        assert line, f"the stack ended early: {(await proc.stderr.read()).decode()}"
+        name, _, url = line.strip().partition("  ")
+        urls[name.strip()] = url.strip()
+    return urls
+
+
+def listening(url: str) -> bool:
+    try:
+        with socket.create_connection(host_port(url), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def test_native_stack_children_stop_when_the_stack_dies_however_it_dies(tmp_path):
+    """SIGKILL cannot be handled: the children still stop (PR_SET_PDEATHSIG), none is orphaned."""
+    require_binary("prometheus")
+    require_binary("alertmanager")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "livekit_exporter.stack", "--data", str(tmp_path / "stack"), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "exporter"), "http_proxy": "http://127.0.0.1:9"})
+    try:
+        urls = await read_urls(proc)  # ready, through a dead http_proxy: loopback never uses it
+        assert all(listening(u) for k, u in urls.items() if k in ("exporter", "prometheus", "alertmanager"))
+    finally:
+        proc.kill()
+        await proc.wait()
+    for _ in range(100):
+        if not any(listening(u) for k, u in urls.items() if k in ("exporter", "prometheus", "alertmanager")):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("a child of the killed stack still listens")
+
+
+async def test_the_images_healthcheck_asks_healthy_and_ignores_a_proxy(tmp_path):
+    """The Dockerfile's HEALTHCHECK command, run as the image would (its port pointed at a real
+    exporter here): exit 0 while the exporter answers, through a dead HTTP_PROXY; 1 when it is gone."""
+    check = json.loads(dict(dockerfile_stages()[-1])["HEALTHCHECK"].split("CMD", 1)[1].strip())
+    assert check[:2] == ["python", "-c"]
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "livekit_exporter.cli", "demo", f"--web.listen-address=127.0.0.1:{port}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "exporter")})
+    code = check[2].replace("127.0.0.1:9784", f"127.0.0.1:{port}")
+    env = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    try:
+        for _ in range(100):
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=10)
+            if r.returncode == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert r.returncode == 0, r.stderr
+    finally:
+        proc.terminate()
+        assert await proc.wait() == 0, "SIGTERM (the image's STOPSIGNAL) ends the demo with 0"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=10)
+    assert r.returncode != 0, "unhealthy once nothing answers"

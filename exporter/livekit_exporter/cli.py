@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
@@ -73,10 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"livekit-exporter: {str(e).replace('--web.listen-address', '--simulator.listen-address')}", file=sys.stderr)
             return 2
         logsetup.setup(level, args.log_format)
+        # Until run_demo's own handler is in place, SIGTERM stops it as Ctrl+C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             asyncio.run(run_demo(host, port, args.telemetry_path, simulator=(sim_host, sim_port)))
         except KeyboardInterrupt:
             pass
+        except OSError as e:  # an address in use, or not ours
+            print(f"livekit-exporter: cannot listen: {e.strerror or e}", file=sys.stderr)
+            return 1
         return 0
     try:
         cfg = config_mod.load(args.config_file)
@@ -96,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 "basic_auth": bool(web_cfg.basic_auth_users)})
     web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=web_cfg.ssl_context)
     return 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def check_config(path: str) -> int:

