@@ -596,3 +596,58 @@ async def test_demo_delivers_webhooks(capsys, aiohttp_client):
 
 def test_every_rejection_reason_is_a_4xx():
     assert all(400 <= s < 500 for s, _ in REJECTIONS.values())
+
+
+# -- the two paths agree on every label they share ----------------------------------------------
+
+# Every way an egress can be started: each member of EgressInfo's `request` oneof, and each source
+# of the unified StartEgress request.
+EGRESS_VARIANTS = [("room_composite", False), ("web", False), ("participant", False), ("track_composite", False),
+                   ("track", False), ("replay", False), ("room_composite", True), ("web", True), ("media", True)]
+
+
+def label_values(got: dict, name: str, label: str, nonzero: bool = True) -> set[str]:
+    return {dict(labels)[label] for (n, labels), v in got.items() if n == name and (v or not nonzero)}
+
+
+async def test_every_egress_and_ingress_type_webhook_truth_and_the_scrape_path_agree(scenario, exporter_client, make_config):
+    """Each egress variant and ingress input type, alone: the webhook counters equal the simulator's
+    truth, and the state families (read from LiveKit's API on the same scrape) name the same value.
+    Also every participant kind: joined webhooks and the per-room detail agree."""
+    hook = await settled(await exporter_client(replace(make_config(detail=True), webhooks=WebhooksConfig())))
+    url = str(hook.make_url("/webhook"))
+    async with WebhookSender(scenario, url, delivery=FAST) as sender:
+        scenario.add_room("r")
+        for i, (etype, unified) in enumerate(EGRESS_VARIANTS):
+            before = samples(await (await hook.get("/metrics")).text())
+            info = scenario.add_egress("r", etype, unified=unified)
+            assert info.WhichOneof("request") == ("egress" if unified else etype)
+            await sender.flush()
+            got = samples(await (await hook.get("/metrics")).text())
+            started = {t for t in label_values(got, "livekit_egress_started_total", "type")
+                       if got[("livekit_egress_started_total", frozenset({"type": t}.items()))]
+                       != before.get(("livekit_egress_started_total", frozenset({"type": t}.items())), 0)}
+            assert started == {etype}, (etype, unified, started)
+            assert value(got, "livekit_egress_active", type=etype, status="active") == \
+                1 + sum(1 for t, _ in EGRESS_VARIANTS[:i] if t == etype), (etype, unified)
+        for input_type in ingress.IngressInput.values():
+            scenario.add_ingress(input_type, ingress.IngressState.ENDPOINT_PUBLISHING, room="r")
+        kinds = models.ParticipantInfo.Kind
+        for n, kind in enumerate(kinds.values()):
+            scenario.add_participant("r", f"p{n}", kind=kind)
+        await sender.flush()
+    got = samples(await (await hook.get("/metrics")).text())
+    for key, expected in sender.truth().items():
+        assert got.get(key) == pytest.approx(expected), key
+    shared = [
+        ("livekit_egress_started_total", "type", "livekit_egress_active", "type"),
+        ("livekit_ingress_started_total", "input_type", "livekit_ingress", "input_type"),
+        ("livekit_participant_sessions_started_total", "kind", "livekit_participants", "kind"),
+    ]
+    for webhook_family, wl, state_family, sl in shared:
+        from_webhooks, from_state = label_values(got, webhook_family, wl), label_values(got, state_family, sl)
+        assert from_webhooks == from_state and from_webhooks, (webhook_family, from_webhooks, state_family, from_state)
+        # ...and both paths zero-fill (or name) the same value set.
+        assert label_values(got, webhook_family, wl, nonzero=False) <= label_values(got, state_family, sl, nonzero=False) | {"unknown"}
+    assert len(label_values(got, "livekit_ingress_started_total", "input_type")) == len(ingress.IngressInput.values())
+    assert len(label_values(got, "livekit_participants", "kind")) == len(models.ParticipantInfo.Kind.values())

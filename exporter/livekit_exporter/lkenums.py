@@ -38,7 +38,15 @@ ROOM_END_REASON = _labels(models.RoomEndReason, prefix="ROOM_END_")
 # (`egress`) is named by its source (template -> room_composite, web, media). All are exported,
 # zero when none runs; a type a newer LiveKit adds appears when it is reported.
 EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track", "media", "replay")
+UNIFIED_EGRESS = "egress"
 _UNIFIED_SOURCE = {"template": "room_composite", "web": "web", "media": "media"}
+# The oneof members as (JSON name, proto name): webhooks carry protojson, which may use either.
+EGRESS_REQUEST_FIELDS = tuple(
+    (f.json_name, f.name) for f in egress.EgressInfo.DESCRIPTOR.oneofs_by_name["request"].fields
+)
+UNIFIED_SOURCE_FIELDS = tuple(
+    (f.json_name, f.name) for f in egress.StartEgressRequest.DESCRIPTOR.oneofs_by_name["source"].fields
+)
 # ListEgress(active=True) returns egress in these states.
 EGRESS_ACTIVE_STATUSES = ("starting", "active", "ending")
 
@@ -47,8 +55,30 @@ def label(table: dict[int, str], number: int) -> str:
     return table.get(number, UNKNOWN)
 
 
-def egress_type(info: egress.EgressInfo) -> str:
-    request = info.WhichOneof("request")
-    if request == "egress":
-        return _UNIFIED_SOURCE.get(info.egress.WhichOneof("source") or "", UNKNOWN)
+def egress_type_of(request: str | None, source: str | None = None) -> str:
+    """The one mapping of (the `request` member, the unified request's `source` member) to a type,
+    used by the scrape path, the webhook path and the simulator's truth alike."""
+    if request == UNIFIED_EGRESS:
+        return _UNIFIED_SOURCE.get(source or "", UNKNOWN)
     return request or UNKNOWN
+
+
+def egress_type(info: egress.EgressInfo) -> str:
+    """The type of an EgressInfo message (the scrape path: ListEgress)."""
+    request = info.WhichOneof("request")
+    return egress_type_of(request, info.egress.WhichOneof("source") if request == UNIFIED_EGRESS else None)
+
+
+def _member(doc: dict, fields: tuple[tuple[str, str], ...]) -> str | None:
+    return next((proto for json_name, proto in fields
+                 if doc.get(json_name) is not None or doc.get(proto) is not None), None)
+
+
+def egress_type_json(info: dict) -> str:
+    """The type of an EgressInfo in protojson (the webhook path), under either field spelling."""
+    request = _member(info, EGRESS_REQUEST_FIELDS)
+    source = None
+    if request == UNIFIED_EGRESS:
+        unified = info.get(UNIFIED_EGRESS)
+        source = _member(unified, UNIFIED_SOURCE_FIELDS) if isinstance(unified, dict) else None
+    return egress_type_of(request, source)

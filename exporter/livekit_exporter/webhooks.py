@@ -298,10 +298,6 @@ _EGRESS_STATUS = _Enum("status", egress.EgressStatus, E.EGRESS_STATUS)
 _INGRESS_INPUT = _Enum("input_type", ingress.IngressInput, E.INGRESS_INPUT)
 _INGRESS_STATUS = _Enum("status", ingress.IngressState.Status, E.INGRESS_STATUS)
 _JOB_STATUS = _Enum("status", agent.JobStatus, E.JOB_STATUS)
-# The members of EgressInfo's `request` oneof name the egress type, under either spelling.
-_EGRESS_REQUEST = tuple(
-    (f.json_name, f.name) for f in egress.EgressInfo.DESCRIPTOR.oneofs_by_name["request"].fields
-)
 
 
 @dataclass(slots=True)
@@ -401,8 +397,7 @@ def _track(ev: Event, doc: dict, t: dict, where: str) -> None:
 
 
 def _egress(ev: Event, doc: dict, info: dict, where: str) -> None:
-    ev.type = next((proto for json_name, proto in _EGRESS_REQUEST
-                    if info.get(json_name) is not None or info.get(proto) is not None), E.UNKNOWN)
+    ev.type = E.egress_type_json(info)  # the scrape path's mapping (lkenums), on protojson
     ev.status = _EGRESS_STATUS.label(info, where)
 
 

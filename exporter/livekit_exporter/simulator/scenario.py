@@ -25,15 +25,17 @@ from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
 
+from .. import lkenums as E
+
 Kind = proto_models.ParticipantInfo.Kind
 State = proto_models.ParticipantInfo.State
 
 # Kinds that LiveKit counts apart from Room.num_participants ("dependent" participants).
 DEPENDENT_KINDS = frozenset({Kind.AGENT, Kind.EGRESS})
 SERVICES = ("room", "egress", "ingress", "sip", "agent_dispatch")
-# The legacy requests by their oneof name; "media" is the unified StartEgress request with a media
-# source, "replay" an ExportReplay request.
-EGRESS_TYPES = ("room_composite", "web", "participant", "track_composite", "track", "media", "replay")
+# The egress types, as lkenums maps them ("media" is the unified StartEgress request with a media
+# source, "replay" an ExportReplay request).
+EGRESS_TYPES = E.EGRESS_TYPES
 ACTIVE_EGRESS = frozenset({proto_egress.EGRESS_STARTING, proto_egress.EGRESS_ACTIVE, proto_egress.EGRESS_ENDING})
 
 
@@ -212,17 +214,22 @@ class Scenario:
 
     # -- egress / ingress ---------------------------------------------------------------------
 
-    def add_egress(self, room: str, etype: str, status: int = proto_egress.EGRESS_ACTIVE) -> proto_egress.EgressInfo:
+    def add_egress(self, room: str, etype: str, status: int = proto_egress.EGRESS_ACTIVE, *,
+                   unified: bool = False) -> proto_egress.EgressInfo:
+        """An egress of ETYPE (one of EGRESS_TYPES); `unified`: started by the unified StartEgress
+        request (room_composite and web as its template and web sources; media is always unified)."""
         if etype not in EGRESS_TYPES:
             raise ValueError(f"egress type {etype!r}; one of {', '.join(EGRESS_TYPES)}")
+        if unified and etype not in ("room_composite", "web", "media"):
+            raise ValueError(f"egress type {etype!r}: the unified request has no such source")
         r = self.rooms[room]
         now_ns = int(self.clock() * 1e9)
         info = proto_egress.EgressInfo(
             egress_id=self._id("EG"), room_id=r.info.sid, room_name=room, status=status,
             started_at=now_ns, updated_at=now_ns,
         )
-        if etype == "media":
-            info.egress.media.SetInParent()
+        if etype == "media" or unified:
+            getattr(info.egress, {"room_composite": "template"}.get(etype, etype)).SetInParent()
         else:
             getattr(info, etype).SetInParent()
         self.egress[info.egress_id] = info
