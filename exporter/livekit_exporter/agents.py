@@ -58,7 +58,8 @@ import time
 import typing
 import uuid
 import weakref
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from livekit.agents import AgentSession, llm
@@ -74,10 +75,11 @@ Mode = Literal["usage", "metrics_collected"]
 
 log = logging.getLogger(__name__)
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventsClient | DisabledClient]" = \
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventsClient | DisabledClient] = (
     weakref.WeakKeyDictionary()
+)
 # Clients whose closing a job's shutdown already does (one callback per client, not per session).
-_closed_at_shutdown: "weakref.WeakSet[EventsClient | DisabledClient]" = weakref.WeakSet()
+_closed_at_shutdown: weakref.WeakSet[EventsClient | DisabledClient] = weakref.WeakSet()
 
 _ERROR_COMPONENTS = {"llm_error": "llm", "realtime_model_error": "llm", "stt_error": "stt", "tts_error": "tts"}
 
@@ -174,12 +176,14 @@ def _safe(handler: Callable[..., None]) -> Callable[..., None]:
     """Session event handlers never raise into livekit-agents: a bug here must not hurt the call."""
 
     @functools.wraps(handler)
-    def wrapper(self: "CallInstrumentation", ev: Any) -> None:
+    def wrapper(self: CallInstrumentation, ev: Any) -> None:
         try:
             handler(self, ev)
         except Exception:
-            log.exception("livekit-exporter instrumentation failed on a session event",
-                          extra={"event": getattr(ev, "type", type(ev).__name__)})
+            log.exception(
+                "livekit-exporter instrumentation failed on a session event",
+                extra={"event": getattr(ev, "type", type(ev).__name__)},
+            )
 
     return wrapper
 
@@ -236,11 +240,28 @@ _USER_STAGES = ("end_of_turn_delay", "transcription_delay", "stt_metadata", "sto
 class CallInstrumentation:
     """The events of one call handled by one AgentSession. Built by instrument()."""
 
-    def __init__(self, session: AgentSession, client: EventsClient | DisabledClient, *, agent: str,
-                 direction: str, campaign: str, call_id: str, answered: bool, mode: Mode,
-                 clock: Callable[[], float]):
-        started = _checked(m.CallStarted(agent=agent, call_id=call_id, direction=direction,  # type: ignore[arg-type]
-                                         campaign=campaign), "agent, call_id, direction or campaign")
+    def __init__(
+        self,
+        session: AgentSession,
+        client: EventsClient | DisabledClient,
+        *,
+        agent: str,
+        direction: str,
+        campaign: str,
+        call_id: str,
+        answered: bool,
+        mode: Mode,
+        clock: Callable[[], float],
+    ):
+        started = _checked(
+            m.CallStarted(
+                agent=agent,
+                call_id=call_id,
+                direction=direction,  # type: ignore[arg-type]
+                campaign=campaign,
+            ),
+            "agent, call_id, direction or campaign",
+        )
         self.session = session
         self.client, self.agent, self.direction, self.campaign = client, agent, direction, campaign
         self.call_id, self.mode, self.clock = call_id, mode, clock
@@ -272,17 +293,35 @@ class CallInstrumentation:
 
     # -- what the developer may call ---------------------------------------------------------------
 
-    def answered(self, answered_by: Literal["human", "machine", "unknown"] = "unknown",
-                 setup_seconds: float | None = None) -> None:
+    def answered(
+        self, answered_by: Literal["human", "machine", "unknown"] = "unknown", setup_seconds: float | None = None
+    ) -> None:
         """The callee picked up (outbound calls: when create_sip_participant returns answered)."""
-        self._emit(_checked(m.CallAnswered(agent=self.agent, call_id=self.call_id, direction=self.direction,  # type: ignore[arg-type]
-                                           campaign=self.campaign, answered_by=answered_by,
-                                           setup_seconds=_seconds(setup_seconds)), "answered_by"))
+        self._emit(
+            _checked(
+                m.CallAnswered(
+                    agent=self.agent,
+                    call_id=self.call_id,
+                    direction=self.direction,  # type: ignore[arg-type]
+                    campaign=self.campaign,
+                    answered_by=answered_by,
+                    setup_seconds=_seconds(setup_seconds),
+                ),
+                "answered_by",
+            )
+        )
 
     def set_outcome(self, outcome: str) -> None:
         """The outcome reported when the session closes (default: the close reason)."""
-        _checked(m.CallEnded(agent=self.agent, call_id=self.call_id, direction=self.direction,  # type: ignore[arg-type]
-                             outcome=outcome), "outcome")
+        _checked(
+            m.CallEnded(
+                agent=self.agent,
+                call_id=self.call_id,
+                direction=self.direction,  # type: ignore[arg-type]
+                outcome=outcome,
+            ),
+            "outcome",
+        )
         self.outcome = outcome
 
     def dependency(self, name: str, up: bool) -> None:
@@ -302,25 +341,32 @@ class CallInstrumentation:
             parts = [user.get("end_of_turn_delay"), metrics.get("llm_node_ttft"), metrics.get("tts_node_ttfb")]
             if all(p is not None for p in parts):
                 metrics = {**metrics, "e2e_latency": sum(parts)}
-        stt, llm_meta, tts = (metrics.get(k) or user.get(k) or {} for k in
-                              ("stt_metadata", "llm_metadata", "tts_metadata"))
+        stt, llm_meta, tts = (
+            metrics.get(k) or user.get(k) or {} for k in ("stt_metadata", "llm_metadata", "tts_metadata")
+        )
         interruptions = self._interruptions + (1 if interrupted else 0)
         self._interruptions = 0
-        self._emit(m.Turn(
-            agent=self.agent,
-            interrupted=interrupted,
-            interruptions=interruptions,
-            e2e_latency_seconds=_stage(metrics.get("e2e_latency")),
-            end_of_utterance_delay_seconds=_stage(user.get("end_of_turn_delay")),
-            transcription_delay_seconds=_stage(user.get("transcription_delay")),
-            llm_ttft_seconds=_stage(metrics.get("llm_node_ttft")),
-            tts_ttfb_seconds=_stage(metrics.get("tts_node_ttfb")),
-            stt_provider=_provider(stt.get("model_provider")), stt_model=_name(stt.get("model_name")),
-            llm_provider=_provider(llm_meta.get("model_provider")), llm_model=_name(llm_meta.get("model_name")),
-            tts_provider=_provider(tts.get("model_provider")), tts_model=_name(tts.get("model_name")),
-            # exemplars of the turn's latencies: its call, and the agent's current OpenTelemetry trace
-            call_id=self.call_id if _EXEMPLAR_CALL_ID.fullmatch(self.call_id) else None, trace_id=_trace_id(),
-        ))
+        self._emit(
+            m.Turn(
+                agent=self.agent,
+                interrupted=interrupted,
+                interruptions=interruptions,
+                e2e_latency_seconds=_stage(metrics.get("e2e_latency")),
+                end_of_utterance_delay_seconds=_stage(user.get("end_of_turn_delay")),
+                transcription_delay_seconds=_stage(user.get("transcription_delay")),
+                llm_ttft_seconds=_stage(metrics.get("llm_node_ttft")),
+                tts_ttfb_seconds=_stage(metrics.get("tts_node_ttfb")),
+                stt_provider=_provider(stt.get("model_provider")),
+                stt_model=_name(stt.get("model_name")),
+                llm_provider=_provider(llm_meta.get("model_provider")),
+                llm_model=_name(llm_meta.get("model_name")),
+                tts_provider=_provider(tts.get("model_provider")),
+                tts_model=_name(tts.get("model_name")),
+                # exemplars of the turn's latencies: its call, and the agent's current OpenTelemetry trace
+                call_id=self.call_id if _EXEMPLAR_CALL_ID.fullmatch(self.call_id) else None,
+                trace_id=_trace_id(),
+            )
+        )
 
     def _take_stages(self, keys: tuple[str, ...] | None) -> dict[str, Any]:
         """Fallback mode: pops the stage timings collected so far (only `keys`, or all the others)."""
@@ -387,22 +433,46 @@ class CallInstrumentation:
         for u in ev.usage.model_usage:
             provider, model = _provider(u.provider) or "unknown", _name(u.model) or "unknown"
             if u.type == "llm_usage":
-                d = self._delta("llm", provider, model, {"input": u.input_tokens, "output": u.output_tokens,
-                                                         "cached": u.input_cached_tokens})
+                d = self._delta(
+                    "llm",
+                    provider,
+                    model,
+                    {"input": u.input_tokens, "output": u.output_tokens, "cached": u.input_cached_tokens},
+                )
                 if any(d.values()):
-                    self._emit(m.LLMUsage(agent=self.agent, provider=provider, model=model,
-                                          input_tokens=int(d["input"]), output_tokens=int(d["output"]),
-                                          cached_tokens=int(min(d["cached"], d["input"]))))
+                    self._emit(
+                        m.LLMUsage(
+                            agent=self.agent,
+                            provider=provider,
+                            model=model,
+                            input_tokens=int(d["input"]),
+                            output_tokens=int(d["output"]),
+                            cached_tokens=int(min(d["cached"], d["input"])),
+                        )
+                    )
             elif u.type == "stt_usage":
                 d = self._delta("stt", provider, model, {"audio": u.audio_duration})
                 if d["audio"] > 0:
-                    self._emit(m.STTUsage(agent=self.agent, provider=provider, model=model,
-                                          audio_seconds=min(d["audio"], m.MAX_SECONDS)))
+                    self._emit(
+                        m.STTUsage(
+                            agent=self.agent,
+                            provider=provider,
+                            model=model,
+                            audio_seconds=min(d["audio"], m.MAX_SECONDS),
+                        )
+                    )
             elif u.type == "tts_usage":
                 d = self._delta("tts", provider, model, {"chars": u.characters_count, "audio": u.audio_duration})
                 if d["chars"] > 0 or d["audio"] > 0:
-                    self._emit(m.TTSUsage(agent=self.agent, provider=provider, model=model,
-                                          characters=int(d["chars"]), audio_seconds=min(d["audio"], m.MAX_SECONDS)))
+                    self._emit(
+                        m.TTSUsage(
+                            agent=self.agent,
+                            provider=provider,
+                            model=model,
+                            characters=int(d["chars"]),
+                            audio_seconds=min(d["audio"], m.MAX_SECONDS),
+                        )
+                    )
 
     @_safe
     def _on_metrics(self, ev: lk_events.MetricsCollectedEvent) -> None:
@@ -423,22 +493,43 @@ class CallInstrumentation:
                 inp, out, cached = x.prompt_tokens, x.completion_tokens, x.prompt_cached_tokens
             else:
                 inp, out, cached = x.input_tokens, x.output_tokens, x.input_token_details.cached_tokens
-            self._emit(m.LLMUsage(agent=self.agent, provider=provider, model=model, input_tokens=inp,
-                                  output_tokens=out, cached_tokens=min(cached, inp),
-                                  duration_seconds=_seconds(x.duration)))
+            self._emit(
+                m.LLMUsage(
+                    agent=self.agent,
+                    provider=provider,
+                    model=model,
+                    input_tokens=inp,
+                    output_tokens=out,
+                    cached_tokens=min(cached, inp),
+                    duration_seconds=_seconds(x.duration),
+                )
+            )
             if _seconds(x.ttft) is not None and "llm_node_ttft" not in self._stages:
                 self._stages["llm_node_ttft"] = x.ttft
                 self._stages["llm_metadata"] = stage_meta
         elif isinstance(x, TTSMetrics):
-            self._emit(m.TTSUsage(agent=self.agent, provider=provider, model=model,
-                                  characters=x.characters_count, audio_seconds=_seconds(x.audio_duration) or 0.0))
+            self._emit(
+                m.TTSUsage(
+                    agent=self.agent,
+                    provider=provider,
+                    model=model,
+                    characters=x.characters_count,
+                    audio_seconds=_seconds(x.audio_duration) or 0.0,
+                )
+            )
             if _seconds(x.ttfb) is not None and "tts_node_ttfb" not in self._stages:
                 self._stages["tts_node_ttfb"] = x.ttfb
                 self._stages["tts_metadata"] = stage_meta
         elif isinstance(x, STTMetrics):
             if x.audio_duration > 0:
-                self._emit(m.STTUsage(agent=self.agent, provider=provider, model=model,
-                                      audio_seconds=min(x.audio_duration, m.MAX_SECONDS)))
+                self._emit(
+                    m.STTUsage(
+                        agent=self.agent,
+                        provider=provider,
+                        model=model,
+                        audio_seconds=min(x.audio_duration, m.MAX_SECONDS),
+                    )
+                )
             self._stages["stt_metadata"] = stage_meta
 
     @_safe
@@ -446,8 +537,7 @@ class CallInstrumentation:
         for call, output in ev.zipped():
             duration = _seconds(output.created_at - call.created_at)
             if duration is not None:
-                self._emit(m.ToolCall(agent=self.agent, tool=_name(call.name) or "unknown",
-                                      duration_seconds=duration))
+                self._emit(m.ToolCall(agent=self.agent, tool=_name(call.name) or "unknown", duration_seconds=duration))
             if output.is_error:
                 self._emit(m.Error(agent=self.agent, component="tool", error_type="tool_error"))
 
@@ -464,8 +554,14 @@ class CallInstrumentation:
         if kind == "tts_error" and not recoverable:
             self._tts_errors += 1
         cause = getattr(err, "error", err)
-        self._emit(m.Error(agent=self.agent, component=component,  # type: ignore[arg-type]
-                           error_type=type(cause).__name__[:128], recoverable=recoverable))
+        self._emit(
+            m.Error(
+                agent=self.agent,
+                component=component,  # type: ignore[arg-type]
+                error_type=type(cause).__name__[:128],
+                recoverable=recoverable,
+            )
+        )
 
     @_safe
     def _on_close(self, ev: lk_events.CloseEvent) -> None:
@@ -476,17 +572,33 @@ class CallInstrumentation:
             self._turn(self._pending, None, False)
             self._pending = None
         reason = getattr(ev.reason, "value", str(ev.reason))
-        self._emit(m.CallEnded(agent=self.agent, call_id=self.call_id, direction=self.direction,  # type: ignore[arg-type]
-                               campaign=self.campaign, outcome=(self.outcome or reason)[:128] or "unknown",
-                               duration_seconds=_seconds(self.clock() - self.started)))
+        self._emit(
+            m.CallEnded(
+                agent=self.agent,
+                call_id=self.call_id,
+                direction=self.direction,  # type: ignore[arg-type]
+                campaign=self.campaign,
+                outcome=(self.outcome or reason)[:128] or "unknown",
+                duration_seconds=_seconds(self.clock() - self.started),
+            )
+        )
         # Kept on self: the loop holds only a weak reference to a task.
         self._flush = asyncio.get_running_loop().create_task(self.client.flush(5.0), name="livekit-exporter-flush")
 
 
-def instrument(session: AgentSession, *, agent: str, direction: Literal["inbound", "outbound", "web"] = "web",
-               campaign: str = "", call_id: str | None = None, client: EventsClient | DisabledClient | None = None,
-               answered: bool | None = None, mode: Mode | None = None, job_ctx: Any = None,
-               clock: Callable[[], float] = time.monotonic) -> CallInstrumentation:
+def instrument(
+    session: AgentSession,
+    *,
+    agent: str,
+    direction: Literal["inbound", "outbound", "web"] = "web",
+    campaign: str = "",
+    call_id: str | None = None,
+    client: EventsClient | DisabledClient | None = None,
+    answered: bool | None = None,
+    mode: Mode | None = None,
+    job_ctx: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> CallInstrumentation:
     """Reports this session's call, turns, usage, tool calls and errors to the exporter.
 
     Call it inside the job's event loop, once the session exists (before or after start()).
@@ -499,9 +611,15 @@ def instrument(session: AgentSession, *, agent: str, direction: Literal["inbound
     """
     client = client or default_client()
     call = CallInstrumentation(
-        session, client, agent=agent, direction=direction, campaign=campaign,
-        call_id=call_id or uuid.uuid4().hex, answered=direction != "outbound" if answered is None else answered,
-        mode=mode or preferred_mode(), clock=clock,
+        session,
+        client,
+        agent=agent,
+        direction=direction,
+        campaign=campaign,
+        call_id=call_id or uuid.uuid4().hex,
+        answered=direction != "outbound" if answered is None else answered,
+        mode=mode or preferred_mode(),
+        clock=clock,
     )
     if job_ctx is not None and client not in _closed_at_shutdown:
         _closed_at_shutdown.add(client)

@@ -10,23 +10,40 @@ import sys
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, logsetup, webconfig
 from . import config as config_mod
-from . import logsetup, webconfig
 from .server import DEFAULT_LISTEN_ADDRESS, DEFAULT_TELEMETRY_PATH, build_app, parse_listen_address
 
 log = logging.getLogger("livekit_exporter")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN_ADDRESS,
-                   help=f"address to listen on (default {DEFAULT_LISTEN_ADDRESS})")
-    p.add_argument("--web.telemetry-path", dest="telemetry_path", default=DEFAULT_TELEMETRY_PATH,
-                   help=f"path of the metrics endpoint (default {DEFAULT_TELEMETRY_PATH})")
-    p.add_argument("--log.level", dest="log_level", default="info",
-                   choices=["debug", "info", "warn", "error"], help="log level (default info)")
-    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
-                   help="log line format (default logfmt)")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN_ADDRESS,
+        help=f"address to listen on (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default=DEFAULT_TELEMETRY_PATH,
+        help=f"path of the metrics endpoint (default {DEFAULT_TELEMETRY_PATH})",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "error"],
+        help="log level (default info)",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="log line format (default logfmt)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,15 +55,27 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="{serve,demo,check-config}")
     serve = sub.add_parser("serve", help="run the exporter (the default)")
     _common(serve)
-    serve.add_argument("--web.config.file", dest="web_config_file", default=None,
-                       help="exporter-toolkit style file for TLS and basic auth of the exporter's endpoints")
-    serve.add_argument("--config.file", dest="config_file", default=None,
-                       help="YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)")
+    serve.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="exporter-toolkit style file for TLS and basic auth of the exporter's endpoints",
+    )
+    serve.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=None,
+        help="YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)",
+    )
     demo = sub.add_parser("demo", help="run a simulated LiveKit and the exporter pointed at it")
     _common(demo)
-    demo.add_argument("--simulator.listen-address", dest="simulator_address", default="127.0.0.1:0",
-                      help="address of the simulated LiveKit: its Twirp API and, at /metrics, LiveKit "
-                           "server's own metrics (default 127.0.0.1:0, a free loopback port)")
+    demo.add_argument(
+        "--simulator.listen-address",
+        dest="simulator_address",
+        default="127.0.0.1:0",
+        help="address of the simulated LiveKit: its Twirp API and, at /metrics, LiveKit "
+        "server's own metrics (default 127.0.0.1:0, a free loopback port)",
+    )
     check = sub.add_parser("check-config", help="validate a configuration file; exit 2 if it is bad")
     check.add_argument("file")
     return p
@@ -54,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
     args = parser().parse_args(argv)
     if args.command == "check-config":
@@ -71,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sim_host, sim_port = parse_listen_address(args.simulator_address)
         except ValueError as e:
-            print(f"livekit-exporter: {str(e).replace('--web.listen-address', '--simulator.listen-address')}", file=sys.stderr)
+            print(
+                f"livekit-exporter: {str(e).replace('--web.listen-address', '--simulator.listen-address')}",
+                file=sys.stderr,
+            )
             return 2
         logsetup.setup(level, args.log_format)
         # Until run_demo's own handler is in place, SIGTERM stops it as Ctrl+C does.
@@ -92,14 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    secrets = [cfg.livekit.api_secret.reveal(), *(k.api_secret.reveal() for k in cfg.webhooks.keys),
-               *(t.reveal() for t in cfg.events.tokens)]
+    secrets = [
+        cfg.livekit.api_secret.reveal(),
+        *(k.api_secret.reveal() for k in cfg.webhooks.keys),
+        *(t.reveal() for t in cfg.events.tokens),
+    ]
     logsetup.setup(level, args.log_format, secrets)
     app = build_app(cfg, telemetry_path=args.telemetry_path, web_config=web_cfg)
-    log.info("starting livekit-exporter", extra={"version": __version__, "address": f"{host or '*'}:{port}",
-                                                "livekit": cfg.livekit.url, "config": cfg.source,
-                                                "tls": web_cfg.ssl_context is not None,
-                                                "basic_auth": bool(web_cfg.basic_auth_users)})
+    log.info(
+        "starting livekit-exporter",
+        extra={
+            "version": __version__,
+            "address": f"{host or '*'}:{port}",
+            "livekit": cfg.livekit.url,
+            "config": cfg.source,
+            "tls": web_cfg.ssl_context is not None,
+            "basic_auth": bool(web_cfg.basic_auth_users),
+        },
+    )
     web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=web_cfg.ssl_context)
     return 0
 

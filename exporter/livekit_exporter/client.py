@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -150,13 +151,15 @@ class EventsClient:
         self._log = _RateLimited()
 
     @classmethod
-    def from_env(cls, **kwargs: object) -> "EventsClient":
+    def from_env(cls, **kwargs: object) -> EventsClient:
         """From LIVEKIT_EXPORTER_EVENTS_URL and LIVEKIT_EXPORTER_EVENTS_TOKEN."""
         url, token = os.environ.get(URL_ENV), os.environ.get(TOKEN_ENV)
         missing = [name for name, v in ((URL_ENV, url), (TOKEN_ENV, token)) if not v]
         if missing:
-            raise RuntimeError(f"set {' and '.join(missing)} (the exporter's URL and one of its events tokens), "
-                               "or pass a client explicitly")
+            raise RuntimeError(
+                f"set {' and '.join(missing)} (the exporter's URL and one of its events tokens), "
+                "or pass a client explicitly"
+            )
         return cls(url, token, **kwargs)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:  # never shows the token
@@ -170,16 +173,25 @@ class EventsClient:
         Call it on the event loop's thread. It never waits and never raises for a bad event."""
         if self._closed or len(self._queue) >= self.max_queue:
             self.stats.dropped_queue_full += 1
-            self._log.warning("queue_full", "events client queue is full: dropping events (is the exporter "
-                              "reachable?)", url=self.url, max_queue=self.max_queue,
-                              dropped=self.stats.dropped_queue_full)
+            self._log.warning(
+                "queue_full",
+                "events client queue is full: dropping events (is the exporter reachable?)",
+                url=self.url,
+                max_queue=self.max_queue,
+                dropped=self.stats.dropped_queue_full,
+            )
             return False
         try:
             self._queue.append(encode(event))
         except InvalidEvent as e:
             self.stats.dropped_invalid += 1
-            self._log.warning("invalid", "an invalid event was dropped; fix the code that builds it",
-                              event=type(event).__name__, problem=str(e), dropped=self.stats.dropped_invalid)
+            self._log.warning(
+                "invalid",
+                "an invalid event was dropped; fix the code that builds it",
+                event=type(event).__name__,
+                problem=str(e),
+                dropped=self.stats.dropped_invalid,
+            )
             return False
         if self._task is None:
             self._start()
@@ -269,20 +281,32 @@ class EventsClient:
                         half = len(batch) // 2
                         if self.batch_size > half:
                             self.batch_size = half
-                            self._log.warning("too_large", "the exporter refused a batch as too large; "
-                                              "sending smaller ones", url=self.url, batch_size=half)
+                            self._log.warning(
+                                "too_large",
+                                "the exporter refused a batch as too large; sending smaller ones",
+                                url=self.url,
+                                batch_size=half,
+                            )
                         return [batch[:half], batch[half:]]
                     text = await resp.text()
                     if resp.status < 500 and resp.status not in _RETRYABLE:
                         return self._refused(batch, resp.status, text)
                     problem = f"HTTP {resp.status}: {text[:200]}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 problem = f"{type(e).__name__}: {e}"
-            log.debug("events batch not delivered; will retry",
-                      extra={"url": self.url, "attempt": attempt + 1, "problem": problem})
+            log.debug(
+                "events batch not delivered; will retry",
+                extra={"url": self.url, "attempt": attempt + 1, "problem": problem},
+            )
         self.stats.dropped_failed += len(batch)
-        self._log.warning("failed", "events batch dropped after retries", url=self.url, events=len(batch),
-                          retries=self.max_retries, problem=problem)
+        self._log.warning(
+            "failed",
+            "events batch dropped after retries",
+            url=self.url,
+            events=len(batch),
+            retries=self.max_retries,
+            problem=problem,
+        )
         return []
 
     def _refused(self, batch: list[bytes], status: int, text: str) -> list[list[bytes]]:
@@ -299,9 +323,15 @@ class EventsClient:
         else:
             rest = []  # the body itself, the token or the size was refused: nothing to salvage
         self.stats.dropped_rejected += len(batch) - len(rest)
-        self._log.warning(f"refused_{status}", "the exporter refused events; they are dropped",
-                          url=self.url, status=status, dropped=len(batch) - len(rest), resent=len(rest),
-                          answer=text[:2000])
+        self._log.warning(
+            f"refused_{status}",
+            "the exporter refused events; they are dropped",
+            url=self.url,
+            status=status,
+            dropped=len(batch) - len(rest),
+            resent=len(rest),
+            answer=text[:2000],
+        )
         return [rest] if rest else []
 
     # -- shutting down ----------------------------------------------------------------------------
@@ -332,16 +362,14 @@ class EventsClient:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self.stats.dropped_failed += len(self._queue)
         self._queue.clear()
         if self._session is not None:
             await self._session.close()
 
-    async def __aenter__(self) -> "EventsClient":
+    async def __aenter__(self) -> EventsClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

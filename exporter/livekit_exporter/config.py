@@ -10,9 +10,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -197,19 +198,43 @@ def _is_secret_path(path: list[Any]) -> bool:
 
 # Keys whose values an error may quote. Everything else (a secret, or a whole file that is not a
 # mapping, such as a secret file given as --config.file by mistake) is never echoed.
-_SHOWABLE = frozenset({
-    "url", "request_timeout", "default_scrape_timeout", "max_scrape_timeout", "timeout_margin",
-    "services", "room_size_buckets", "enabled", "max_rooms", "concurrency", "agent_dispatch",
-    "max_values", "path", "max_body_bytes", "dedup_ttl", "dedup_max_entries", "max_events", "call_ttl",
-    "dependency_ttl", "max_latency", "campaign_ttl", "idempotency_ttl", "idempotency_max_entries",
-})
+_SHOWABLE = frozenset(
+    {
+        "url",
+        "request_timeout",
+        "default_scrape_timeout",
+        "max_scrape_timeout",
+        "timeout_margin",
+        "services",
+        "room_size_buckets",
+        "enabled",
+        "max_rooms",
+        "concurrency",
+        "agent_dispatch",
+        "max_values",
+        "path",
+        "max_body_bytes",
+        "dedup_ttl",
+        "dedup_max_entries",
+        "max_events",
+        "call_ttl",
+        "dependency_ttl",
+        "max_latency",
+        "campaign_ttl",
+        "idempotency_ttl",
+        "idempotency_max_entries",
+    }
+)
 
 
 def _may_show(path: list[Any], value: Any) -> bool:
     names = [p for p in path if isinstance(p, str)]
     return (
-        bool(names) and names[-1] in _SHOWABLE and not _is_secret_path(path)
-        and not isinstance(value, (dict, list)) and len(repr(value)) <= 80
+        bool(names)
+        and names[-1] in _SHOWABLE
+        and not _is_secret_path(path)
+        and not isinstance(value, (dict, list))
+        and len(repr(value)) <= 80
     )
 
 
@@ -358,8 +383,10 @@ def _prices(raw: list[dict[str, Any]], source: str, problems: list[str]) -> tupl
 def _token(token: str, where: str, problems: list[str]) -> str | None:
     """An events token from a file or the environment, held to the inline tokens' minimum length."""
     if len(token) < MIN_TOKEN_LENGTH:
-        problems.append(f"{where}: an events token must be at least {MIN_TOKEN_LENGTH} characters long "
-                        f"(this one has {len(token)}); use a random one, e.g. `openssl rand -hex 24`")
+        problems.append(
+            f"{where}: an events token must be at least {MIN_TOKEN_LENGTH} characters long "
+            f"(this one has {len(token)}); use a random one, e.g. `openssl rand -hex 24`"
+        )
         return None
     return token
 
@@ -383,9 +410,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
     if not key:
         problems.append(f"{source}: livekit.api_key: missing; set it in the file or in LIVEKIT_API_KEY")
     if not secret and not any("api_secret_file" in p for p in problems):
-        problems.append(
-            f"{source}: livekit.api_secret: missing; set api_secret_file in the file or LIVEKIT_API_SECRET"
-        )
+        problems.append(f"{source}: livekit.api_secret: missing; set api_secret_file in the file or LIVEKIT_API_SECRET")
 
     col = raw.get("collect") or {}
     det = col.get("room_detail") or {}
@@ -405,9 +430,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
     if not all(math.isfinite(b) for b in collect.room_size_buckets):
         problems.append(f"{source}: collect.room_size_buckets: must be finite numbers (+Inf is always added)")
     if collect.timeout_margin >= collect.default_scrape_timeout:
-        problems.append(
-            f"{source}: collect.timeout_margin: must be shorter than collect.default_scrape_timeout"
-        )
+        problems.append(f"{source}: collect.timeout_margin: must be shorter than collect.default_scrape_timeout")
 
     wh = raw.get("webhooks") or {}
     keys = []
@@ -440,20 +463,26 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
         if t:
             for n, line in enumerate(t.splitlines(), 1):
                 if line.strip():
-                    tokens.append(_token(line.strip(), f"{source}: events.token_files[{i}] ({tf!r}) line {n}",
-                                         problems))
+                    tokens.append(
+                        _token(line.strip(), f"{source}: events.token_files[{i}] ({tf!r}) line {n}", problems)
+                    )
     for n, t in enumerate(env.get("LIVEKIT_EXPORTER_EVENTS_TOKENS", "").split(","), 1):
         if t.strip():
-            tokens.append(_token(t.strip(), f"LIVEKIT_EXPORTER_EVENTS_TOKENS: token {n} (comma-separated)",
-                                 problems))
+            tokens.append(_token(t.strip(), f"LIVEKIT_EXPORTER_EVENTS_TOKENS: token {n} (comma-separated)", problems))
     tokens = [t for t in tokens if t]
     durations = {}
-    for name, default in (("call_ttl", "2h"), ("dependency_ttl", "5m"), ("campaign_ttl", "15m"),
-                          ("max_latency", "30s"), ("idempotency_ttl", "10m")):
+    for name, default in (
+        ("call_ttl", "2h"),
+        ("dependency_ttl", "5m"),
+        ("campaign_ttl", "15m"),
+        ("max_latency", "30s"),
+        ("idempotency_ttl", "10m"),
+    ):
         durations[name] = parse_duration(ev.get(name, default))
         if durations[name] <= 0:
-            problems.append(f"{source}: events.{name}: must be longer than 0 (got {ev[name]!r}); "
-                            f"the default is {default}")
+            problems.append(
+                f"{source}: events.{name}: must be longer than 0 (got {ev[name]!r}); the default is {default}"
+            )
     events = EventsConfig(
         enabled=ev.get("enabled", True),
         path=ev.get("path", "/v1/events"),

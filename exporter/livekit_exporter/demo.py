@@ -29,8 +29,9 @@ def demo_config(livekit_url: str, scenario: Scenario, events_token: str) -> Conf
     )
 
 
-async def run_demo(host: str | None, port: int, telemetry_path: str = "/metrics",
-                   simulator: tuple[str | None, int] = ("127.0.0.1", 0)) -> None:
+async def run_demo(
+    host: str | None, port: int, telemetry_path: str = "/metrics", simulator: tuple[str | None, int] = ("127.0.0.1", 0)
+) -> None:
     """Until Ctrl+C or SIGTERM (a container's stop), either of which ends it cleanly; a
     cancellation from elsewhere propagates as usual."""
     task = asyncio.current_task()
@@ -82,7 +83,10 @@ async def _run_demo(host: str | None, port: int, telemetry_path: str, simulator:
         print(f"Exporter:                      http://{shown}:{port}/", flush=True)
         print(f"Metrics:                       http://{shown}:{port}{telemetry_path}", flush=True)
         print(f"Webhooks:                      POST {webhook_url} (signed as LiveKit signs them)", flush=True)
-        print(f"Voice-agent events:            POST http://{shown}:{port}{config.events.path} (simulated agents)", flush=True)
+        print(
+            f"Voice-agent events:            POST http://{shown}:{port}{config.events.path} (simulated agents)",
+            flush=True,
+        )
         print("Press Ctrl+C to stop.", flush=True)
         client = EventsClient(f"http://{shown}:{port}{config.events.path}", events_token)
         try:

@@ -24,8 +24,9 @@ import logging
 import ssl
 import time
 from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 import aiohttp
 from livekit import api
@@ -69,7 +70,7 @@ class Snapshot:
     detail_skipped_rooms: int = 0
     duration: float = 0.0
 
-    def partial(self, services: Iterable[str], elapsed: float) -> "Snapshot":
+    def partial(self, services: Iterable[str], elapsed: float) -> Snapshot:
         """What a collection still running has read: finished services as they are, the rest down.
 
         Lists are assigned only once read in full, so every list here is complete."""
@@ -202,8 +203,13 @@ class StateCollector:
         return snap
 
     async def _call(
-        self, service: str, method: str, deadline: float, request: Callable[[], Awaitable[Any]],
-        *, benign: frozenset[str] = frozenset(),
+        self,
+        service: str,
+        method: str,
+        deadline: float,
+        request: Callable[[], Awaitable[Any]],
+        *,
+        benign: frozenset[str] = frozenset(),
     ) -> Any:
         """One API call, bounded by the deadline and livekit.request_timeout, timed, and on failure
         counted by code (unless the code is `benign` for this call)."""
@@ -211,7 +217,7 @@ class StateCollector:
         t0 = time.perf_counter()
         try:
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             # livekit-api passes timeout=None to aiohttp, which disables the session's own timeout:
             # this is the only bound on a call.
             return await asyncio.wait_for(request(), remaining)
@@ -239,7 +245,9 @@ class StateCollector:
         token = ""
         while True:
             req = proto_egress.ListEgressRequest(active=True, page_token=proto_models.TokenPagination(token=token))
-            res = await self._call("egress", "ListEgress", deadline, lambda req=req: self._lkapi.egress.list_egress(req))
+            res = await self._call(
+                "egress", "ListEgress", deadline, lambda req=req: self._lkapi.egress.list_egress(req)
+            )
             items.extend(res.items)
             token = res.next_page_token.token
             if not token:
@@ -251,7 +259,9 @@ class StateCollector:
         token = ""
         while True:
             req = proto_ingress.ListIngressRequest(page_token=proto_models.TokenPagination(token=token))
-            res = await self._call("ingress", "ListIngress", deadline, lambda req=req: self._lkapi.ingress.list_ingress(req))
+            res = await self._call(
+                "ingress", "ListIngress", deadline, lambda req=req: self._lkapi.ingress.list_ingress(req)
+            )
             items.extend(res.items)
             token = res.next_page_token.token
             if not token:
@@ -277,12 +287,27 @@ class StateCollector:
     async def _collect_sip(self, deadline: float, snap: Snapshot) -> None:
         sip = self._lkapi.sip
         inbound, outbound, rules = await asyncio.gather(
-            self._sip_count("ListSIPInboundTrunk", deadline, sip.list_inbound_trunk,
-                            proto_sip.ListSIPInboundTrunkRequest, "sip_trunk_id"),
-            self._sip_count("ListSIPOutboundTrunk", deadline, sip.list_outbound_trunk,
-                            proto_sip.ListSIPOutboundTrunkRequest, "sip_trunk_id"),
-            self._sip_count("ListSIPDispatchRule", deadline, sip.list_dispatch_rule,
-                            proto_sip.ListSIPDispatchRuleRequest, "sip_dispatch_rule_id"),
+            self._sip_count(
+                "ListSIPInboundTrunk",
+                deadline,
+                sip.list_inbound_trunk,
+                proto_sip.ListSIPInboundTrunkRequest,
+                "sip_trunk_id",
+            ),
+            self._sip_count(
+                "ListSIPOutboundTrunk",
+                deadline,
+                sip.list_outbound_trunk,
+                proto_sip.ListSIPOutboundTrunkRequest,
+                "sip_trunk_id",
+            ),
+            self._sip_count(
+                "ListSIPDispatchRule",
+                deadline,
+                sip.list_dispatch_rule,
+                proto_sip.ListSIPDispatchRuleRequest,
+                "sip_dispatch_rule_id",
+            ),
             return_exceptions=True,
         )
         for r in (inbound, outbound, rules):
@@ -312,13 +337,15 @@ class StateCollector:
         async def one(room: str) -> None:
             nonlocal unreached
             async with sem:
-                if loop.time() >= deadline or len(failures) == 2 or "room" in failures and not det.agent_dispatch:
+                if loop.time() >= deadline or len(failures) == 2 or ("room" in failures and not det.agent_dispatch):
                     unreached += 1
                     return
                 if "room" not in failures:
                     try:
                         res = await self._call(
-                            "room", "ListParticipants", deadline,
+                            "room",
+                            "ListParticipants",
+                            deadline,
                             lambda: self._lkapi.room.list_participants(api.ListParticipantsRequest(room=room)),
                             benign=NOT_FOUND_CODES,
                         )
@@ -330,7 +357,9 @@ class StateCollector:
                 if det.agent_dispatch and "agent_dispatch" not in failures:
                     try:
                         dispatches[room] = await self._call(
-                            "agent_dispatch", "ListDispatch", deadline,
+                            "agent_dispatch",
+                            "ListDispatch",
+                            deadline,
                             lambda: self._lkapi.agent_dispatch.list_dispatch(room),
                             benign=NOT_FOUND_CODES,
                         )
@@ -346,20 +375,21 @@ class StateCollector:
         await asyncio.gather(*(one(r.name) for r in chosen))
         if unreached and loop.time() >= deadline:
             for service, method in (("room", "ListParticipants"), ("agent_dispatch", "ListDispatch")):
-                if service == "room" or det.agent_dispatch:
-                    if service not in failures:
-                        self.telemetry.api_errors.labels(service, method, "timeout").inc()
-                        failures[service] = _CallFailed(
-                            "timeout", method, f"{unreached} of {len(chosen)} rooms not read before the scrape deadline"
-                        )
+                if (service == "room" or det.agent_dispatch) and service not in failures:
+                    self.telemetry.api_errors.labels(service, method, "timeout").inc()
+                    failures[service] = _CallFailed(
+                        "timeout", method, f"{unreached} of {len(chosen)} rooms not read before the scrape deadline"
+                    )
         if room_gone and not dispatches and "agent_dispatch" not in failures:
             # No room answered at all: that is the service failing, not rooms closing.
             failures["agent_dispatch"] = next(iter(room_gone.values()))
         if det.agent_dispatch:
             snap.up["agent_dispatch"] = "agent_dispatch" not in failures
             if "agent_dispatch" in failures:
-                log.warning("LiveKit API service failed",
-                            extra={"service": "agent_dispatch", **failures["agent_dispatch"].fields})
+                log.warning(
+                    "LiveKit API service failed",
+                    extra={"service": "agent_dispatch", **failures["agent_dispatch"].fields},
+                )
             else:
                 snap.dispatches = dispatches
         if "room" in failures:
@@ -378,7 +408,9 @@ def _safe_error(exc: BaseException) -> str:
         return text
     if isinstance(exc, asyncio.TimeoutError):
         return "no answer before the scrape deadline or livekit.request_timeout"
-    return f"{type(exc).__name__}: {exc}"[:200] if isinstance(exc, OSError | aiohttp.ClientError) else type(exc).__name__
+    return (
+        f"{type(exc).__name__}: {exc}"[:200] if isinstance(exc, OSError | aiohttp.ClientError) else type(exc).__name__
+    )
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -408,7 +440,7 @@ class ScrapeFolder:
         folded: Tally[tuple[str, ...]] = Tally()
         for key, n in tally.items():
             if key[index] not in keep:
-                key = key[:index] + (OTHER,) + key[index + 1:]
+                key = (*key[:index], OTHER, *key[index + 1 :])
             folded[key] += n
         self.overflow.labels(metric, label).inc(len(per_value) - len(keep))
         return folded
@@ -479,7 +511,9 @@ def _room_families(rooms: list[proto_models.Room], bounds: tuple[float, ...]) ->
                 break
         else:
             buckets[-1] += 1
-    rooms_f = _gauge("livekit_rooms", "Open rooms, by whether they have participants (agents and egress not counted).", ["occupancy"])
+    rooms_f = _gauge(
+        "livekit_rooms", "Open rooms, by whether they have participants (agents and egress not counted).", ["occupancy"]
+    )
     rooms_f.add_metric(["empty"], len(rooms) - occupied)
     rooms_f.add_metric(["occupied"], occupied)
     full_f = _gauge("livekit_rooms_full", "Rooms with a participant limit that have reached it.")
@@ -501,7 +535,7 @@ def _room_families(rooms: list[proto_models.Room], bounds: tuple[float, ...]) ->
         "Open rooms by number of participants (as Room.num_participants counts them).",
     )
     cumulative, pairs = 0, []
-    for b, c in zip(list(bounds) + [float("inf")], buckets, strict=True):
+    for b, c in zip([*list(bounds), float("inf")], buckets, strict=True):
         cumulative += c
         pairs.append(("+Inf" if b == float("inf") else _fmt_bound(b), cumulative))
     size_f.add_metric([], pairs, gsum_value=participants)
@@ -514,7 +548,9 @@ def _fmt_bound(b: float) -> str:
 
 def _egress_family(items: list[proto_egress.EgressInfo]) -> GaugeMetricFamily:
     tally = Tally((E.egress_type(e), E.label(E.EGRESS_STATUS, e.status)) for e in items)
-    f = _gauge("livekit_egress_active", "Egress jobs that LiveKit lists as active, by type and status.", ["type", "status"])
+    f = _gauge(
+        "livekit_egress_active", "Egress jobs that LiveKit lists as active, by type and status.", ["type", "status"]
+    )
     for t in E.EGRESS_TYPES:
         for s in E.EGRESS_ACTIVE_STATUSES:
             f.add_metric([t, s], tally.pop((t, s), 0))
@@ -533,7 +569,9 @@ def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
         if i.state.status == publishing:
             bitrate[(it, "audio")] += i.state.audio.average_bitrate
             bitrate[(it, "video")] += i.state.video.average_bitrate
-    f = _gauge("livekit_ingress", "Ingress endpoints configured in LiveKit, by input type and state.", ["input_type", "status"])
+    f = _gauge(
+        "livekit_ingress", "Ingress endpoints configured in LiveKit, by input type and state.", ["input_type", "status"]
+    )
     for it in E.INGRESS_INPUT.values():
         for st in E.INGRESS_STATUS.values():
             f.add_metric([it, st], tally.pop((it, st), 0))
@@ -564,31 +602,47 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
                 status = p.attributes.get("sip.callStatus") or E.UNKNOWN
                 trunk = p.attributes.get("sip.trunkID") or "none"
                 calls[(status, trunk)] += 1
-    pf = _gauge("livekit_participants", "Participants in the rooms read for detail, by kind and state.", ["kind", "state"])
+    pf = _gauge(
+        "livekit_participants", "Participants in the rooms read for detail, by kind and state.", ["kind", "state"]
+    )
     for k in E.PARTICIPANT_KIND.values():
         for s in E.PARTICIPANT_STATE.values():
             pf.add_metric([k, s], by_kind.pop((k, s), 0))
     for (k, s), n in sorted(by_kind.items()):
         pf.add_metric([k, s], n)
-    tf = _gauge("livekit_published_tracks", "Tracks published in the rooms read for detail, by type and source.", ["type", "source"])
+    tf = _gauge(
+        "livekit_published_tracks",
+        "Tracks published in the rooms read for detail, by type and source.",
+        ["type", "source"],
+    )
     for t in E.TRACK_TYPE.values():
         for s in E.TRACK_SOURCE.values():
             tf.add_metric([t, s], tracks.pop((t, s), 0))
     for (t, s), n in sorted(tracks.items()):
         tf.add_metric([t, s], n)
-    cf = _gauge("livekit_sip_calls", "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.", ["status", "trunk"])
+    cf = _gauge(
+        "livekit_sip_calls",
+        "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",
+        ["status", "trunk"],
+    )
     for (status, trunk), n in sorted(folder.fold("livekit_sip_calls", "trunk", calls, 1).items()):
         cf.add_metric([status, trunk], n)
     return [pf, tf, cf]
 
 
-def _dispatch_family(per_room: dict[str, list[proto_dispatch.AgentDispatch]], folder: ScrapeFolder) -> GaugeMetricFamily:
+def _dispatch_family(
+    per_room: dict[str, list[proto_dispatch.AgentDispatch]], folder: ScrapeFolder
+) -> GaugeMetricFamily:
     jobs: Tally[tuple[str, str]] = Tally()
     for dlist in per_room.values():
         for d in dlist:
             for j in d.state.jobs:
                 jobs[(d.agent_name or j.agent_name or "unnamed", E.label(E.JOB_STATUS, j.state.status))] += 1
-    f = _gauge("livekit_agent_jobs", "Agent jobs of the dispatches in the rooms read for detail, by agent name and status.", ["agent_name", "status"])
+    f = _gauge(
+        "livekit_agent_jobs",
+        "Agent jobs of the dispatches in the rooms read for detail, by agent name and status.",
+        ["agent_name", "status"],
+    )
     for (name, status), n in sorted(folder.fold("livekit_agent_jobs", "agent_name", jobs, 0).items()):
         f.add_metric([name, status], n)
     return f

@@ -17,7 +17,7 @@ def _labels(enum: EnumTypeWrapper, prefix: str = "", suffix: str = "") -> dict[i
     out = {}
     for name, number in enum.items():
         if prefix and name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
         if suffix and name.endswith(suffix):
             name = name[: -len(suffix)]
         out[number] = name.lower()
@@ -70,8 +70,9 @@ def egress_type(info: egress.EgressInfo) -> str:
 
 
 def _member(doc: dict, fields: tuple[tuple[str, str], ...]) -> str | None:
-    return next((proto for json_name, proto in fields
-                 if doc.get(json_name) is not None or doc.get(proto) is not None), None)
+    return next(
+        (proto for json_name, proto in fields if doc.get(json_name) is not None or doc.get(proto) is not None), None
+    )
 
 
 def egress_type_json(info: dict) -> str:

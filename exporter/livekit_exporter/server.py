@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import html
-import math
 import logging
+import math
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -70,7 +70,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     cfg = ex.config.collect
     budget = scrape_budget(
-        request.headers.get(SCRAPE_TIMEOUT_HEADER), cfg.default_scrape_timeout, cfg.timeout_margin,
+        request.headers.get(SCRAPE_TIMEOUT_HEADER),
+        cfg.default_scrape_timeout,
+        cfg.timeout_margin,
         cfg.max_scrape_timeout,
     )
     snap = await ex.state.snapshot(budget)
@@ -92,9 +94,7 @@ async def handle_ready(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     if ex.state.answered_once:
         return web.Response(text="Ready.\n")
-    return web.Response(
-        status=503, text="Not ready: LiveKit has not answered yet (see livekit_api_up on /metrics).\n"
-    )
+    return web.Response(status=503, text="Not ready: LiveKit has not answered yet (see livekit_api_up on /metrics).\n")
 
 
 async def handle_index(request: web.Request) -> web.Response:

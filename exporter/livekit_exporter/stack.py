@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from .mixin import DEFAULT_CONFIG, MixinError, Mixin, load, parse_set
+from .mixin import DEFAULT_CONFIG, Mixin, MixinError, load, parse_set
 from .mixin.render import prometheus_yml, rule_files
 
 SECRETS_DIR = "/run/secrets/"
@@ -92,8 +92,13 @@ def compose_env(root: Path, env_file: Path | None = None, environ: dict[str, str
     cmd = [compose_binary(), "-f", str(root / "docker-compose.yml"), "--project-directory", str(root)]
     if env_file is not None:
         cmd += ["--env-file", str(env_file)]
-    r = subprocess.run([*cmd, "config", "--environment"], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ if environ is None else environ))
+    r = subprocess.run(
+        [*cmd, "config", "--environment"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ if environ is None else environ),
+    )
     if r.returncode != 0:
         raise StackError(f"docker-compose config: {r.stderr.strip()}")
     return dict(line.partition("=")[::2] for line in r.stdout.splitlines() if "=" in line)
@@ -103,8 +108,9 @@ def compose(root: Path) -> dict[str, Any]:
     return yaml.safe_load((root / "docker-compose.yml").read_text(encoding="utf-8"))
 
 
-def compose_secrets(root: Path, names: set[str] | None = None, env_file: Path | None = None,
-                    environ: dict[str, str] | None = None) -> dict[str, str]:
+def compose_secrets(
+    root: Path, names: set[str] | None = None, env_file: Path | None = None, environ: dict[str, str] | None = None
+) -> dict[str, str]:
     """docker-compose.yml's secrets (those in NAMES, or all) -> their values."""
     env = compose_env(root, env_file, environ)
     out = {}
@@ -149,7 +155,7 @@ def alertmanager_config(root: Path, data: Path, secrets: dict[str, str]) -> Path
         if isinstance(node, list):
             return [relocate(v) for v in node]
         if isinstance(node, str) and node.startswith(SECRETS_DIR):
-            name = node[len(SECRETS_DIR):]
+            name = node[len(SECRETS_DIR) :]
             if name not in secrets:
                 raise StackError(f"{source}: {node}: docker-compose.yml has no secret {name!r}")
             return str(secrets_dir / name)
@@ -178,14 +184,19 @@ class Stack:
     def start(self) -> None:
         prometheus_bin, alertmanager_bin = binary("prometheus"), binary("alertmanager")
         names = ("exporter", "simulator", "prometheus", "alertmanager")
-        addr = {name: f"{self.host}:{port}" for name, port in zip(names, free_ports(len(names), self.host))}
+        addr = {
+            name: f"{self.host}:{port}" for name, port in zip(names, free_ports(len(names), self.host), strict=False)
+        }
         try:
-            cfg = load(self.root / DEFAULT_CONFIG, {
-                "prometheus.targets.exporter": [addr["exporter"]],
-                "prometheus.targets.livekit_server": [addr["simulator"]],
-                "prometheus.alertmanagers": [addr["alertmanager"]],
-                **self.overrides,
-            })
+            cfg = load(
+                self.root / DEFAULT_CONFIG,
+                {
+                    "prometheus.targets.exporter": [addr["exporter"]],
+                    "prometheus.targets.livekit_server": [addr["simulator"]],
+                    "prometheus.alertmanagers": [addr["alertmanager"]],
+                    **self.overrides,
+                },
+            )
             files = {"prometheus/prometheus.yml": prometheus_yml(cfg), **rule_files(Mixin(cfg))}
         except MixinError as e:
             raise StackError(str(e)) from None
@@ -194,8 +205,9 @@ class Stack:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
         am_source = (self.root / "alertmanager" / "alertmanager.yml").read_text(encoding="utf-8")
-        am_config = alertmanager_config(self.root, self.data,
-                                        compose_secrets(self.root, secret_paths(am_source), self.env_file))
+        am_config = alertmanager_config(
+            self.root, self.data, compose_secrets(self.root, secret_paths(am_source), self.env_file)
+        )
         self.urls = {
             "exporter": f"http://{addr['exporter']}",
             "livekit_simulator": f"http://{addr['simulator']}",
@@ -204,29 +216,58 @@ class Stack:
         }
         exe = Path(sys.executable).with_name("livekit-exporter")
         demo = [str(exe)] if exe.exists() else [sys.executable, "-m", "livekit_exporter.cli"]
-        self._spawn("demo", [*demo, "demo", f"--web.listen-address={addr['exporter']}",
-                             f"--simulator.listen-address={addr['simulator']}"])
+        self._spawn(
+            "demo",
+            [
+                *demo,
+                "demo",
+                f"--web.listen-address={addr['exporter']}",
+                f"--simulator.listen-address={addr['simulator']}",
+            ],
+        )
         mine = ("--config.file", "--web.listen-address", "--web.external-url")
-        self._spawn("alertmanager", [alertmanager_bin, f"--config.file={am_config}",
-                                     f"--storage.path={self.data / 'alertmanager-data'}",
-                                     f"--web.listen-address={addr['alertmanager']}",
-                                     f"--web.external-url={self.urls['alertmanager']}",
-                                     *compose_flags(self.root, "alertmanager", "--storage.path", *mine)])
-        self._spawn("prometheus", [prometheus_bin, f"--config.file={self.data / 'prometheus' / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={self.data / 'prometheus-data'}",
-                                   f"--web.listen-address={addr['prometheus']}",
-                                   f"--web.external-url={self.urls['prometheus']}",
-                                   *compose_flags(self.root, "prometheus", "--storage.tsdb.path", *mine)])
-        self._wait_ready({"demo": f"{self.urls['exporter']}/-/healthy",
-                          "alertmanager": f"{self.urls['alertmanager']}/-/ready",
-                          "prometheus": f"{self.urls['prometheus']}/-/ready"})
+        self._spawn(
+            "alertmanager",
+            [
+                alertmanager_bin,
+                f"--config.file={am_config}",
+                f"--storage.path={self.data / 'alertmanager-data'}",
+                f"--web.listen-address={addr['alertmanager']}",
+                f"--web.external-url={self.urls['alertmanager']}",
+                *compose_flags(self.root, "alertmanager", "--storage.path", *mine),
+            ],
+        )
+        self._spawn(
+            "prometheus",
+            [
+                prometheus_bin,
+                f"--config.file={self.data / 'prometheus' / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.data / 'prometheus-data'}",
+                f"--web.listen-address={addr['prometheus']}",
+                f"--web.external-url={self.urls['prometheus']}",
+                *compose_flags(self.root, "prometheus", "--storage.tsdb.path", *mine),
+            ],
+        )
+        self._wait_ready(
+            {
+                "demo": f"{self.urls['exporter']}/-/healthy",
+                "alertmanager": f"{self.urls['alertmanager']}/-/ready",
+                "prometheus": f"{self.urls['prometheus']}/-/ready",
+            }
+        )
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         # Its own session: Ctrl+C in the terminal reaches only this process, which then stops the
         # children in order; and each child gets SIGTERM if this process dies without doing so.
         with (self.data / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True, preexec_fn=_die_with_parent)
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
 
     def _wait_ready(self, checks: dict[str, str]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -235,13 +276,14 @@ class Stack:
                 self.check_alive()
                 if self.stopping:
                     raise StackError("stopped before every service was ready")
-                with contextlib.suppress(OSError):
-                    with _direct.open(url, timeout=2) as r:
-                        if r.status == 200:
-                            break
+                with contextlib.suppress(OSError), _direct.open(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
                 if time.monotonic() > deadline:
-                    raise StackError(f"{name} did not become ready at {url} in {READY_TIMEOUT:.0f}s; "
-                                     f"see {self.data / (name + '.log')}")
+                    raise StackError(
+                        f"{name} did not become ready at {url} in {READY_TIMEOUT:.0f}s; "
+                        f"see {self.data / (name + '.log')}"
+                    )
                 time.sleep(0.2)
 
     def check_alive(self) -> None:
@@ -253,7 +295,7 @@ class Stack:
     def stop(self) -> dict[str, int]:
         """SIGTERM to each (the last started first), SIGKILL after 10 s; their exit codes."""
         codes = {}
-        for name, proc in reversed(list(self.procs.items())):
+        for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for name, proc in self.procs.items():
@@ -268,12 +310,26 @@ class Stack:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m livekit_exporter.stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=Path.cwd(), help="the repository (default: the current directory)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="where the rendered files, data and logs go (default: a temporary directory, removed at exit)")
-    p.add_argument("--env-file", type=Path, default=None,
-                   help="the secrets, as for `docker compose --env-file` (default: the repository's .env)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=YAML",
-                   help="a prometheus/mixin.yml value for this run, e.g. prometheus.scrape_interval=5s")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="where the rendered files, data and logs go (default: a temporary directory, removed at exit)",
+    )
+    p.add_argument(
+        "--env-file",
+        type=Path,
+        default=None,
+        help="the secrets, as for `docker compose --env-file` (default: the repository's .env)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="a prometheus/mixin.yml value for this run, e.g. prometheus.scrape_interval=5s",
+    )
     args = p.parse_args(argv)
     data = args.data or Path(tempfile.mkdtemp(prefix="livekit-stack-"))
     data.mkdir(parents=True, exist_ok=True)
@@ -291,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, url in stack.urls.items():
             print(f"{name.replace('_', ' '):<{width}}  {url}", flush=True)
         print(f"{'data and logs':<{width}}  {data}", flush=True)
-        print("Grafana is not part of the native stack: import grafana/dashboards/*.json with the Prometheus "
-              "URL above as the datasource. Press Ctrl+C to stop.", flush=True)
+        print(
+            "Grafana is not part of the native stack: import grafana/dashboards/*.json with the Prometheus "
+            "URL above as the datasource. Press Ctrl+C to stop.",
+            flush=True,
+        )
         while not stack.stopping:
             stack.check_alive()
             time.sleep(0.2)

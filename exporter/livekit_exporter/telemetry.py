@@ -50,9 +50,9 @@ class Telemetry:
             ["version", "python_version", "livekit_api_version", "livekit_protocol_version"],
             registry=self.registry,
         )
-        build.labels(
-            __version__, platform.python_version(), _version("livekit-api"), _version("livekit-protocol")
-        ).set(1)
+        build.labels(__version__, platform.python_version(), _version("livekit-api"), _version("livekit-protocol")).set(
+            1
+        )
         self.label_overflow = Counter(
             "livekit_exporter_label_overflow_total",
             "Label values folded into __other__ by the cardinality guard.",

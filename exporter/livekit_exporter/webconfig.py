@@ -24,8 +24,8 @@ import binascii
 import hashlib
 import secrets
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable
 
 import yaml
 from aiohttp import web
@@ -40,8 +40,10 @@ CLIENT_AUTH = {
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
 TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3,
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 _TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version"}
 _TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
@@ -113,7 +115,9 @@ def _tls_context(tls: object, where: str, problems: list[str]) -> ssl.SSLContext
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as e:
-        problems.append(f"{where}: tls_server_config: cannot load cert_file/key_file: {getattr(e, 'strerror', None) or e}")
+        problems.append(
+            f"{where}: tls_server_config: cannot load cert_file/key_file: {getattr(e, 'strerror', None) or e}"
+        )
         return None
     ctx.verify_mode = CLIENT_AUTH[auth]
     ca = tls.get("client_ca_file")
@@ -124,7 +128,9 @@ def _tls_context(tls: object, where: str, problems: list[str]) -> ssl.SSLContext
         try:
             ctx.load_verify_locations(ca)
         except (OSError, ssl.SSLError) as e:
-            problems.append(f"{where}: tls_server_config.client_ca_file: cannot load: {getattr(e, 'strerror', None) or e}")
+            problems.append(
+                f"{where}: tls_server_config.client_ca_file: cannot load: {getattr(e, 'strerror', None) or e}"
+            )
             return None
     return ctx
 

@@ -42,8 +42,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jwt
 import orjson
@@ -60,12 +61,20 @@ from .telemetry import Telemetry
 log = logging.getLogger(__name__)
 
 EVENTS = (
-    "room_started", "room_finished",
-    "participant_joined", "participant_left", "participant_connection_aborted",
-    "track_published", "track_unpublished",
-    "egress_started", "egress_updated", "egress_ended",
-    "ingress_started", "ingress_ended",
-    "agent_job_started", "agent_job_ended",
+    "room_started",
+    "room_finished",
+    "participant_joined",
+    "participant_left",
+    "participant_connection_aborted",
+    "track_published",
+    "track_unpublished",
+    "egress_started",
+    "egress_updated",
+    "egress_ended",
+    "ingress_started",
+    "ingress_ended",
+    "agent_job_started",
+    "agent_job_ended",
 )
 UNKNOWN_EVENT = "unknown"
 # reason -> (HTTP status, when). Every status is a 4xx: LiveKit never retries those. The README and
@@ -73,22 +82,38 @@ UNKNOWN_EVENT = "unknown"
 REJECTIONS: dict[str, tuple[int, str]] = {
     "missing_auth": (401, "no Authorization header, or an empty one"),
     "bad_signature": (401, "not a JWT, or its HS256 signature does not verify with the key pair its issuer names"),
-    "invalid_token": (401, ("a verified token LiveKit would not issue: no exp, no issuer, a lifetime beyond "
-                            "5 minutes, a non-string sha256 claim, claims livekit-api cannot read")),
+    "invalid_token": (
+        401,
+        (
+            "a verified token LiveKit would not issue: no exp, no issuer, a lifetime beyond "
+            "5 minutes, a non-string sha256 claim, claims livekit-api cannot read"
+        ),
+    ),
     "expired": (401, "the token's exp is more than 1 minute in the past"),
     "not_yet_valid": (401, "the token's nbf is more than 1 minute in the future (LiveKit's clock runs ahead)"),
     "unknown_key": (401, "the token's issuer is not a configured API key"),
     "hash_mismatch": (401, "the token's sha256 claim is missing, not base64, or not the SHA-256 of the body"),
-    "malformed": (400, ("a validly signed body that is not a webhook event: not JSON, duplicate keys, no "
-                        "event name or id, a field of the wrong type or out of range")),
+    "malformed": (
+        400,
+        (
+            "a validly signed body that is not a webhook event: not JSON, duplicate keys, no "
+            "event name or id, a field of the wrong type or out of range"
+        ),
+    ),
     "too_large": (413, "the body exceeds webhooks.max_body_bytes"),
     "unsupported_media_type": (415, "a Content-Type other than application/webhook+json or application/json"),
 }
 # LiveKit sends application/webhook+json; plain JSON is what a relay in between may turn it into.
 CONTENT_TYPES = frozenset({"application/webhook+json", "application/json"})
 # The object each known event must carry, by the first word of the event name (proto names).
-_SUBJECT = {"room": "room", "participant": "participant", "track": "track", "egress": "egress_info",
-            "ingress": "ingress_info", "agent": "job"}
+_SUBJECT = {
+    "room": "room",
+    "participant": "participant",
+    "track": "track",
+    "egress": "egress_info",
+    "ingress": "ingress_info",
+    "agent": "job",
+}
 NO_AUTH = "no Authorization header: LiveKit signs every webhook; point only LiveKit here"
 # A token may claim to live this long from now: LiveKit's 5 minutes, plus its clock running ahead.
 MAX_TOKEN_LIFETIME = WEBHOOK_TOKEN_TTL + WEBHOOK_CLOCK_LEEWAY
@@ -157,11 +182,17 @@ class Verifier:
         try:
             claims = verifier.verify(token)
         except jwt.ExpiredSignatureError:
-            raise Rejected("expired", "the token has expired: a replay, or the clocks of LiveKit and the "
-                           "exporter differ by more than a minute (check NTP on both)") from None
+            raise Rejected(
+                "expired",
+                "the token has expired: a replay, or the clocks of LiveKit and the "
+                "exporter differ by more than a minute (check NTP on both)",
+            ) from None
         except jwt.ImmatureSignatureError:
-            raise Rejected("not_yet_valid", "the token is not valid yet (nbf): LiveKit's clock runs more than "
-                           "a minute ahead of the exporter's (check NTP on both)") from None
+            raise Rejected(
+                "not_yet_valid",
+                "the token is not valid yet (nbf): LiveKit's clock runs more than "
+                "a minute ahead of the exporter's (check NTP on both)",
+            ) from None
         except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError):
             raise Rejected(
                 "bad_signature",
@@ -169,15 +200,20 @@ class Verifier:
             ) from None
         except jwt.InvalidTokenError as e:  # PyJWT's messages name the claim, never a value
             raise Rejected("invalid_token", f"the token is not one LiveKit issues: {str(e)[:120]}") from None
-        except Exception as e:  # noqa: BLE001 - livekit-api reading the grants of a signed token
-            raise Rejected("invalid_token", "the token's claims are not ones LiveKit issues (livekit-api "
-                           f"cannot read them: {type(e).__name__})") from None
+        except Exception as e:
+            raise Rejected(
+                "invalid_token",
+                f"the token's claims are not ones LiveKit issues (livekit-api cannot read them: {type(e).__name__})",
+            ) from None
         # These bytes are verified now, and PyJWT took int() of exp, so this cannot fail.
         exp, now = int(unverified["exp"]), time.time()
         if exp > now + MAX_TOKEN_LIFETIME:
-            raise Rejected("invalid_token", f"the token is valid for another {exp - int(now)} s: LiveKit signs "
-                           f"webhooks for {WEBHOOK_TOKEN_TTL:.0f} s, and a longer-lived token could be replayed "
-                           "after its event id is forgotten")
+            raise Rejected(
+                "invalid_token",
+                f"the token is valid for another {exp - int(now)} s: LiveKit signs "
+                f"webhooks for {WEBHOOK_TOKEN_TTL:.0f} s, and a longer-lived token could be replayed "
+                "after its event id is forgotten",
+            )
         sha256 = claims.sha256
         if not isinstance(sha256, str):
             raise Rejected("invalid_token", "the token's sha256 claim is not a string")
@@ -266,7 +302,7 @@ def _str(doc: dict[str, Any], f: _Field, where: str) -> str:
 class _Enum:
     """A protojson enum field -> its lkenums label; a name this protocol version lacks -> unknown."""
 
-    __slots__ = ("field", "by_name", "by_number")
+    __slots__ = ("by_name", "by_number", "field")
 
     def __init__(self, proto: str, enum: EnumTypeWrapper, table: dict[int, str]):
         self.field = _Field(proto)
@@ -284,11 +320,27 @@ class _Enum:
         raise Malformed(f"{where}{self.field.json}: expected an enum name or number")
 
 
-_F = {n: _Field(n) for n in (
-    "event", "id", "created_at", "creation_time", "joined_at", "attributes", "started_at", "ended_at",
-    "file_results", "segment_results", "file", "segments", "size", "state", "agent_name",
-    *_SUBJECT.values(),
-)}
+_F = {
+    n: _Field(n)
+    for n in (
+        "event",
+        "id",
+        "created_at",
+        "creation_time",
+        "joined_at",
+        "attributes",
+        "started_at",
+        "ended_at",
+        "file_results",
+        "segment_results",
+        "file",
+        "segments",
+        "size",
+        "state",
+        "agent_name",
+        *_SUBJECT.values(),
+    )
+}
 _KIND = _Enum("kind", models.ParticipantInfo.Kind, E.PARTICIPANT_KIND)
 _DISCONNECT = _Enum("disconnect_reason", models.DisconnectReason, E.DISCONNECT_REASON)
 _END_REASON = _Enum("room_end_reason", models.RoomEndReason, E.ROOM_END_REASON)
@@ -352,9 +404,13 @@ def decode(body: bytes) -> Event:
         raise Malformed("no event name (the `event` field)")
     if not event_id:
         raise Malformed("no event id (the `id` field), so a retry could not be recognised")
-    ev = Event(name=name if name in _DECODERS else UNKNOWN_EVENT, id=event_id,
-               key=hashlib.sha256(event_id.encode()).digest()[:16],
-               created_at=float(_int(doc, _F["created_at"], "")), raw_name=name)
+    ev = Event(
+        name=name if name in _DECODERS else UNKNOWN_EVENT,
+        id=event_id,
+        key=hashlib.sha256(event_id.encode()).digest()[:16],
+        created_at=float(_int(doc, _F["created_at"], "")),
+        raw_name=name,
+    )
     decoder = _DECODERS.get(name)
     if decoder is not None:
         field = _F[_SUBJECT[name.split("_", 1)[0]]]
@@ -502,95 +558,169 @@ class WebhookMetrics:
         r = telemetry.registry
         self.guard = telemetry.guard
         self.events = Counter(
-            "livekit_webhook_events", "LiveKit webhook events accepted (signature verified, first delivery "
-            "of the event id), by event type; a type this version does not know counts as event=\"unknown\".",
-            ["event"], registry=r)
+            "livekit_webhook_events",
+            "LiveKit webhook events accepted (signature verified, first delivery "
+            'of the event id), by event type; a type this version does not know counts as event="unknown".',
+            ["event"],
+            registry=r,
+        )
         self.rejected = Counter(
-            "livekit_webhook_rejected", "Webhook requests rejected with a 4xx, by reason; a rejected "
-            "request changes no other metric.", ["reason"], registry=r)
+            "livekit_webhook_rejected",
+            "Webhook requests rejected with a 4xx, by reason; a rejected request changes no other metric.",
+            ["reason"],
+            registry=r,
+        )
         self.duplicates = Counter(
-            "livekit_webhook_duplicates", "Verified webhook deliveries of an event id already counted "
-            "(LiveKit's retries, replays); answered 200 and not counted again.", registry=r)
+            "livekit_webhook_duplicates",
+            "Verified webhook deliveries of an event id already counted "
+            "(LiveKit's retries, replays); answered 200 and not counted again.",
+            registry=r,
+        )
         self.delay = Histogram(
-            "livekit_webhook_delivery_delay_seconds", "Time from the event's created_at (whole seconds, "
+            "livekit_webhook_delivery_delay_seconds",
+            "Time from the event's created_at (whole seconds, "
             "set by LiveKit) to its arrival here, by event type; clock skew below 0 counts as 0.",
-            ["event"], buckets=DELIVERY_DELAY_BUCKETS, registry=r)
+            ["event"],
+            buckets=DELIVERY_DELAY_BUCKETS,
+            registry=r,
+        )
         self.rooms_started = Counter(
-            "livekit_room_sessions_started", "Rooms created (room_started webhooks).", registry=r)
+            "livekit_room_sessions_started", "Rooms created (room_started webhooks).", registry=r
+        )
         self.rooms_ended = Counter(
-            "livekit_room_sessions_ended", "Rooms closed (room_finished webhooks), by the event's "
-            "room_end_reason; end_reason=\"unknown\" when LiveKit sent none (servers that do not set the "
-            "field) or one this version does not know.", ["end_reason"], registry=r)
+            "livekit_room_sessions_ended",
+            "Rooms closed (room_finished webhooks), by the event's "
+            'room_end_reason; end_reason="unknown" when LiveKit sent none (servers that do not set the '
+            "field) or one this version does not know.",
+            ["end_reason"],
+            registry=r,
+        )
         self.room_duration = Histogram(
-            "livekit_room_session_duration_seconds", "Room lifetimes: room_finished time minus the room's "
-            "creation_time.", buckets=ROOM_DURATION_BUCKETS, registry=r)
+            "livekit_room_session_duration_seconds",
+            "Room lifetimes: room_finished time minus the room's creation_time.",
+            buckets=ROOM_DURATION_BUCKETS,
+            registry=r,
+        )
         self.participants_started = Counter(
-            "livekit_participant_sessions_started", "Participants who connected (participant_joined "
-            "webhooks, sent when a participant becomes active), by kind.", ["kind"], registry=r)
+            "livekit_participant_sessions_started",
+            "Participants who connected (participant_joined "
+            "webhooks, sent when a participant becomes active), by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.participants_ended = Counter(
-            "livekit_participant_sessions_ended", "Connected participants who left (participant_left "
-            "webhooks), by kind and disconnect reason.", ["kind", "reason"], registry=r)
+            "livekit_participant_sessions_ended",
+            "Connected participants who left (participant_left webhooks), by kind and disconnect reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
         self.participants_aborted = Counter(
-            "livekit_participant_connections_aborted", "Participants who left before their connection "
-            "became active (participant_connection_aborted webhooks), by kind.", ["kind"], registry=r)
+            "livekit_participant_connections_aborted",
+            "Participants who left before their connection "
+            "became active (participant_connection_aborted webhooks), by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.participant_duration = Histogram(
-            "livekit_participant_session_duration_seconds", "Participant sessions: participant_left time "
-            "minus joined_at, by kind.", ["kind"], buckets=PARTICIPANT_DURATION_BUCKETS, registry=r)
+            "livekit_participant_session_duration_seconds",
+            "Participant sessions: participant_left time minus joined_at, by kind.",
+            ["kind"],
+            buckets=PARTICIPANT_DURATION_BUCKETS,
+            registry=r,
+        )
         self.tracks = Counter(
-            "livekit_track_publications", "Tracks published (track_published webhooks), by type and "
-            "source.", ["type", "source"], registry=r)
+            "livekit_track_publications",
+            "Tracks published (track_published webhooks), by type and source.",
+            ["type", "source"],
+            registry=r,
+        )
         self.egress_started = Counter(
-            "livekit_egress_started", "Egress started (egress_started webhooks), by egress type.",
-            ["type"], registry=r)
+            "livekit_egress_started", "Egress started (egress_started webhooks), by egress type.", ["type"], registry=r
+        )
         self.egress_ended = Counter(
-            "livekit_egress_ended", "Egress ended (egress_ended webhooks), by egress type and final "
+            "livekit_egress_ended",
+            "Egress ended (egress_ended webhooks), by egress type and final "
             "status; LiveKit sends one for an auto-egress that never started too, so it can "
-            "exceed livekit_egress_started_total.", ["type", "status"], registry=r)
+            "exceed livekit_egress_started_total.",
+            ["type", "status"],
+            registry=r,
+        )
         self.egress_duration = Histogram(
-            "livekit_egress_duration_seconds", "Egress run time: ended_at minus started_at of ended "
-            "egress (LiveKit sends nanoseconds), by egress type.", ["type"],
-            buckets=EGRESS_DURATION_BUCKETS, registry=r)
+            "livekit_egress_duration_seconds",
+            "Egress run time: ended_at minus started_at of ended egress (LiveKit sends nanoseconds), by egress type.",
+            ["type"],
+            buckets=EGRESS_DURATION_BUCKETS,
+            registry=r,
+        )
         self.egress_bytes = Counter(
-            "livekit_egress_output_bytes", "Bytes written by ended egress (sizes of its file and segment "
-            "results), by egress type.", ["type"], registry=r)
+            "livekit_egress_output_bytes",
+            "Bytes written by ended egress (sizes of its file and segment results), by egress type.",
+            ["type"],
+            registry=r,
+        )
         self.ingress_started = Counter(
-            "livekit_ingress_started", "Ingress that started publishing (ingress_started webhooks), by "
-            "input type.", ["input_type"], registry=r)
+            "livekit_ingress_started",
+            "Ingress that started publishing (ingress_started webhooks), by input type.",
+            ["input_type"],
+            registry=r,
+        )
         self.ingress_ended = Counter(
-            "livekit_ingress_ended", "Ingress state changes into error, inactive or complete "
+            "livekit_ingress_ended",
+            "Ingress state changes into error, inactive or complete "
             "(ingress_ended webhooks, sent on every such change, whether or not the ingress had "
-            "published), by input type and the new status.", ["input_type", "status"], registry=r)
+            "published), by input type and the new status.",
+            ["input_type", "status"],
+            registry=r,
+        )
         self.sip_started = Counter(
-            "livekit_sip_calls_started", "SIP calls whose participant became active (participant_joined "
+            "livekit_sip_calls_started",
+            "SIP calls whose participant became active (participant_joined "
             "of kind sip), by trunk id (the sip.trunkID attribute). An outbound call's participant joins "
             "before it dials, so for outbound calls this counts dial attempts, answered or not.",
-            ["trunk"], registry=r)
+            ["trunk"],
+            registry=r,
+        )
         self.sip_ended = Counter(
-            "livekit_sip_calls_ended", "SIP calls whose participant left after becoming active "
+            "livekit_sip_calls_ended",
+            "SIP calls whose participant left after becoming active "
             "(participant_left of kind sip), by trunk id and disconnect reason. LiveKit gives "
             "user_unavailable when the callee did not respond in time and user_rejected when the callee "
             "rejected the call (busy); an unanswered call may end with another reason "
             "(sip_trunk_failure, ...). SIP participants that never became active are in "
-            "livekit_participant_connections_aborted_total{kind=\"sip\"}.", ["trunk", "reason"], registry=r)
+            'livekit_participant_connections_aborted_total{kind="sip"}.',
+            ["trunk", "reason"],
+            registry=r,
+        )
         self.jobs_started = Counter(
-            "livekit_agent_jobs_started", "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), "
-            "by agent name.", ["agent_name"], registry=r)
+            "livekit_agent_jobs_started",
+            "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), by agent name.",
+            ["agent_name"],
+            registry=r,
+        )
         self.jobs_ended = Counter(
-            "livekit_agent_jobs_ended", "Agent jobs ended (agent_job_ended webhooks, LiveKit Cloud), by "
-            "agent name and final status.", ["agent_name", "status"], registry=r)
+            "livekit_agent_jobs_ended",
+            "Agent jobs ended (agent_job_ended webhooks, LiveKit Cloud), by agent name and final status.",
+            ["agent_name", "status"],
+            registry=r,
+        )
         # Known label values exist from the start, so rate() works from the first event.
         for name in EVENTS:
             self.events.labels(name)
         for reason in REJECTIONS:
             self.rejected.labels(reason)
         self._updates_by_event = {
-            "room_started": self._room_started, "room_finished": self._room_finished,
-            "participant_joined": self._participant_joined, "participant_left": self._participant_left,
+            "room_started": self._room_started,
+            "room_finished": self._room_finished,
+            "participant_joined": self._participant_joined,
+            "participant_left": self._participant_left,
             "participant_connection_aborted": self._participant_aborted,
             "track_published": self._track_published,
-            "egress_started": self._egress_started, "egress_ended": self._egress_ended,
-            "ingress_started": self._ingress_started, "ingress_ended": self._ingress_ended,
-            "agent_job_started": self._job_started, "agent_job_ended": self._job_ended,
+            "egress_started": self._egress_started,
+            "egress_ended": self._egress_ended,
+            "ingress_started": self._ingress_started,
+            "ingress_ended": self._ingress_ended,
+            "agent_job_started": self._job_started,
+            "agent_job_ended": self._job_ended,
         }
 
     def apply(self, ev: Event, now: float) -> None:
@@ -679,8 +809,12 @@ class RejectionLog:
     """Logs rejections, at most `lines` a reason per `window` seconds; when a window with more ends,
     one line says how many were left out (written with the next rejection of that reason)."""
 
-    def __init__(self, lines: int = REJECTION_LOG_LINES, window: float = REJECTION_LOG_WINDOW,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        lines: int = REJECTION_LOG_LINES,
+        window: float = REJECTION_LOG_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.lines = lines
         self.window = window
         self._clock = clock
@@ -691,13 +825,16 @@ class RejectionLog:
         w = self._windows.get(r.reason)
         if w is None or now - w[0] >= self.window:
             if w is not None and w[2]:
-                log.warning("webhook rejections not logged", extra={
-                    "reason": r.reason, "not_logged": w[2], "seconds": round(now - w[0])})
+                log.warning(
+                    "webhook rejections not logged",
+                    extra={"reason": r.reason, "not_logged": w[2], "seconds": round(now - w[0])},
+                )
             w = self._windows[r.reason] = [now, 0, 0]
         if w[1] < self.lines:
             w[1] += 1
-            log.warning("webhook rejected", extra={"reason": r.reason, "detail": r.detail, "remote": remote,
-                                                   "status": r.status})
+            log.warning(
+                "webhook rejected", extra={"reason": r.reason, "detail": r.detail, "remote": remote, "status": r.status}
+            )
         else:
             w[2] += 1
 
@@ -734,20 +871,30 @@ class WebhookHandler:
         # the retry is counted rather than taken for a duplicate.
         self.metrics.apply(ev, time.time())
         self.seen.add(ev.key)
-        if ev.name == UNKNOWN_EVENT and ev.raw_name not in self._unknown_logged:
-            if len(self._unknown_logged) < _UNKNOWN_NAMES_LOGGED:
-                self._unknown_logged.add(ev.raw_name)
-                log.info("webhook of an event type this version does not know: counted as event=unknown",
-                         extra={"event": ev.raw_name[:64]})
+        if (
+            ev.name == UNKNOWN_EVENT
+            and ev.raw_name not in self._unknown_logged
+            and len(self._unknown_logged) < _UNKNOWN_NAMES_LOGGED
+        ):
+            self._unknown_logged.add(ev.raw_name)
+            log.info(
+                "webhook of an event type this version does not know: counted as event=unknown",
+                extra={"event": ev.raw_name[:64]},
+            )
         return _answer(200, result="accepted", id=ev.id)
 
     def _check_headers(self, request: web.Request) -> None:
         if request.content_length is not None and request.content_length > self.max_body:
-            raise Rejected("too_large", f"the body of {request.content_length} bytes exceeds "
-                           f"webhooks.max_body_bytes ({self.max_body})")
+            raise Rejected(
+                "too_large",
+                f"the body of {request.content_length} bytes exceeds webhooks.max_body_bytes ({self.max_body})",
+            )
         if request.content_type not in CONTENT_TYPES:
-            raise Rejected("unsupported_media_type", f"Content-Type {request.content_type[:64]!r}: LiveKit "
-                           "sends application/webhook+json; send webhooks here only from LiveKit")
+            raise Rejected(
+                "unsupported_media_type",
+                f"Content-Type {request.content_type[:64]!r}: LiveKit "
+                "sends application/webhook+json; send webhooks here only from LiveKit",
+            )
         if not request.headers.get("Authorization", "").strip():
             raise Rejected("missing_auth", NO_AUTH)
 

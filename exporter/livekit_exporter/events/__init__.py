@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import logging
 import re
 import time
-from typing import AsyncIterator, Callable, NamedTuple
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -76,8 +78,9 @@ class IdempotencyCache:
         return len(self._answers)
 
 
-def _error(status: int, message: str, problems: list[dict[str, object]] | None = None,
-           headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int, message: str, problems: list[dict[str, object]] | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     body: dict[str, object] = {"error": message}
     if problems is not None:
         body["problems"] = problems
@@ -103,8 +106,14 @@ class EventsHandler:
                 found = i
         return found
 
-    def _reject(self, reason: str, status: int, message: str, problems: list[dict[str, object]] | None = None,
-                headers: dict[str, str] | None = None) -> web.Response:
+    def _reject(
+        self,
+        reason: str,
+        status: int,
+        message: str,
+        problems: list[dict[str, object]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
         self.pipeline.requests_rejected.labels(reason).inc()
         log.debug("events request rejected", extra={"reason": reason, "status": status})
         return _error(status, message, problems, headers)
@@ -125,39 +134,49 @@ class EventsHandler:
     async def handle(self, request: web.Request) -> web.Response:
         if not self._tokens:
             return self._reject(
-                "unauthorized", 401,
+                "unauthorized",
+                401,
                 "the events API has no token configured: set events.tokens, events.token_files or "
                 "LIVEKIT_EXPORTER_EVENTS_TOKENS on the exporter",
-                headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events"'})
+                headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events"'},
+            )
         token = self._authorized(request.headers.get("Authorization", ""))
         if token is None:
             return self._reject(
-                "unauthorized", 401,
+                "unauthorized",
+                401,
                 "missing or unknown bearer token: send 'Authorization: Bearer <token>' with one of "
                 "the exporter's events tokens",
-                headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events", error="invalid_token"'})
+                headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events", error="invalid_token"'},
+            )
         ctype = request.content_type
         if ctype not in JSON_TYPES and ctype not in NDJSON_TYPES:
             return self._reject(
-                "unsupported_media_type", 415,
+                "unsupported_media_type",
+                415,
                 f"Content-Type {ctype!r} is not accepted; use one of {ACCEPTED_TYPES}",
-                headers={"Accept-Post": ACCEPTED_TYPES})
+                headers={"Accept-Post": ACCEPTED_TYPES},
+            )
         key = None
         if (raw_key := request.headers.get(IDEMPOTENCY_HEADER)) is not None:
             match = _KEY.match(raw_key)
             if match is None:
                 return self._reject(
-                    "invalid", 400,
+                    "invalid",
+                    400,
                     f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 visible ASCII characters (no quotes "
                     "or backslashes inside), e.g. a UUID; send a new one per batch and the same one on its retries",
-                    [])
+                    [],
+                )
             key = (token, match[1])
         body = await self._read(request)
         if body is None:
             return self._reject(
-                "too_large", 413,
+                "too_large",
+                413,
                 f"the body is larger than events.max_body_bytes ({self.cfg.max_body_bytes} bytes); "
-                "send smaller batches")
+                "send smaller batches",
+            )
         digest = b""
         if key is not None:
             # From here to the end nothing awaits: a concurrent repeat sees the answer stored below.
@@ -166,11 +185,14 @@ class EventsHandler:
             if seen is not None:
                 if seen.digest != digest:
                     return self._reject(
-                        "idempotency_conflict", 422,
+                        "idempotency_conflict",
+                        422,
                         f"this {IDEMPOTENCY_HEADER} was already used for a different batch; nothing was "
-                        "applied. Use a new key for each batch, and the same key only to retry the same body")
-                return web.Response(body=seen.body, content_type="application/json",
-                                    headers={"Idempotent-Replayed": "true"})
+                        "applied. Use a new key for each batch, and the same key only to retry the same body",
+                    )
+                return web.Response(
+                    body=seen.body, content_type="application/json", headers={"Idempotent-Replayed": "true"}
+                )
         try:
             decode = decode_json if ctype in JSON_TYPES else decode_ndjson
             events, lines = decode(body, self.cfg.max_events)
@@ -178,10 +200,12 @@ class EventsHandler:
             problems = [p.as_dict() for p in e.problems] if e.problems or e.status == 400 else None
             return self._reject(e.reason, e.status, e.message, problems)
         discarded = self.pipeline.apply(events)
-        answer = web.json_response({
-            "accepted": len(events),
-            "discarded": [d.describe(self.cfg.max_latency, lines) for d in discarded],
-        })
+        answer = web.json_response(
+            {
+                "accepted": len(events),
+                "discarded": [d.describe(self.cfg.max_latency, lines) for d in discarded],
+            }
+        )
         if key is not None:
             assert isinstance(answer.body, bytes)
             self.idempotency.put(key, digest, answer.body)
@@ -194,8 +218,10 @@ def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipelin
     app[PIPELINE] = pipeline
     app.router.add_post(config.events.path, EventsHandler(config, pipeline).handle)
     if not config.events.tokens:
-        log.warning("the events API is enabled without a token: every request to it is refused",
-                    extra={"path": config.events.path})
+        log.warning(
+            "the events API is enabled without a token: every request to it is refused",
+            extra={"path": config.events.path},
+        )
     ttls = (config.events.call_ttl, config.events.dependency_ttl, config.events.campaign_ttl)
     period = max(0.05, min(60.0, *(t / 10 for t in ttls)))
 
@@ -208,10 +234,8 @@ def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipelin
         task = asyncio.create_task(loop(), name="events-ttl-sweeper")
         yield
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     app.cleanup_ctx.append(sweeper)
     return pipeline

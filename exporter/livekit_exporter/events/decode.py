@@ -11,8 +11,8 @@ one). NaN and Infinity literals are not JSON: the answer says so, and to send nu
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import msgspec
 
@@ -79,18 +79,27 @@ def _split(error: Exception) -> tuple[str, str]:
 
 
 def _too_many(n: int, limit: int) -> BadBatch:
-    return BadBatch(413, "too_many_events", f"the batch holds {n} events, more than events.max_events ({limit}); "
-                    "split it into smaller batches")
+    return BadBatch(
+        413,
+        "too_many_events",
+        f"the batch holds {n} events, more than events.max_events ({limit}); split it into smaller batches",
+    )
 
 
 def check(e: m.Event) -> tuple[str, str] | None:
     """(field, reason) when a decoded event is inconsistent in a way the schema cannot express."""
     if isinstance(e, m.LLMUsage) and e.cached_tokens > e.input_tokens:
-        return ("cached_tokens", f"cached_tokens ({e.cached_tokens}) exceeds input_tokens "
-                                 f"({e.input_tokens}); input_tokens counts cached tokens too")
+        return (
+            "cached_tokens",
+            f"cached_tokens ({e.cached_tokens}) exceeds input_tokens "
+            f"({e.input_tokens}); input_tokens counts cached tokens too",
+        )
     if isinstance(e, m.Turn) and e.interrupted and e.interruptions == 0:
-        return ("interruptions", "interruptions is 0 but interrupted is true; a turn the user cut short "
-                                 "had at least 1 interruption (leave interruptions out to count 1)")
+        return (
+            "interruptions",
+            "interruptions is 0 but interrupted is true; a turn the user cut short "
+            "had at least 1 interruption (leave interruptions out to count 1)",
+        )
     return None
 
 
@@ -100,7 +109,7 @@ def _malformed(err: Exception, body: bytes) -> str:
     at = _BYTE.search(text)
     if at:
         pos = int(at[1])
-        rest = body[pos:pos + 8].lower()
+        rest = body[pos : pos + 8].lower()
         if rest.startswith((b"nan", b"inf")) or (rest.startswith(b"-") and rest[1:].startswith(b"inf")):
             return f"{NOT_A_NUMBER} (byte {pos})"
     return text
@@ -145,11 +154,16 @@ def decode_json(body: bytes, max_events: int) -> tuple[list[m.Event], None]:
         raw = _raw_batch.decode(body).events
     except msgspec.ValidationError as e:  # a subclass of DecodeError: first
         reason, path = _split(e)
-        raise BadBatch(400, "invalid", f"the body is not an events batch: {reason} at {path}; "
-                       "send {\"events\": [...]}", [Problem(None, path, reason)]) from None
+        raise BadBatch(
+            400,
+            "invalid",
+            f'the body is not an events batch: {reason} at {path}; send {{"events": [...]}}',
+            [Problem(None, path, reason)],
+        ) from None
     except msgspec.DecodeError as e:
-        raise BadBatch(400, "malformed", f"the body is not valid JSON: {_malformed(e, body)}; "
-                       "send {\"events\": [...]}") from None
+        raise BadBatch(
+            400, "malformed", f'the body is not valid JSON: {_malformed(e, body)}; send {{"events": [...]}}'
+        ) from None
     if len(raw) > max_events:
         raise _too_many(len(raw), max_events)
     return _decode_each(raw, lambda i: f"$.events[{i}]", None), None

@@ -68,8 +68,7 @@ def _latency(text: str) -> Any:
     return _doc(text + " Seconds; above events.max_latency the value is discarded and counted.", Seconds)
 
 
-class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True, gc=False,
-             kw_only=True):
+class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True, gc=False, kw_only=True):
     pass
 
 
@@ -95,8 +94,9 @@ class CallAnswered(_Event, tag="call_answered", kw_only=True):
     call_id: CallId
     direction: Direction
     campaign: Campaign = ""
-    answered_by: _doc("Who answered, as far as the agent could tell.",
-                      Literal["human", "machine", "unknown"]) = "unknown"
+    answered_by: _doc("Who answered, as far as the agent could tell.", Literal["human", "machine", "unknown"]) = (
+        "unknown"
+    )
     setup_seconds: _doc("Seconds from dial to answer.", Seconds) | None = None
 
 
@@ -110,8 +110,10 @@ class CallEnded(_Event, tag="call_ended", kw_only=True):
     call_id: CallId
     direction: Direction
     campaign: Campaign = ""
-    outcome: _doc("User-defined, e.g. qualified, not_interested, no_answer, failed, transferred "
-                  "(cardinality-guarded label).", Name)
+    outcome: _doc(
+        "User-defined, e.g. qualified, not_interested, no_answer, failed, transferred (cardinality-guarded label).",
+        Name,
+    )
     duration_seconds: _doc("Seconds from start (or answer) to hang-up.", Seconds) | None = None
 
 
@@ -153,12 +155,21 @@ class Turn(_Event, tag="turn", kw_only=True):
 
     agent: AgentName
     interrupted: _doc("The user cut the agent's reply short.", bool) = False
-    interruptions: _doc(
-        "Times the user spoke over the agent during this turn, false interruptions (the agent "
-        "resumed) included; when absent, 1 if interrupted else 0. At least 1 when interrupted is "
-        "true (a turn the user cut short had an interruption): 0 there is refused.", Count) | None = None
-    e2e_latency_seconds: _latency("Voice-to-voice: the user stopped speaking -> the agent's audio started.") | None = None
-    end_of_utterance_delay_seconds: _latency("End of speech (VAD) -> the decision that the user's turn ended.") | None = None
+    interruptions: (
+        _doc(
+            "Times the user spoke over the agent during this turn, false interruptions (the agent "
+            "resumed) included; when absent, 1 if interrupted else 0. At least 1 when interrupted is "
+            "true (a turn the user cut short had an interruption): 0 there is refused.",
+            Count,
+        )
+        | None
+    ) = None
+    e2e_latency_seconds: _latency("Voice-to-voice: the user stopped speaking -> the agent's audio started.") | None = (
+        None
+    )
+    end_of_utterance_delay_seconds: (
+        _latency("End of speech (VAD) -> the decision that the user's turn ended.") | None
+    ) = None
     transcription_delay_seconds: _latency("End of speech -> final transcript.") | None = None
     llm_ttft_seconds: _latency("LLM request -> first token.") | None = None
     tts_ttfb_seconds: _latency("First text sent to TTS -> first audio byte.") | None = None
@@ -193,8 +204,9 @@ class LLMUsage(_Event, tag="llm", kw_only=True):
     input_tokens: Count = 0
     output_tokens: Count = 0
     cached_tokens: Count = 0
-    duration_seconds: _doc("Request -> last token, in seconds (not subject to events.max_latency).",
-                           Seconds) | None = None
+    duration_seconds: _doc("Request -> last token, in seconds (not subject to events.max_latency).", Seconds) | None = (
+        None
+    )
 
 
 class TTSUsage(_Event, tag="tts", kw_only=True):
@@ -205,8 +217,7 @@ class TTSUsage(_Event, tag="tts", kw_only=True):
     provider: Provider
     model: Model
     characters: _doc("Characters synthesized.", Count) = 0
-    audio_seconds: _doc("Seconds of audio synthesized (used only for per-minute prices).",
-                        Seconds) = 0.0
+    audio_seconds: _doc("Seconds of audio synthesized (used only for per-minute prices).", Seconds) = 0.0
 
 
 class ToolCall(_Event, tag="tool_call", kw_only=True):
@@ -214,8 +225,9 @@ class ToolCall(_Event, tag="tool_call", kw_only=True):
 
     agent: AgentName
     tool: _doc("The tool's name (cardinality-guarded label).", Name)
-    duration_seconds: _doc("Call -> result, in seconds (not subject to events.max_latency: a tool may "
-                           "legitimately wait minutes).", Seconds)
+    duration_seconds: _doc(
+        "Call -> result, in seconds (not subject to events.max_latency: a tool may legitimately wait minutes).", Seconds
+    )
 
 
 class Error(_Event, tag="error", kw_only=True):
@@ -223,15 +235,31 @@ class Error(_Event, tag="error", kw_only=True):
 
     agent: AgentName
     component: Literal["stt", "llm", "tts", "tool", "transport", "other"]
-    error_type: _doc("A short, bounded error kind, e.g. timeout, rate_limited, APIConnectionError "
-                     "(cardinality-guarded label `type`).", Name)
-    recoverable: _doc("The agent retried past it (or otherwise carried on): label recoverable=\"true\". "
-                      "Default false: the error failed the request.", bool) = False
+    error_type: _doc(
+        "A short, bounded error kind, e.g. timeout, rate_limited, APIConnectionError "
+        "(cardinality-guarded label `type`).",
+        Name,
+    )
+    recoverable: _doc(
+        'The agent retried past it (or otherwise carried on): label recoverable="true". '
+        "Default false: the error failed the request.",
+        bool,
+    ) = False
 
 
-Event = Union[
-    CallStarted, CallAnswered, CallEnded, CallsQueued, CampaignStatus, DependencyStatus,
-    Turn, STTUsage, LLMUsage, TTSUsage, ToolCall, Error,
+Event = Union[  # noqa: UP007 (msgspec takes the tagged union; EVENT_TYPES reads its __args__)
+    CallStarted,
+    CallAnswered,
+    CallEnded,
+    CallsQueued,
+    CampaignStatus,
+    DependencyStatus,
+    Turn,
+    STTUsage,
+    LLMUsage,
+    TTSUsage,
+    ToolCall,
+    Error,
 ]
 EVENT_TYPES: tuple[type[_Event], ...] = Event.__args__  # type: ignore[attr-defined]
 TYPE_NAMES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)

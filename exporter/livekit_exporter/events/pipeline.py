@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,28 +47,46 @@ REQUEST_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 
 # config schema's events.buckets keys are checked against it by a test.
 HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
     "voice_agent_call_duration_seconds": (
-        ("agent", "direction", "outcome"), "Duration of ended calls (call_ended.duration_seconds).",
-        CALL_BUCKETS),
+        ("agent", "direction", "outcome"),
+        "Duration of ended calls (call_ended.duration_seconds).",
+        CALL_BUCKETS,
+    ),
     "voice_agent_call_setup_seconds": (
-        ("agent", "direction"), "Time from dial to answer (call_answered.setup_seconds).", CALL_BUCKETS),
+        ("agent", "direction"),
+        "Time from dial to answer (call_answered.setup_seconds).",
+        CALL_BUCKETS,
+    ),
     "voice_agent_turn_latency_seconds": (
-        ("agent",), "Voice-to-voice turn latency: the user stops speaking -> the agent's audio starts.",
-        TURN_BUCKETS),
+        ("agent",),
+        "Voice-to-voice turn latency: the user stops speaking -> the agent's audio starts.",
+        TURN_BUCKETS,
+    ),
     "voice_agent_end_of_utterance_delay_seconds": (
-        ("agent",), "End of user speech (VAD) -> the decision that the user's turn ended.", STAGE_BUCKETS),
+        ("agent",),
+        "End of user speech (VAD) -> the decision that the user's turn ended.",
+        STAGE_BUCKETS,
+    ),
     "voice_agent_transcription_delay_seconds": (
-        ("agent", "provider", "model"), "End of user speech -> final transcript, by STT provider and model.",
-        STAGE_BUCKETS),
+        ("agent", "provider", "model"),
+        "End of user speech -> final transcript, by STT provider and model.",
+        STAGE_BUCKETS,
+    ),
     "voice_agent_llm_time_to_first_token_seconds": (
-        ("agent", "provider", "model"), "LLM time to first token in a turn, by provider and model.",
-        STAGE_BUCKETS),
+        ("agent", "provider", "model"),
+        "LLM time to first token in a turn, by provider and model.",
+        STAGE_BUCKETS,
+    ),
     "voice_agent_llm_request_duration_seconds": (
-        ("agent", "provider", "model"), "Duration of LLM requests, by provider and model.", REQUEST_BUCKETS),
+        ("agent", "provider", "model"),
+        "Duration of LLM requests, by provider and model.",
+        REQUEST_BUCKETS,
+    ),
     "voice_agent_tts_time_to_first_byte_seconds": (
-        ("agent", "provider", "model"), "TTS time to first audio byte in a turn, by provider and model.",
-        STAGE_BUCKETS),
-    "voice_agent_tool_call_duration_seconds": (
-        ("agent", "tool"), "Duration of function-tool calls.", REQUEST_BUCKETS),
+        ("agent", "provider", "model"),
+        "TTS time to first audio byte in a turn, by provider and model.",
+        STAGE_BUCKETS,
+    ),
+    "voice_agent_tool_call_duration_seconds": (("agent", "tool"), "Duration of function-tool calls.", REQUEST_BUCKETS),
 }
 
 # A bound on the active-call table, whatever the clients send: past it the oldest call is expired
@@ -90,7 +109,7 @@ class Discarded:
             "index": self.index,
             "path": f"$.{self.field}" if lines is not None else f"$.events[{self.index}].{self.field}",
             "reason": f"{self.value:g} s is above events.max_latency ({max_latency:g} s): not observed "
-                      "(treated as a clock or timestamp error); the rest of the event was applied",
+            "(treated as a clock or timestamp error); the rest of the event was applied",
         }
         if lines is not None:
             d["line"] = lines[self.index]
@@ -141,8 +160,9 @@ class PriceTable:
     def tts_cost(p: Price, e: m.TTSUsage) -> float | None:
         if p.usd_per_million_characters is None and p.usd_per_tts_audio_minute is None:
             return None
-        return (e.characters / 1e6 * (p.usd_per_million_characters or 0.0)
-                + e.audio_seconds / 60 * (p.usd_per_tts_audio_minute or 0.0))
+        return e.characters / 1e6 * (p.usd_per_million_characters or 0.0) + e.audio_seconds / 60 * (
+            p.usd_per_tts_audio_minute or 0.0
+        )
 
 
 # Labels whose values users choose, so they pass the cardinality guard; the others are enums.
@@ -159,15 +179,18 @@ class Family:
     and never this cache.
     """
 
-    def __init__(self, metric: Counter | Gauge | Histogram, name: str, guard: LabelGuard,
-                 guarded: frozenset[str] = GUARDED):
+    def __init__(
+        self, metric: Counter | Gauge | Histogram, name: str, guard: LabelGuard, guarded: frozenset[str] = GUARDED
+    ):
         self.metric, self.name, self._guard = metric, name, guard
         self._labels = tuple((label, label in guarded) for label in metric._labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
 
     def guarded(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(self._guard(self.name, label, v, SCOPE) if guarded else v
-                     for (label, guarded), v in zip(self._labels, values, strict=True))
+        return tuple(
+            self._guard(self.name, label, v, SCOPE) if guarded else v
+            for (label, guarded), v in zip(self._labels, values, strict=True)
+        )
 
     def __call__(self, *values: str) -> Any:
         child = self._children.get(values)
@@ -242,64 +265,88 @@ class Pipeline:
             return Family(Gauge(name, doc, labels, registry=r), name, guard)
 
         self.calls_started = counter(
-            "voice_agent_calls_started_total", "Calls started (call_started events).",
-            ("agent", "direction", "campaign"))
+            "voice_agent_calls_started_total",
+            "Calls started (call_started events).",
+            ("agent", "direction", "campaign"),
+        )
         self.calls_answered = counter(
-            "voice_agent_calls_answered_total", "Calls answered, by who answered (call_answered events).",
-            ("agent", "direction", "campaign", "answered_by"))
+            "voice_agent_calls_answered_total",
+            "Calls answered, by who answered (call_answered events).",
+            ("agent", "direction", "campaign", "answered_by"),
+        )
         self.calls_ended = counter(
-            "voice_agent_calls_ended_total", "Calls ended, by their user-defined outcome (call_ended events).",
-            ("agent", "direction", "campaign", "outcome"))
+            "voice_agent_calls_ended_total",
+            "Calls ended, by their user-defined outcome (call_ended events).",
+            ("agent", "direction", "campaign", "outcome"),
+        )
         self.calls_expired = counter(
             "voice_agent_calls_expired_total",
             "Calls taken out of voice_agent_calls_active because no call_ended arrived within events.call_ttl.",
-            ("agent", "direction"))
+            ("agent", "direction"),
+        )
         self.calls_active = gauge(
             "voice_agent_calls_active",
             "Calls started and not yet ended; a call with no end leaves after events.call_ttl.",
-            ("agent", "direction"))
+            ("agent", "direction"),
+        )
         self.calls_queued = gauge(
-            "voice_agent_calls_queued", "Calls waiting to be dialled, as last reported by dialers.",
-            ("agent", "campaign"))
+            "voice_agent_calls_queued",
+            "Calls waiting to be dialled, as last reported by dialers.",
+            ("agent", "campaign"),
+        )
         self.campaign_running = gauge(
             "voice_agent_campaign_running",
             "1 while a campaign runs, 0 when paused or ended (reported by dialers); gone after events.campaign_ttl without a report.",
-            ("campaign",))
+            ("campaign",),
+        )
         self.dependency_up = gauge(
             "voice_agent_dependency_up",
             "1 when the agent reports the dependency healthy, 0 when not; gone after events.dependency_ttl without a report.",
-            ("agent", "dependency"))
+            ("agent", "dependency"),
+        )
         self.turns = counter(
-            "voice_agent_turns_total", "Conversational turns, by whether the user cut the agent's reply short.",
-            ("agent", "interrupted"))
+            "voice_agent_turns_total",
+            "Conversational turns, by whether the user cut the agent's reply short.",
+            ("agent", "interrupted"),
+        )
         self.interruptions = counter(
             "voice_agent_interruptions_total",
             "Times users spoke over the agent, false interruptions (the agent resumed) included.",
-            ("agent",))
+            ("agent",),
+        )
         self.llm_tokens = counter(
             "voice_agent_llm_tokens_total",
             "LLM tokens by type: input (every prompt token), cached (the part of input served from cache), output.",
-            ("agent", "provider", "model", "type"))
+            ("agent", "provider", "model", "type"),
+        )
         self.tts_characters = counter(
-            "voice_agent_tts_characters_total", "Characters synthesized by TTS.", ("agent", "provider", "model"))
+            "voice_agent_tts_characters_total", "Characters synthesized by TTS.", ("agent", "provider", "model")
+        )
         self.stt_audio = counter(
-            "voice_agent_stt_audio_seconds_total", "Seconds of audio transcribed by STT.",
-            ("agent", "provider", "model"))
+            "voice_agent_stt_audio_seconds_total",
+            "Seconds of audio transcribed by STT.",
+            ("agent", "provider", "model"),
+        )
         self.errors = counter(
             "voice_agent_errors_total",
-            "Errors by pipeline component and error type; recoverable=\"true\" for those the agent retried past.",
-            ("agent", "component", "type", "recoverable"), guarded=frozenset({"agent", "type"}))
+            'Errors by pipeline component and error type; recoverable="true" for those the agent retried past.',
+            ("agent", "component", "type", "recoverable"),
+            guarded=frozenset({"agent", "type"}),
+        )
         self.cost = counter(
             "voice_agent_estimated_cost_dollars_total",
             "Estimated spend in US dollars: usage times the price table in events.prices (unpriced usage adds nothing).",
-            ("agent", "component", "provider", "model"))
+            ("agent", "component", "provider", "model"),
+        )
         self.unpriced = counter(
             "livekit_exporter_unpriced_usage_events_total",
             "Usage events (stt, llm, tts) that events.prices does not price: they add no estimated cost.",
-            ("component", "provider", "model"))
+            ("component", "provider", "model"),
+        )
         self.histograms = {
-            name: Family(Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r),
-                         name, guard)
+            name: Family(
+                Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r), name, guard
+            )
             for name, (labels, doc, default) in HISTOGRAMS.items()
         }
         h = self.histograms
@@ -314,25 +361,37 @@ class Pipeline:
         self.tts_ttfb = h["voice_agent_tts_time_to_first_byte_seconds"]
 
         self.events_total = Counter(
-            "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",), registry=r)
+            "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",), registry=r
+        )
         self.latencies_discarded = Counter(
             "livekit_exporter_event_latencies_discarded_total",
             "Turn-stage timings above events.max_latency, not observed (the rest of their event was applied).",
-            ("type", "field"), registry=r)
+            ("type", "field"),
+            registry=r,
+        )
         self.requests_rejected = Counter(
             "livekit_exporter_event_requests_rejected_total",
             "Requests to the events API refused whole (none of their events applied), by reason.",
-            ("reason",), registry=r)
+            ("reason",),
+            registry=r,
+        )
         self._events_total = {t: self.events_total.labels(t) for t in m.TYPE_NAMES}
         self._queued = _Reports(self.calls_queued, config.campaign_ttl)
         self._campaigns = _Reports(self.campaign_running, config.campaign_ttl)
         self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, forget=("dependency",))
         self._apply = {
-            m.CallStarted: self._call_started, m.CallAnswered: self._call_answered,
-            m.CallEnded: self._call_ended, m.CallsQueued: self._calls_queued,
-            m.CampaignStatus: self._campaign_status, m.DependencyStatus: self._dependency_status,
-            m.Turn: self._turn, m.STTUsage: self._stt, m.LLMUsage: self._llm, m.TTSUsage: self._tts,
-            m.ToolCall: self._tool_call, m.Error: self._error,
+            m.CallStarted: self._call_started,
+            m.CallAnswered: self._call_answered,
+            m.CallEnded: self._call_ended,
+            m.CallsQueued: self._calls_queued,
+            m.CampaignStatus: self._campaign_status,
+            m.DependencyStatus: self._dependency_status,
+            m.Turn: self._turn,
+            m.STTUsage: self._stt,
+            m.LLMUsage: self._llm,
+            m.TTSUsage: self._tts,
+            m.ToolCall: self._tool_call,
+            m.Error: self._error,
         }
 
     # -- applying ----------------------------------------------------------------------------------
@@ -408,14 +467,16 @@ class Pipeline:
             self.eou_delay(agent).observe(e.end_of_utterance_delay_seconds, ex)
         if self._latency(e.transcription_delay_seconds, "transcription_delay_seconds", i, d):
             self.transcription_delay(agent, e.stt_provider or UNKNOWN, e.stt_model or UNKNOWN).observe(
-                e.transcription_delay_seconds, ex)
+                e.transcription_delay_seconds, ex
+            )
         if self._latency(e.llm_ttft_seconds, "llm_ttft_seconds", i, d):
             self.llm_ttft(agent, e.llm_provider or UNKNOWN, e.llm_model or UNKNOWN).observe(e.llm_ttft_seconds, ex)
         if self._latency(e.tts_ttfb_seconds, "tts_ttfb_seconds", i, d):
             self.tts_ttfb(agent, e.tts_provider or UNKNOWN, e.tts_model or UNKNOWN).observe(e.tts_ttfb_seconds, ex)
 
-    def _add_cost(self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage,
-                  cost: Callable[[Price, Any], float | None]) -> None:
+    def _add_cost(
+        self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage, cost: Callable[[Price, Any], float | None]
+    ) -> None:
         price = self.prices.lookup(e.provider, e.model)
         amount = None if price is None else cost(price, e)
         if amount is None:
@@ -427,12 +488,16 @@ class Pipeline:
         self.unpriced(component, provider, model).inc()
         if not self.config.prices:  # no price table at all: one warning, not one per model
             key = ("", "", "")
-            message = ("events.prices is empty: usage adds no estimated cost (counted in "
-                       "livekit_exporter_unpriced_usage_events_total); add prices to estimate it")
+            message = (
+                "events.prices is empty: usage adds no estimated cost (counted in "
+                "livekit_exporter_unpriced_usage_events_total); add prices to estimate it"
+            )
         else:
             key = (component, provider, model)
-            message = ("usage has no price in events.prices: it adds no estimated cost (counted in "
-                       "livekit_exporter_unpriced_usage_events_total); add a price entry for it")
+            message = (
+                "usage has no price in events.prices: it adds no estimated cost (counted in "
+                "livekit_exporter_unpriced_usage_events_total); add a price entry for it"
+            )
         if key not in self._warned_unpriced and len(self._warned_unpriced) < 1000:
             self._warned_unpriced.add(key)
             log.warning(message, extra={"component": component, "provider": provider, "model": model})

@@ -17,7 +17,7 @@ from .config import MixinConfig, MixinError, load
 from .render import alerts_md, prometheus_yml, rule_files, runbooks_md
 from .rules import Alert, Mixin
 
-__all__ = ["Alert", "Mixin", "MixinConfig", "MixinError", "generate", "load", "DEFAULT_CONFIG"]
+__all__ = ["DEFAULT_CONFIG", "Alert", "Mixin", "MixinConfig", "MixinError", "generate", "load"]
 
 DEFAULT_CONFIG = Path("prometheus/mixin.yml")
 
@@ -54,8 +54,11 @@ def write(files: dict[str, str], root: Path) -> list[Path]:
 
 
 def stale(files: dict[str, str], root: Path) -> list[str]:
-    return [rel for rel, text in files.items()
-            if not (root / rel).is_file() or (root / rel).read_text(encoding="utf-8") != text]
+    return [
+        rel
+        for rel, text in files.items()
+        if not (root / rel).is_file() or (root / rel).read_text(encoding="utf-8") != text
+    ]
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

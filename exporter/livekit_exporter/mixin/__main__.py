@@ -11,10 +11,17 @@ from . import DEFAULT_CONFIG, MixinError, generate, load, parse_set, stale, writ
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m livekit_exporter.mixin", description=__doc__)
-    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the mixin configuration (default: %(default)s)")
+    ap.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="the mixin configuration (default: %(default)s)"
+    )
     ap.add_argument("--out", type=Path, default=Path("."), help="where prometheus/ and docs/ are written (default: .)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override one key, VALUE in YAML (repeatable), e.g. prometheus.scrape_timeout=5s")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, VALUE in YAML (repeatable), e.g. prometheus.scrape_timeout=5s",
+    )
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
     args = ap.parse_args(argv)
     try:

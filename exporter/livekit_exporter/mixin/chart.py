@@ -68,7 +68,7 @@ def values_docs(text: str) -> list[tuple[str, str, Any]]:
     stack: list[tuple[int, str]] = []  # (indent, key) of the mappings we are in
     comment: list[str] = []
     documented: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for _n, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if stripped.startswith("# --"):
             comment = [stripped[4:].strip()]
@@ -117,8 +117,9 @@ def leaves(values: dict, prefix: str = "") -> list[str]:
 
 
 def _type(v: Any) -> str:
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object",
-            type(None): "null"}[type(v)]
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object", type(None): "null"}[
+        type(v)
+    ]
 
 
 def _cell(s: str) -> str:

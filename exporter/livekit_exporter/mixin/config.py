@@ -32,8 +32,9 @@ def seconds(text: str) -> float:
 class Node:
     """A mapping of the configuration that remembers which keys were read."""
 
-    def __init__(self, data: dict[str, Any], path: str, source: str, reads: set[str],
-                 ctx: dict[str, Any] | None = None):
+    def __init__(
+        self, data: dict[str, Any], path: str, source: str, reads: set[str], ctx: dict[str, Any] | None = None
+    ):
         self._data, self._path, self._source, self._reads = data, path, source, reads
         self._ctx = {} if ctx is None else ctx  # shared by every node of one configuration
 
@@ -68,7 +69,7 @@ class Node:
 
         walk(self._data, self._path)
 
-    def mappings(self, key: str, allowed: set[str]) -> list["Node"]:
+    def mappings(self, key: str, allowed: set[str]) -> list[Node]:
         """A list of mappings, each read like a section; keys outside `allowed` are refused."""
         value = self[key]
         where = self._where(key)
@@ -80,8 +81,10 @@ class Node:
                 raise MixinError(f"{self._source}: {where}[{i}]: expected a mapping")
             extra = set(item) - allowed
             if extra:
-                raise MixinError(f"{self._source}: {where}[{i}]: unknown key {', '.join(sorted(extra))} "
-                                 f"(known: {', '.join(sorted(allowed))})")
+                raise MixinError(
+                    f"{self._source}: {where}[{i}]: unknown key {', '.join(sorted(extra))} "
+                    f"(known: {', '.join(sorted(allowed))})"
+                )
             out.append(Node(item, f"{where}[{i}]", self._source, self._reads, self._ctx))
         return out
 
@@ -104,8 +107,10 @@ class Node:
         value = self.duration(key, positive=True)
         low = self._ctx.get("min_window")
         if low and seconds(value) < low:
-            raise MixinError(f"{self._source}: {self._where(key)}: {value} is shorter than two scrape intervals "
-                             f"({low:g}s): rate() and increase() need two samples in the window; use at least {low:g}s")
+            raise MixinError(
+                f"{self._source}: {self._where(key)}: {value} is shorter than two scrape intervals "
+                f"({low:g}s): rate() and increase() need two samples in the window; use at least {low:g}s"
+            )
         return value
 
     def number(self, key: str, *, low: float | None = None, high: float | None = None) -> float:

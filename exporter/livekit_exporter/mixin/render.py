@@ -52,8 +52,9 @@ def rule_files(m: Mixin) -> dict[str, str]:
         group: dict[str, Any] = {"name": g.name}
         if g.interval:
             group["interval"] = g.interval
-        group["rules"] = [{"record": r.record, "expr": r.expr, **({"labels": r.labels} if r.labels else {})}
-                          for r in g.rules]
+        group["rules"] = [
+            {"record": r.record, "expr": r.expr, **({"labels": r.labels} if r.labels else {})} for r in g.rules
+        ]
         recording["groups"].append(group)
     alerting: dict[str, list] = {}
     for a in m.alerts:
@@ -71,27 +72,43 @@ def prometheus_yml(cfg: MixinConfig) -> str:
     if seconds(timeout) > seconds(interval):
         raise MixinError(f"{cfg.source}: prometheus.scrape_timeout {timeout} is longer than scrape_interval {interval}")
     if seconds(timeout) > 120:
-        raise MixinError(f"{cfg.source}: prometheus.scrape_timeout {timeout}: the exporter cuts scrape timeouts to "
-                         "collect.max_scrape_timeout (2m by default); keep it at or under that")
+        raise MixinError(
+            f"{cfg.source}: prometheus.scrape_timeout {timeout}: the exporter cuts scrape timeouts to "
+            "collect.max_scrape_timeout (2m by default); keep it at or under that"
+        )
     t = p["targets"]
-    scrape: list[dict[str, Any]] = [{
-        "job_name": jobs["exporter"],
-        # The exporter reads X-Prometheus-Scrape-Timeout-Seconds and bounds its LiveKit calls by it.
-        "scrape_timeout": timeout,
-        "static_configs": [{"targets": t.strings("exporter")}],
-    }]
+    scrape: list[dict[str, Any]] = [
+        {
+            "job_name": jobs["exporter"],
+            # The exporter reads X-Prometheus-Scrape-Timeout-Seconds and bounds its LiveKit calls by it.
+            "scrape_timeout": timeout,
+            "static_configs": [{"targets": t.strings("exporter")}],
+        }
+    ]
     livekit = t["livekit_server"]
     if livekit:
-        scrape.append({"job_name": jobs["livekit_server"], "static_configs": [{"targets": t.strings("livekit_server")}]})
+        scrape.append(
+            {"job_name": jobs["livekit_server"], "static_configs": [{"targets": t.strings("livekit_server")}]}
+        )
     if t["livekit_sip"]:
         scrape.append({"job_name": jobs["livekit_sip"], "static_configs": [{"targets": t.strings("livekit_sip")}]})
     workers = t["agent_workers"]
     if workers.keys():
-        scrape.append({"job_name": jobs["agent_workers"], "static_configs": [
-            {"targets": workers.strings(agent), "labels": {"agent": agent}} for agent in workers.keys()]})
+        scrape.append(
+            {
+                "job_name": jobs["agent_workers"],
+                "static_configs": [
+                    {"targets": workers.strings(agent), "labels": {"agent": agent}}
+                    for agent in workers.keys()  # noqa: SIM118 (a config node, not a dict)
+                ],
+            }
+        )
     out: dict[str, Any] = {
-        "global": {"scrape_interval": interval, "scrape_timeout": timeout,
-                   "evaluation_interval": p.duration("evaluation_interval")},
+        "global": {
+            "scrape_interval": interval,
+            "scrape_timeout": timeout,
+            "evaluation_interval": p.duration("evaluation_interval"),
+        },
         "rule_files": ["rules/*.yml"],
     }
     managers = p.strings("alertmanagers") if p["alertmanagers"] else []
@@ -162,15 +179,20 @@ def alerts_md(m: Mixin) -> str:
     for a in m.alerts:
         groups.setdefault(a.group, []).append(a)
     for group, alerts in groups.items():
-        out.append(f"## `{group}`\n\n| alert | severity | fires when | for | change it in `mixin.yml` |\n|---|---|---|---|---|\n")
+        out.append(
+            f"## `{group}`\n\n| alert | severity | fires when | for | change it in `mixin.yml` |\n|---|---|---|---|---|\n"
+        )
         for a in alerts:
             for t in a.tiers:
                 keys = ", ".join(f"`{k}`" for k in t.keys)
-                out.append(f"| [{a.name}](runbooks.md#{a.name.lower()}) | {t.severity} | {t.threshold} | "
-                           f"{t.for_} | {keys} |\n")
+                out.append(
+                    f"| [{a.name}](runbooks.md#{a.name.lower()}) | {t.severity} | {t.threshold} | {t.for_} | {keys} |\n"
+                )
         out.append("\n")
-    out.append("## Recording rules\n\nFor dashboards and alerts alike (`level:metric:operations`; the level "
-               "lists the labels kept beyond `aggregation.keep`).\n\n| group | record | labels |\n|---|---|---|\n")
+    out.append(
+        "## Recording rules\n\nFor dashboards and alerts alike (`level:metric:operations`; the level "
+        "lists the labels kept beyond `aggregation.keep`).\n\n| group | record | labels |\n|---|---|---|\n"
+    )
     for g in m.records:
         for r in g.rules:
             labels = ", ".join(f'{k}="{v}"' for k, v in r.labels.items())
@@ -179,13 +201,17 @@ def alerts_md(m: Mixin) -> str:
 
 
 def runbooks_md(m: Mixin) -> str:
-    out = ["# Runbooks\n\nOne section per alert of [alerts.md](alerts.md), generated with it from "
-           "`prometheus/mixin.yml` and the rule definitions (`exporter/livekit_exporter/mixin/rules.py`). "
-           "Each says what the alert means, what it costs users, the queries to run, and the fix.\n"]
+    out = [
+        "# Runbooks\n\nOne section per alert of [alerts.md](alerts.md), generated with it from "
+        "`prometheus/mixin.yml` and the rule definitions (`exporter/livekit_exporter/mixin/rules.py`). "
+        "Each says what the alert means, what it costs users, the queries to run, and the fix.\n"
+    ]
     for a in m.alerts:
         tiers = "; ".join(f"{t.severity}: {t.threshold}" for t in a.tiers)
-        out.append(f"\n## {a.name}\n\n{a.summary} ({tiers}; dashboard `{m.dashboards[a.dashboard]}`)\n\n"
-                   f"**Meaning.** {a.meaning}\n\n**Impact.** {a.impact}\n\n**Diagnosis.** Run, in order:\n\n")
+        out.append(
+            f"\n## {a.name}\n\n{a.summary} ({tiers}; dashboard `{m.dashboards[a.dashboard]}`)\n\n"
+            f"**Meaning.** {a.meaning}\n\n**Impact.** {a.impact}\n\n**Diagnosis.** Run, in order:\n\n"
+        )
         out.extend(f"- `{query}`\n" for query in a.diagnosis)
         out.append(f"\n**Fix.** {a.fix}\n")
     return "".join(out)

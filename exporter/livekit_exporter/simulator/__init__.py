@@ -1,10 +1,10 @@
 """A LiveKit simulator: one scenario (the world and its truth) behind the faces LiveKit shows.
 
-    scenario = Scenario()
-    async with Simulator(scenario) as sim:        # serves the Twirp API on loopback
-        api = LiveKitAPI(sim.url, scenario.api_key, scenario.api_secret)
-    async with WebhookSender(scenario, exporter_url + "/webhook"):   # and LiveKit's webhooks
-        ...
+scenario = Scenario()
+async with Simulator(scenario) as sim:        # serves the Twirp API on loopback
+    api = LiveKitAPI(sim.url, scenario.api_key, scenario.api_secret)
+async with WebhookSender(scenario, exporter_url + "/webhook"):   # and LiveKit's webhooks
+    ...
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Simulator:
         if self._runner:
             await self._runner.cleanup()
 
-    async def __aenter__(self) -> "Simulator":
+    async def __aenter__(self) -> Simulator:
         await self.start()
         return self
 

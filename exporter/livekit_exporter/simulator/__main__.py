@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 
@@ -33,8 +34,9 @@ def populate_large(s: Scenario, rooms: int, per_room: int, seed: int = 1) -> Non
             if kind == Kind.SIP:
                 s.add_sip_call(name, trunk, identity=f"p{j}")
             else:
-                s.add_participant(name, f"p{j}", kind=kind,
-                                  tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)] if j % 2 else [])
+                s.add_participant(
+                    name, f"p{j}", kind=kind, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)] if j % 2 else []
+                )
 
 
 async def main() -> None:
@@ -59,7 +61,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass

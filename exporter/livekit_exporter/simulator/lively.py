@@ -24,8 +24,11 @@ def populate(s: Scenario, rng: random.Random) -> None:
     for it in proto_ingress.IngressInput.values():
         s.add_ingress(it, proto_ingress.IngressState.ENDPOINT_INACTIVE)
     s.add_ingress(
-        proto_ingress.RTMP_INPUT, proto_ingress.IngressState.ENDPOINT_PUBLISHING,
-        room="room-0", audio_bitrate=128_000, video_bitrate=2_500_000,
+        proto_ingress.RTMP_INPUT,
+        proto_ingress.IngressState.ENDPOINT_PUBLISHING,
+        room="room-0",
+        audio_bitrate=128_000,
+        video_bitrate=2_500_000,
     )
 
 
@@ -35,8 +38,12 @@ def _new_room(s: Scenario, rng: random.Random, name: str, trunks: list[str]) -> 
         tracks = [(proto_models.AUDIO, proto_models.MICROPHONE)]
         if rng.random() < 0.6:
             tracks.append((proto_models.VIDEO, proto_models.CAMERA))
-        s.add_participant(name, f"user-{j}", tracks=tracks if rng.random() < 0.8 else [],
-                          state=State.ACTIVE if rng.random() < 0.9 else State.JOINED)
+        s.add_participant(
+            name,
+            f"user-{j}",
+            tracks=tracks if rng.random() < 0.8 else [],
+            state=State.ACTIVE if rng.random() < 0.9 else State.JOINED,
+        )
     if rng.random() < 0.5:
         agent = rng.choice(AGENTS)
         s.add_participant(name, "agent", kind=Kind.AGENT, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
@@ -64,8 +71,9 @@ async def run(s: Scenario, seed: int = 7, period: float = 1.0) -> None:
             s.remove_room(rng.choice(names))
         elif roll < 0.6:
             room = rng.choice(names)
-            s.add_participant(room, f"user-{rng.randrange(10**6)}",
-                              tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
+            s.add_participant(
+                room, f"user-{rng.randrange(10**6)}", tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)]
+            )
         else:
             room = s.rooms[rng.choice(names)]
             people = [i for i, p in room.participants.items() if p.kind == Kind.STANDARD]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from livekit.protocol import agent as proto_agent
 from livekit.protocol import agent_dispatch as proto_dispatch
@@ -109,9 +110,7 @@ class Scenario:
         self.peak_in_flight.clear()
 
     def _recount(self, room: SimRoom) -> None:
-        room.info.num_participants = sum(
-            1 for p in room.participants.values() if p.kind not in DEPENDENT_KINDS
-        )
+        room.info.num_participants = sum(1 for p in room.participants.values() if p.kind not in DEPENDENT_KINDS)
         # LiveKit's Room.updateProto counts every publisher, agents and egress included; only
         # num_participants leaves the dependent kinds out.
         room.info.num_publishers = sum(1 for p in room.participants.values() if p.tracks)
@@ -123,8 +122,12 @@ class Scenario:
             raise ValueError(f"room {name!r} exists")
         now = self.clock()
         info = proto_models.Room(
-            sid=self._id("RM"), name=name, max_participants=max_participants,
-            creation_time=int(now), creation_time_ms=int(now * 1000), empty_timeout=300,
+            sid=self._id("RM"),
+            name=name,
+            max_participants=max_participants,
+            creation_time=int(now),
+            creation_time_ms=int(now * 1000),
+            empty_timeout=300,
         )
         self.rooms[name] = SimRoom(info)
         self._emit("room_started", room=info)
@@ -165,8 +168,13 @@ class Scenario:
             raise ValueError(f"participant {identity!r} already in room {room!r}")
         now = self.clock()
         p = proto_models.ParticipantInfo(
-            sid=self._id("PA"), identity=identity, kind=kind, state=state,
-            joined_at=int(now), joined_at_ms=int(now * 1000), attributes=attributes or {},
+            sid=self._id("PA"),
+            identity=identity,
+            kind=kind,
+            state=state,
+            joined_at=int(now),
+            joined_at_ms=int(now * 1000),
+            attributes=attributes or {},
         )
         for ttype, source in tracks:
             p.tracks.append(proto_models.TrackInfo(sid=self._id("TR"), type=ttype, source=source))
@@ -214,8 +222,9 @@ class Scenario:
 
     # -- egress / ingress ---------------------------------------------------------------------
 
-    def add_egress(self, room: str, etype: str, status: int = proto_egress.EGRESS_ACTIVE, *,
-                   unified: bool = False) -> proto_egress.EgressInfo:
+    def add_egress(
+        self, room: str, etype: str, status: int = proto_egress.EGRESS_ACTIVE, *, unified: bool = False
+    ) -> proto_egress.EgressInfo:
         """An egress of ETYPE (one of EGRESS_TYPES); `unified`: started by the unified StartEgress
         request (room_composite and web as its template and web sources; media is always unified)."""
         if etype not in EGRESS_TYPES:
@@ -225,17 +234,19 @@ class Scenario:
         r = self.rooms[room]
         now_ns = int(self.clock() * 1e9)
         info = proto_egress.EgressInfo(
-            egress_id=self._id("EG"), room_id=r.info.sid, room_name=room, status=status,
-            started_at=now_ns, updated_at=now_ns,
+            egress_id=self._id("EG"),
+            room_id=r.info.sid,
+            room_name=room,
+            status=status,
+            started_at=now_ns,
+            updated_at=now_ns,
         )
         if etype == "media" or unified:
             getattr(info.egress, {"room_composite": "template"}.get(etype, etype)).SetInParent()
         else:
             getattr(info, etype).SetInParent()
         self.egress[info.egress_id] = info
-        r.info.active_recording = any(
-            e.room_name == room and e.status in ACTIVE_EGRESS for e in self.egress.values()
-        )
+        r.info.active_recording = any(e.room_name == room and e.status in ACTIVE_EGRESS for e in self.egress.values())
         self._emit("egress_started", egress_info=info)
         return info
 
@@ -268,8 +279,11 @@ class Scenario:
         video_bitrate: int = 0,
     ) -> proto_ingress.IngressInfo:
         info = proto_ingress.IngressInfo(
-            ingress_id=self._id("IN"), name=f"ingress-{len(self.ingress)}", input_type=input_type,
-            room_name=room, participant_identity=f"ingress-{len(self.ingress)}",
+            ingress_id=self._id("IN"),
+            name=f"ingress-{len(self.ingress)}",
+            input_type=input_type,
+            room_name=room,
+            participant_identity=f"ingress-{len(self.ingress)}",
         )
         self.ingress[info.ingress_id] = info
         self.set_ingress_status(info.ingress_id, status, audio_bitrate=audio_bitrate, video_bitrate=video_bitrate)
@@ -313,26 +327,39 @@ class Scenario:
         self.dispatch_rules[rid] = proto_sip.SIPDispatchRuleInfo(sip_dispatch_rule_id=rid, trunk_ids=list(trunk_ids))
         return rid
 
-    def add_sip_call(self, room: str, trunk_id: str, status: str = "active", identity: str | None = None,
-                     state: int = State.ACTIVE) -> proto_models.ParticipantInfo:
+    def add_sip_call(
+        self, room: str, trunk_id: str, status: str = "active", identity: str | None = None, state: int = State.ACTIVE
+    ) -> proto_models.ParticipantInfo:
         identity = identity or f"sip_{next(self._ids)}"
         call_id = self._id("SCL")
         return self.add_participant(
-            room, identity, kind=Kind.SIP, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)], state=state,
+            room,
+            identity,
+            kind=Kind.SIP,
+            tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)],
+            state=state,
             attributes={
-                "sip.callID": call_id, "sip.trunkID": trunk_id, "sip.callStatus": status,
+                "sip.callID": call_id,
+                "sip.trunkID": trunk_id,
+                "sip.callStatus": status,
                 "sip.phoneNumber": "+15550100" + str(next(self._ids) % 100).zfill(2),
                 "sip.trunkPhoneNumber": "+15550199000",
             },
         )
 
-    def add_dispatch(self, room: str, agent_name: str, job_statuses: Iterable[int] = ()) -> proto_dispatch.AgentDispatch:
+    def add_dispatch(
+        self, room: str, agent_name: str, job_statuses: Iterable[int] = ()
+    ) -> proto_dispatch.AgentDispatch:
         r = self.rooms[room]
         d = proto_dispatch.AgentDispatch(id=self._id("AD"), agent_name=agent_name, room=room)
         for status in job_statuses:
             d.state.jobs.append(
-                proto_agent.Job(id=self._id("AJ"), dispatch_id=d.id, agent_name=agent_name,
-                                state=proto_agent.JobState(status=status))
+                proto_agent.Job(
+                    id=self._id("AJ"),
+                    dispatch_id=d.id,
+                    agent_name=agent_name,
+                    state=proto_agent.JobState(status=status),
+                )
             )
         r.dispatches[d.id] = d
         return d
@@ -357,31 +384,57 @@ class Scenario:
             t[key] = t.get(key, 0) + value
 
         rooms = list(self.rooms.values())
-        people = [
-            sum(1 for p in r.participants.values() if p.kind not in DEPENDENT_KINDS) for r in rooms
-        ]
+        people = [sum(1 for p in r.participants.values() if p.kind not in DEPENDENT_KINDS) for r in rooms]
         put("livekit_rooms", sum(1 for n in people if n == 0), occupancy="empty")
         put("livekit_rooms", sum(1 for n in people if n > 0), occupancy="occupied")
         put("livekit_room_participants", sum(people))
         put("livekit_room_publishers", sum(1 for r in rooms for p in r.participants.values() if p.tracks))
-        put("livekit_rooms_recording", sum(
-            1 for r in rooms if any(e.room_name == r.info.name and e.status in ACTIVE_EGRESS for e in self.egress.values())
-        ))
-        put("livekit_rooms_full", sum(
-            1 for r, n in zip(rooms, people, strict=True) if r.info.max_participants and n >= r.info.max_participants
-        ))
+        put(
+            "livekit_rooms_recording",
+            sum(
+                1
+                for r in rooms
+                if any(e.room_name == r.info.name and e.status in ACTIVE_EGRESS for e in self.egress.values())
+            ),
+        )
+        put(
+            "livekit_rooms_full",
+            sum(
+                1
+                for r, n in zip(rooms, people, strict=True)
+                if r.info.max_participants and n >= r.info.max_participants
+            ),
+        )
         for e in self.egress.values():
             if e.status in ACTIVE_EGRESS:
                 kind = e.WhichOneof("request")
-                put("livekit_egress_active", 1, type=e.egress.WhichOneof("source") if kind == "egress" else kind,
-                    status=proto_egress.EgressStatus.Name(e.status).removeprefix("EGRESS_").lower())
+                put(
+                    "livekit_egress_active",
+                    1,
+                    type=e.egress.WhichOneof("source") if kind == "egress" else kind,
+                    status=proto_egress.EgressStatus.Name(e.status).removeprefix("EGRESS_").lower(),
+                )
         for i in self.ingress.values():
             it = proto_ingress.IngressInput.Name(i.input_type).removesuffix("_INPUT").lower()
-            put("livekit_ingress", 1, input_type=it,
-                status=proto_ingress.IngressState.Status.Name(i.state.status).removeprefix("ENDPOINT_").lower())
+            put(
+                "livekit_ingress",
+                1,
+                input_type=it,
+                status=proto_ingress.IngressState.Status.Name(i.state.status).removeprefix("ENDPOINT_").lower(),
+            )
             if i.state.status == proto_ingress.IngressState.ENDPOINT_PUBLISHING:
-                put("livekit_ingress_input_bytes_per_second", i.state.audio.average_bitrate / 8, input_type=it, media="audio")
-                put("livekit_ingress_input_bytes_per_second", i.state.video.average_bitrate / 8, input_type=it, media="video")
+                put(
+                    "livekit_ingress_input_bytes_per_second",
+                    i.state.audio.average_bitrate / 8,
+                    input_type=it,
+                    media="audio",
+                )
+                put(
+                    "livekit_ingress_input_bytes_per_second",
+                    i.state.video.average_bitrate / 8,
+                    input_type=it,
+                    media="video",
+                )
         put("livekit_sip_trunks", len(self.inbound_trunks), direction="inbound")
         put("livekit_sip_trunks", len(self.outbound_trunks), direction="outbound")
         put("livekit_sip_dispatch_rules", len(self.dispatch_rules))
@@ -389,18 +442,34 @@ class Scenario:
             chosen = sorted(rooms, key=lambda r: (-r.info.num_participants, r.info.name))[:max_rooms]
             for r in chosen:
                 for p in r.participants.values():
-                    put("livekit_participants", 1,
+                    put(
+                        "livekit_participants",
+                        1,
                         kind=proto_models.ParticipantInfo.Kind.Name(p.kind).lower(),
-                        state=proto_models.ParticipantInfo.State.Name(p.state).lower())
+                        state=proto_models.ParticipantInfo.State.Name(p.state).lower(),
+                    )
                     for tr in p.tracks:
-                        put("livekit_published_tracks", 1, type=proto_models.TrackType.Name(tr.type).lower(),
-                            source=proto_models.TrackSource.Name(tr.source).lower())
+                        put(
+                            "livekit_published_tracks",
+                            1,
+                            type=proto_models.TrackType.Name(tr.type).lower(),
+                            source=proto_models.TrackSource.Name(tr.source).lower(),
+                        )
                     if p.kind == Kind.SIP:
-                        put("livekit_sip_calls", 1, status=p.attributes["sip.callStatus"], trunk=p.attributes["sip.trunkID"])
+                        put(
+                            "livekit_sip_calls",
+                            1,
+                            status=p.attributes["sip.callStatus"],
+                            trunk=p.attributes["sip.trunkID"],
+                        )
                 for d in r.dispatches.values():
                     for j in d.state.jobs:
-                        put("livekit_agent_jobs", 1, agent_name=d.agent_name,
-                            status=proto_agent.JobStatus.Name(j.state.status).removeprefix("JS_").lower())
+                        put(
+                            "livekit_agent_jobs",
+                            1,
+                            agent_name=d.agent_name,
+                            status=proto_agent.JobStatus.Name(j.state.status).removeprefix("JS_").lower(),
+                        )
         return t
 
     def room_sizes(self) -> list[int]:

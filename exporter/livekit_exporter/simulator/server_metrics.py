@@ -52,7 +52,7 @@ class Histogram:
         out = []
         for key, counts in sorted(self.series.items()):
             lab = "".join(f',{k}="{v}"' for k, v in key)
-            for b, c in zip(self.buckets, counts):
+            for b, c in zip(self.buckets, counts, strict=False):
                 out.append(f'{name}_bucket{{{const}{lab},le="{_go(b)}"}} {c:g}')
             out.append(f'{name}_bucket{{{const}{lab},le="+Inf"}} {counts[-2]:g}')
             out.append(f"{name}_sum{{{const}{lab}}} {counts[-1]:g}")
@@ -103,8 +103,9 @@ class ServerMetrics:
                     self.counters.add("livekit_participant_join_total", 1, state="signal_connected", warp="")
                     self.counters.add("livekit_participant_join_total", 1, state="rtc_connected", warp="")
                     ok = p.state == State.ACTIVE
-                    self.counters.add("livekit_participant_join_total", 1, state="rtc_success" if ok else "rtc_failure",
-                                warp="false")
+                    self.counters.add(
+                        "livekit_participant_join_total", 1, state="rtc_success" if ok else "rtc_failure", warp="false"
+                    )
                 if p.state != State.ACTIVE:
                     continue
                 base = 4.5 - (zlib.crc32(p.identity.encode()) % 60) / 100  # 3.9 to 4.5 when all is well
@@ -113,17 +114,23 @@ class ServerMetrics:
                     kind = proto_models.TrackType.Name(t.type)
                     source = proto_models.TrackSource.Name(t.source)
                     for direction in ("incoming", "outgoing"):
-                        labels = dict(direction=direction, source=source, type=kind, country="")
+                        labels = {"direction": direction, "source": source, "type": kind, "country": ""}
                         packets = 50 * (1 if t.type == proto_models.AUDIO else 30)
                         loss = max(0.0, rng.gauss(0.2, 0.1) * bad)
                         self.loss.observe(loss, **labels)
                         self.jitter.observe(max(1.0, rng.gauss(4000, 1500) * bad), **labels)
                         self.rtt.observe(max(1.0, rng.gauss(60, 20) * bad), **labels)
-                        self.counters.add("livekit_packet_total", packets, direction=direction, transmission="initial", country="")
+                        self.counters.add(
+                            "livekit_packet_total", packets, direction=direction, transmission="initial", country=""
+                        )
                         self.counters.add("livekit_packet_loss_total", packets * loss / 100, **labels)
-                        self.counters.add("livekit_nack_total", rng.randint(0, 3) * bad, direction=direction, country="")
+                        self.counters.add(
+                            "livekit_nack_total", rng.randint(0, 3) * bad, direction=direction, country=""
+                        )
                         if t.type == proto_models.VIDEO:
-                            self.counters.add("livekit_pli_total", rng.randint(0, 1) * bad, direction=direction, country="")
+                            self.counters.add(
+                                "livekit_pli_total", rng.randint(0, 1) * bad, direction=direction, country=""
+                            )
 
     def text(self) -> str:
         self.advance()
@@ -140,15 +147,21 @@ class ServerMetrics:
                     tracks[kind] += 1
                     subscribed[kind] += max(active - 1, 0)
         lines = [
-            "# TYPE livekit_room_total gauge", f"livekit_room_total{{{c}}} {len(rooms)}",
-            "# TYPE livekit_participant_total gauge", f"livekit_participant_total{{{c}}} {participants}",
+            "# TYPE livekit_room_total gauge",
+            f"livekit_room_total{{{c}}} {len(rooms)}",
+            "# TYPE livekit_participant_total gauge",
+            f"livekit_participant_total{{{c}}} {participants}",
             "# TYPE livekit_track_published_total gauge",
             *(f'livekit_track_published_total{{{c},kind="{k}"}} {n}' for k, n in sorted(tracks.items())),
             "# TYPE livekit_track_subscribed_total gauge",
             *(f'livekit_track_subscribed_total{{{c},kind="{k}"}} {n}' for k, n in sorted(subscribed.items())),
         ]
-        for name, hist in (("livekit_quality_score", self.quality), ("livekit_packet_loss_percent", self.loss),
-                           ("livekit_jitter_us", self.jitter), ("livekit_rtt_ms", self.rtt)):
+        for name, hist in (
+            ("livekit_quality_score", self.quality),
+            ("livekit_packet_loss_percent", self.loss),
+            ("livekit_jitter_us", self.jitter),
+            ("livekit_rtt_ms", self.rtt),
+        ):
             lines += [f"# TYPE {name} histogram", *hist.lines(name, c)]
         lines += self.counters.lines(c)
         return "\n".join(lines) + "\n"

@@ -43,17 +43,24 @@ class _SipService:
             p = now.get(sid, (d, None))[1]
             if p is None or p.state == State.DISCONNECTED:
                 unanswered = p is not None and p.disconnect_reason == proto_models.DisconnectReason.USER_UNAVAILABLE
-                self.counters.add("livekit_sip_calls_terminated", dir=d, to=TO,
-                            result="client_error" if unanswered else "success",
-                            reason="no-answer" if unanswered else "hangup")
+                self.counters.add(
+                    "livekit_sip_calls_terminated",
+                    dir=d,
+                    to=TO,
+                    result="client_error" if unanswered else "success",
+                    reason="no-answer" if unanswered else "hangup",
+                )
                 del self.live[sid]
         active: dict[str, int] = defaultdict(int)
         for d in self.live.values():
             active[d] += 1
         c = self.const
-        lines = ["# TYPE livekit_sip_calls_active gauge",
-                 *(f'livekit_sip_calls_active{{{c},dir="{d}",to="{TO}"}} {active.get(d, 0)}' for d in ("in", "out")),
-                 "# TYPE livekit_sip_available gauge", f"livekit_sip_available{{{c}}} 1"]
+        lines = [
+            "# TYPE livekit_sip_calls_active gauge",
+            *(f'livekit_sip_calls_active{{{c},dir="{d}",to="{TO}"}} {active.get(d, 0)}' for d in ("in", "out")),
+            "# TYPE livekit_sip_available gauge",
+            f"livekit_sip_available{{{c}}} 1",
+        ]
         lines += self.counters.lines(c)
         return "\n".join(lines) + "\n"
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 from google.protobuf.message import DecodeError, Message
@@ -21,18 +22,31 @@ from livekit.protocol import agent_dispatch as proto_dispatch
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import room as proto_room
-from livekit.protocol.models import TokenPagination
 from livekit.protocol import sip as proto_sip
+from livekit.protocol.models import TokenPagination
 
 from .scenario import Fault, Scenario
 
 log = logging.getLogger(__name__)
 
 TWIRP_STATUS = {
-    "canceled": 408, "invalid_argument": 400, "malformed": 400, "deadline_exceeded": 408,
-    "not_found": 404, "bad_route": 404, "already_exists": 409, "permission_denied": 403,
-    "unauthenticated": 401, "resource_exhausted": 429, "failed_precondition": 412, "aborted": 409,
-    "out_of_range": 400, "unimplemented": 501, "internal": 500, "unknown": 500, "unavailable": 503,
+    "canceled": 408,
+    "invalid_argument": 400,
+    "malformed": 400,
+    "deadline_exceeded": 408,
+    "not_found": 404,
+    "bad_route": 404,
+    "already_exists": 409,
+    "permission_denied": 403,
+    "unauthenticated": 401,
+    "resource_exhausted": 429,
+    "failed_precondition": 412,
+    "aborted": 409,
+    "out_of_range": 400,
+    "unimplemented": 501,
+    "internal": 500,
+    "unknown": 500,
+    "unavailable": 503,
     "dataloss": 500,
 }
 
@@ -81,7 +95,8 @@ def _list_participants(s: Scenario, req: proto_room.ListParticipantsRequest) -> 
 
 def _list_egress(s: Scenario, req: proto_egress.ListEgressRequest) -> Message:
     items = [
-        e for e in s.egress.values()
+        e
+        for e in s.egress.values()
         if (not req.room_name or e.room_name == req.room_name)
         and (not req.egress_id or e.egress_id == req.egress_id)
         and (not req.active or e.status in (0, 1, 2))
@@ -92,7 +107,8 @@ def _list_egress(s: Scenario, req: proto_egress.ListEgressRequest) -> Message:
 
 def _list_ingress(s: Scenario, req: proto_ingress.ListIngressRequest) -> Message:
     items = [
-        i for i in s.ingress.values()
+        i
+        for i in s.ingress.values()
         if (not req.room_name or i.room_name == req.room_name)
         and (not req.ingress_id or i.ingress_id == req.ingress_id)
     ]
@@ -133,22 +149,30 @@ def _room_admin(video: Any, sip: Any, req: Any) -> bool:
 
 
 METHODS: dict[tuple[str, str], Method] = {
-    ("RoomService", "ListRooms"): Method("room", proto_room.ListRoomsRequest, _list_rooms,
-                                         lambda v, s, r: bool(v.room_list)),
-    ("RoomService", "ListParticipants"): Method("room", proto_room.ListParticipantsRequest,
-                                                _list_participants, _room_admin),
-    ("Egress", "ListEgress"): Method("egress", proto_egress.ListEgressRequest, _list_egress,
-                                     lambda v, s, r: bool(v.room_record)),
-    ("Ingress", "ListIngress"): Method("ingress", proto_ingress.ListIngressRequest, _list_ingress,
-                                       lambda v, s, r: bool(v.ingress_admin)),
-    ("SIP", "ListSIPInboundTrunk"): Method("sip", proto_sip.ListSIPInboundTrunkRequest, _list_inbound,
-                                           lambda v, s, r: bool(s.admin)),
-    ("SIP", "ListSIPOutboundTrunk"): Method("sip", proto_sip.ListSIPOutboundTrunkRequest, _list_outbound,
-                                            lambda v, s, r: bool(s.admin)),
-    ("SIP", "ListSIPDispatchRule"): Method("sip", proto_sip.ListSIPDispatchRuleRequest, _list_rules,
-                                           lambda v, s, r: bool(s.admin)),
-    ("AgentDispatchService", "ListDispatch"): Method("agent_dispatch", proto_dispatch.ListAgentDispatchRequest,
-                                                     _list_dispatch, _room_admin),
+    ("RoomService", "ListRooms"): Method(
+        "room", proto_room.ListRoomsRequest, _list_rooms, lambda v, s, r: bool(v.room_list)
+    ),
+    ("RoomService", "ListParticipants"): Method(
+        "room", proto_room.ListParticipantsRequest, _list_participants, _room_admin
+    ),
+    ("Egress", "ListEgress"): Method(
+        "egress", proto_egress.ListEgressRequest, _list_egress, lambda v, s, r: bool(v.room_record)
+    ),
+    ("Ingress", "ListIngress"): Method(
+        "ingress", proto_ingress.ListIngressRequest, _list_ingress, lambda v, s, r: bool(v.ingress_admin)
+    ),
+    ("SIP", "ListSIPInboundTrunk"): Method(
+        "sip", proto_sip.ListSIPInboundTrunkRequest, _list_inbound, lambda v, s, r: bool(s.admin)
+    ),
+    ("SIP", "ListSIPOutboundTrunk"): Method(
+        "sip", proto_sip.ListSIPOutboundTrunkRequest, _list_outbound, lambda v, s, r: bool(s.admin)
+    ),
+    ("SIP", "ListSIPDispatchRule"): Method(
+        "sip", proto_sip.ListSIPDispatchRuleRequest, _list_rules, lambda v, s, r: bool(s.admin)
+    ),
+    ("AgentDispatchService", "ListDispatch"): Method(
+        "agent_dispatch", proto_dispatch.ListAgentDispatchRequest, _list_dispatch, _room_admin
+    ),
 }
 
 

@@ -55,22 +55,51 @@ ELEVENLABS = Provider("elevenlabs", "eleven_flash_v2_5", 0.21)
 CARTESIA = Provider("cartesia", "sonic-2", 0.11, 0.3)
 
 AGENTS = (
-    AgentProfile("support-agent", "inbound", DEEPGRAM, OPENAI, ELEVENLABS,
-                 ("lookup_order", "create_ticket", "transfer_call"),
-                 outcomes=(("resolved", 6), ("transferred", 2), ("abandoned", 1))),
-    AgentProfile("sales-agent", "outbound", DEEPGRAM, ANTHROPIC, CARTESIA,
-                 ("check_calendar", "book_meeting"), campaign="spring-renewals",
-                 outcomes=(("qualified", 3), ("not_interested", 5), ("callback_requested", 2))),
-    AgentProfile("web-concierge", "web", ASSEMBLYAI, GROQ, CARTESIA, ("search_catalog",),
-                 outcomes=(("resolved", 5), ("abandoned", 1))),
+    AgentProfile(
+        "support-agent",
+        "inbound",
+        DEEPGRAM,
+        OPENAI,
+        ELEVENLABS,
+        ("lookup_order", "create_ticket", "transfer_call"),
+        outcomes=(("resolved", 6), ("transferred", 2), ("abandoned", 1)),
+    ),
+    AgentProfile(
+        "sales-agent",
+        "outbound",
+        DEEPGRAM,
+        ANTHROPIC,
+        CARTESIA,
+        ("check_calendar", "book_meeting"),
+        campaign="spring-renewals",
+        outcomes=(("qualified", 3), ("not_interested", 5), ("callback_requested", 2)),
+    ),
+    AgentProfile(
+        "web-concierge",
+        "web",
+        ASSEMBLYAI,
+        GROQ,
+        CARTESIA,
+        ("search_catalog",),
+        outcomes=(("resolved", 5), ("abandoned", 1)),
+    ),
 )
 
 # Prices the demo and tests configure (US dollars), so the cost counter has something to show.
 PRICES = (
-    {"provider": "openai", "model": "gpt-4o-mini", "usd_per_million_input_tokens": 0.15,
-     "usd_per_million_output_tokens": 0.6, "usd_per_million_cached_tokens": 0.075},
-    {"provider": "anthropic", "usd_per_million_input_tokens": 1.0, "usd_per_million_output_tokens": 5.0,
-     "usd_per_million_cached_tokens": 0.1},
+    {
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "usd_per_million_input_tokens": 0.15,
+        "usd_per_million_output_tokens": 0.6,
+        "usd_per_million_cached_tokens": 0.075,
+    },
+    {
+        "provider": "anthropic",
+        "usd_per_million_input_tokens": 1.0,
+        "usd_per_million_output_tokens": 5.0,
+        "usd_per_million_cached_tokens": 0.1,
+    },
     {"provider": "groq", "usd_per_million_input_tokens": 0.59, "usd_per_million_output_tokens": 0.79},
     {"provider": "deepgram", "usd_per_stt_audio_minute": 0.0077},
     {"provider": "assemblyai", "usd_per_stt_audio_minute": 0.0025},
@@ -78,8 +107,11 @@ PRICES = (
     {"provider": "cartesia", "usd_per_million_characters": 30.0},
 )
 
-ERROR_TYPES = {"stt": ("timeout", "connection_closed"), "llm": ("rate_limited", "APITimeoutError"),
-               "tts": ("timeout", "quota_exceeded")}
+ERROR_TYPES = {
+    "stt": ("timeout", "connection_closed"),
+    "llm": ("rate_limited", "APITimeoutError"),
+    "tts": ("timeout", "quota_exceeded"),
+}
 
 
 @dataclass
@@ -145,8 +177,11 @@ class VoiceAgentFleet:
             t.turn_latency[event.agent].append(event.e2e_latency_seconds)
             t.llm_ttft[event.agent, event.llm_provider, event.llm_model].append(event.llm_ttft_seconds)
         elif isinstance(event, m.LLMUsage):
-            for kind, n in (("input", event.input_tokens), ("output", event.output_tokens),
-                            ("cached", event.cached_tokens)):
+            for kind, n in (
+                ("input", event.input_tokens),
+                ("output", event.output_tokens),
+                ("cached", event.cached_tokens),
+            ):
                 t.llm_tokens[event.agent, event.provider, event.model, kind] += n
         elif isinstance(event, m.TTSUsage):
             t.tts_characters[event.agent, event.provider, event.model] += event.characters
@@ -165,8 +200,11 @@ class VoiceAgentFleet:
 
     def start_call(self, profile: AgentProfile) -> SimCall:
         call = SimCall(profile, f"sim-{next(self._ids):06d}")
-        self._send(m.CallStarted(agent=profile.name, call_id=call.call_id, direction=profile.direction,
-                                 campaign=profile.campaign))
+        self._send(
+            m.CallStarted(
+                agent=profile.name, call_id=call.call_id, direction=profile.direction, campaign=profile.campaign
+            )
+        )
         return call
 
     def connect(self, call: SimCall) -> bool:
@@ -180,15 +218,29 @@ class VoiceAgentFleet:
                 self._send(m.Error(agent=p.name, component="transport", error_type="sip_503"))
                 return self._end(call, "failed", round(rng.uniform(0.5, 3), 2))
             by = "machine" if roll < 0.42 else "human"
-            self._send(m.CallAnswered(agent=p.name, call_id=call.call_id, direction=p.direction,
-                                      campaign=p.campaign, answered_by=by,
-                                      setup_seconds=round(rng.uniform(4, 25), 2)))
+            self._send(
+                m.CallAnswered(
+                    agent=p.name,
+                    call_id=call.call_id,
+                    direction=p.direction,
+                    campaign=p.campaign,
+                    answered_by=by,
+                    setup_seconds=round(rng.uniform(4, 25), 2),
+                )
+            )
             if by == "machine":
                 return self._end(call, "voicemail", round(rng.uniform(10, 30), 2))
         else:
-            self._send(m.CallAnswered(agent=p.name, call_id=call.call_id, direction=p.direction,
-                                      campaign=p.campaign, answered_by="human",
-                                      setup_seconds=round(rng.uniform(0.3, 2.0), 2)))
+            self._send(
+                m.CallAnswered(
+                    agent=p.name,
+                    call_id=call.call_id,
+                    direction=p.direction,
+                    campaign=p.campaign,
+                    answered_by="human",
+                    setup_seconds=round(rng.uniform(0.3, 2.0), 2),
+                )
+            )
         call.answered = True
         call.turns_left = rng.randint(2, 9)
         return True
@@ -202,30 +254,63 @@ class VoiceAgentFleet:
             component = rng.choice(("stt", "llm", "tts"))
             kind = rng.choice(ERROR_TYPES[component])
             # Timeouts and rate limits are retried past; the others fail the request.
-            self._send(m.Error(agent=p.name, component=component, error_type=kind,
-                               recoverable=kind in ("timeout", "rate_limited")))
-        self._send(m.Turn(
-            agent=p.name, interrupted=interrupted,
-            interruptions=int(interrupted) + (1 if rng.random() < 0.05 else 0),
-            e2e_latency_seconds=round(eou + ttft + ttfb + 0.05, 4),
-            end_of_utterance_delay_seconds=eou, transcription_delay_seconds=transcription,
-            llm_ttft_seconds=ttft, tts_ttfb_seconds=ttfb,
-            stt_provider=p.stt.name, stt_model=p.stt.model, llm_provider=p.llm.name,
-            llm_model=p.llm.model, tts_provider=p.tts.name, tts_model=p.tts.model,
-            call_id=call.call_id, trace_id=f"{rng.getrandbits(128):032x}",
-        ))
+            self._send(
+                m.Error(
+                    agent=p.name, component=component, error_type=kind, recoverable=kind in ("timeout", "rate_limited")
+                )
+            )
+        self._send(
+            m.Turn(
+                agent=p.name,
+                interrupted=interrupted,
+                interruptions=int(interrupted) + (1 if rng.random() < 0.05 else 0),
+                e2e_latency_seconds=round(eou + ttft + ttfb + 0.05, 4),
+                end_of_utterance_delay_seconds=eou,
+                transcription_delay_seconds=transcription,
+                llm_ttft_seconds=ttft,
+                tts_ttfb_seconds=ttfb,
+                stt_provider=p.stt.name,
+                stt_model=p.stt.model,
+                llm_provider=p.llm.name,
+                llm_model=p.llm.model,
+                tts_provider=p.tts.name,
+                tts_model=p.tts.model,
+                call_id=call.call_id,
+                trace_id=f"{rng.getrandbits(128):032x}",
+            )
+        )
         speech = round(rng.uniform(1.5, 8), 2)
         self._send(m.STTUsage(agent=p.name, provider=p.stt.name, model=p.stt.model, audio_seconds=speech))
         prompt = rng.randint(400, 3000)
-        self._send(m.LLMUsage(agent=p.name, provider=p.llm.name, model=p.llm.model, input_tokens=prompt,
-                              cached_tokens=rng.randint(0, prompt // 2), output_tokens=rng.randint(15, 120),
-                              duration_seconds=round(ttft + rng.uniform(0.2, 1.5), 4)))
+        self._send(
+            m.LLMUsage(
+                agent=p.name,
+                provider=p.llm.name,
+                model=p.llm.model,
+                input_tokens=prompt,
+                cached_tokens=rng.randint(0, prompt // 2),
+                output_tokens=rng.randint(15, 120),
+                duration_seconds=round(ttft + rng.uniform(0.2, 1.5), 4),
+            )
+        )
         chars = rng.randint(40, 300)
-        self._send(m.TTSUsage(agent=p.name, provider=p.tts.name, model=p.tts.model, characters=chars,
-                              audio_seconds=round(chars / 15, 2)))
+        self._send(
+            m.TTSUsage(
+                agent=p.name,
+                provider=p.tts.name,
+                model=p.tts.model,
+                characters=chars,
+                audio_seconds=round(chars / 15, 2),
+            )
+        )
         if p.tools and rng.random() < 0.3:
-            self._send(m.ToolCall(agent=p.name, tool=rng.choice(p.tools),
-                                  duration_seconds=round(rng.lognormvariate(math.log(0.3), 0.6), 4)))
+            self._send(
+                m.ToolCall(
+                    agent=p.name,
+                    tool=rng.choice(p.tools),
+                    duration_seconds=round(rng.lognormvariate(math.log(0.3), 0.6), 4),
+                )
+            )
         call.turns_left -= 1
 
     def finish(self, call: SimCall) -> None:
@@ -235,16 +320,27 @@ class VoiceAgentFleet:
 
     def _end(self, call: SimCall, outcome: str, duration: float) -> bool:
         p = call.profile
-        self._send(m.CallEnded(agent=p.name, call_id=call.call_id, direction=p.direction, campaign=p.campaign,
-                               outcome=outcome, duration_seconds=duration))
+        self._send(
+            m.CallEnded(
+                agent=p.name,
+                call_id=call.call_id,
+                direction=p.direction,
+                campaign=p.campaign,
+                outcome=outcome,
+                duration_seconds=duration,
+            )
+        )
         return False
 
     def report_dialers(self, queued: int | None = None) -> None:
         for p in self.agents:
             if p.campaign:
                 self._send(m.CampaignStatus(campaign=p.campaign, running=True))
-                self._send(m.CallsQueued(agent=p.name, campaign=p.campaign,
-                                         queued=self.rng.randint(0, 40) if queued is None else queued))
+                self._send(
+                    m.CallsQueued(
+                        agent=p.name, campaign=p.campaign, queued=self.rng.randint(0, 40) if queued is None else queued
+                    )
+                )
         for p in self.agents:
             for prov in (p.stt, p.llm, p.tts):
                 self._send(m.DependencyStatus(agent=p.name, dependency=prov.name, up=self.rng.random() > 0.02))

@@ -169,7 +169,7 @@ class WebhookSender:
         if self._session is not None:
             await self._session.close()
 
-    async def __aenter__(self) -> "WebhookSender":
+    async def __aenter__(self) -> WebhookSender:
         await self.start()
         return self
 
@@ -219,11 +219,13 @@ class WebhookSender:
         self.stats["attempts"] += 1
         try:
             async with self._session.post(
-                self.url, data=body, headers=headers,
+                self.url,
+                data=body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.delivery.attempt_timeout),
             ) as resp:
                 await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             self.stats["connection_errors"] += 1
             return None
         self.stats[f"status_{resp.status}"] += 1
@@ -266,8 +268,12 @@ class WebhookSender:
             elif name == "participant_connection_aborted":
                 put("livekit_participant_connections_aborted_total", 1, kind=kind)
             elif name == "track_published":
-                put("livekit_track_publications_total", 1, type=E.label(E.TRACK_TYPE, ev.track.type),
-                    source=E.label(E.TRACK_SOURCE, ev.track.source))
+                put(
+                    "livekit_track_publications_total",
+                    1,
+                    type=E.label(E.TRACK_TYPE, ev.track.type),
+                    source=E.label(E.TRACK_SOURCE, ev.track.source),
+                )
             elif name in ("egress_started", "egress_ended"):
                 info = ev.egress_info
                 etype = E.egress_type(info)
@@ -286,11 +292,19 @@ class WebhookSender:
                 if name == "ingress_started":
                     put("livekit_ingress_started_total", 1, input_type=itype)
                 else:
-                    put("livekit_ingress_ended_total", 1, input_type=itype,
-                        status=E.label(E.INGRESS_STATUS, info.state.status))
+                    put(
+                        "livekit_ingress_ended_total",
+                        1,
+                        input_type=itype,
+                        status=E.label(E.INGRESS_STATUS, info.state.status),
+                    )
             elif name == "agent_job_started":
                 put("livekit_agent_jobs_started_total", 1, agent_name=ev.job.agent_name or "unnamed")
             elif name == "agent_job_ended":
-                put("livekit_agent_jobs_ended_total", 1, agent_name=ev.job.agent_name or "unnamed",
-                    status=E.label(E.JOB_STATUS, ev.job.state.status))
+                put(
+                    "livekit_agent_jobs_ended_total",
+                    1,
+                    agent_name=ev.job.agent_name or "unnamed",
+                    status=E.label(E.JOB_STATUS, ev.job.state.status),
+                )
         return t

@@ -27,8 +27,13 @@ class _Worker:
         self.scenario, self.agent, self.nodename = scenario, agent, nodename
         self.registry = CollectorRegistry()
         self.registry.register(self)
-        self.init = Histogram("lk_agents_proc_initialize_duration_seconds", "Time taken to initialize a process",
-                              ["nodename"], buckets=(0.1, 0.5, 1, 2, 5, 10), registry=self.registry)
+        self.init = Histogram(
+            "lk_agents_proc_initialize_duration_seconds",
+            "Time taken to initialize a process",
+            ["nodename"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
         self.seen: set[str] = set()
 
     def jobs(self) -> int:
