@@ -351,22 +351,23 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     problems: list[str] = []
     errors = sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     for err in errors:
-        p = list(err.absolute_path)
-        where = p
+        yaml_path = list(err.absolute_path)
+        located = yaml_path
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             # point at the first unknown key, not at the mapping that holds it
             extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-            where = p + extra[:1]
-        line = _line_of(root, where)
+            located = yaml_path + extra[:1]
+        line = _line_of(root, located)
         loc = f"{source}:{line}" if line else source
-        problems.append(f"{loc}: {_yaml_path(p)}: {_describe(err)}")
+        problems.append(f"{loc}: {_yaml_path(yaml_path)}: {_describe(err)}")
     if problems:
         raise ConfigError(problems)
     return _build(raw, env, source, problems)
 
 
 def _prices(raw: list[dict[str, Any]], source: str, problems: list[str]) -> tuple[Price, ...]:
-    prices, seen = [], {}
+    prices: list[Price] = []
+    seen: dict[tuple[str, str], int] = {}
     for i, entry in enumerate(raw):
         price = Price(**entry)
         key = (price.provider.lower(), price.model.lower())
@@ -498,6 +499,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str, problems: l
         problems.append(f"{source}: webhooks.path and events.path must differ")
     if problems:
         raise ConfigError(problems)
+    assert url is not None and key is not None and secret is not None  # else a problem above names it
 
     return Config(
         livekit=LiveKitConfig(

@@ -32,40 +32,48 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=10**12)]
 Direction = Literal["inbound", "outbound", "web"]
 
 
-def _doc(text: str, t: Any) -> Any:
-    return Annotated[t, msgspec.Meta(description=text)]
+# Field types carry their description (msgspec.Meta) into the generated events.schema.json.
 
 
-AgentName = _doc("The agent's name, a label of every voice_agent_* metric (cardinality-guarded).", Name)
-CallId = _doc(
-    "Identifies one call across its events (never a label); the active-calls gauge follows it.",
+AgentName = Annotated[
+    Name, msgspec.Meta(description="The agent's name, a label of every voice_agent_* metric (cardinality-guarded).")
+]
+CallId = Annotated[
     Annotated[str, msgspec.Meta(min_length=1, max_length=256)],
-)
-Campaign = _doc(
-    "The outbound campaign the call belongs to; empty for none (cardinality-guarded label).",
+    msgspec.Meta(
+        description="Identifies one call across its events (never a label); the active-calls gauge follows it."
+    ),
+]
+Campaign = Annotated[
     Annotated[str, msgspec.Meta(max_length=128)],
-)
+    msgspec.Meta(description="The outbound campaign the call belongs to; empty for none (cardinality-guarded label)."),
+]
 # Exemplars: OpenMetrics caps an exemplar's label names and values at 128 characters together;
 # call_id (7) + trace_id (8) + 64 + 32 = 111.
 # No control characters: Prometheus' OpenMetrics parser refuses a NUL in an exemplar and fails the
 # whole scrape, so one such call_id would take every metric of the exporter down.
 EXEMPLAR_CALL_ID_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,64}$"
-ExemplarCallId = _doc(
-    "The call this turn belongs to, attached to its latency observations as an OpenMetrics exemplar "
-    "(never a label), so a slow turn on a dashboard links to its call. 1 to 64 characters, no control "
-    "characters.",
+ExemplarCallId = Annotated[
     Annotated[str, msgspec.Meta(pattern=EXEMPLAR_CALL_ID_PATTERN)],
-)
-TraceId = _doc(
-    "The turn's OpenTelemetry trace id (32 lowercase hex digits), attached as an exemplar like call_id.",
+    msgspec.Meta(
+        description="The call this turn belongs to, attached to its latency observations as an OpenMetrics exemplar "
+        "(never a label), so a slow turn on a dashboard links to its call. 1 to 64 characters, no control "
+        "characters."
+    ),
+]
+TraceId = Annotated[
     Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")],
-)
-Provider = _doc("The provider, e.g. openai, deepgram, elevenlabs (cardinality-guarded label).", Name)
-Model = _doc("The model, e.g. gpt-4o-mini, nova-3 (cardinality-guarded label).", Name)
+    msgspec.Meta(
+        description="The turn's OpenTelemetry trace id (32 lowercase hex digits), attached as an exemplar like call_id."
+    ),
+]
+Provider = Annotated[
+    Name, msgspec.Meta(description="The provider, e.g. openai, deepgram, elevenlabs (cardinality-guarded label).")
+]
+Model = Annotated[Name, msgspec.Meta(description="The model, e.g. gpt-4o-mini, nova-3 (cardinality-guarded label).")]
 
 
-def _latency(text: str) -> Any:
-    return _doc(text + " Seconds; above events.max_latency the value is discarded and counted.", Seconds)
+LATENCY_NOTE = " Seconds; above events.max_latency the value is discarded and counted."
 
 
 class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True, gc=False, kw_only=True):
@@ -94,10 +102,11 @@ class CallAnswered(_Event, tag="call_answered", kw_only=True):
     call_id: CallId
     direction: Direction
     campaign: Campaign = ""
-    answered_by: _doc("Who answered, as far as the agent could tell.", Literal["human", "machine", "unknown"]) = (
-        "unknown"
-    )
-    setup_seconds: _doc("Seconds from dial to answer.", Seconds) | None = None
+    answered_by: Annotated[
+        Literal["human", "machine", "unknown"],
+        msgspec.Meta(description="Who answered, as far as the agent could tell."),
+    ] = "unknown"
+    setup_seconds: Annotated[Seconds, msgspec.Meta(description="Seconds from dial to answer.")] | None = None
 
 
 class CallEnded(_Event, tag="call_ended", kw_only=True):
@@ -110,11 +119,15 @@ class CallEnded(_Event, tag="call_ended", kw_only=True):
     call_id: CallId
     direction: Direction
     campaign: Campaign = ""
-    outcome: _doc(
-        "User-defined, e.g. qualified, not_interested, no_answer, failed, transferred (cardinality-guarded label).",
+    outcome: Annotated[
         Name,
-    )
-    duration_seconds: _doc("Seconds from start (or answer) to hang-up.", Seconds) | None = None
+        msgspec.Meta(
+            description="User-defined, e.g. qualified, not_interested, no_answer, failed, transferred (cardinality-guarded label)."
+        ),
+    ]
+    duration_seconds: (
+        Annotated[Seconds, msgspec.Meta(description="Seconds from start (or answer) to hang-up.")] | None
+    ) = None
 
 
 class CallsQueued(_Event, tag="calls_queued", kw_only=True):
@@ -124,7 +137,7 @@ class CallsQueued(_Event, tag="calls_queued", kw_only=True):
 
     agent: AgentName
     campaign: Campaign = ""
-    queued: _doc("Calls waiting to be dialled.", Count)
+    queued: Annotated[Count, msgspec.Meta(description="Calls waiting to be dialled.")]
 
 
 class CampaignStatus(_Event, tag="campaign_status", kw_only=True):
@@ -133,7 +146,7 @@ class CampaignStatus(_Event, tag="campaign_status", kw_only=True):
     The series disappears when no report arrives for events.campaign_ttl: re-send it periodically
     while the campaign runs."""
 
-    campaign: _doc("The campaign (cardinality-guarded label).", Name)
+    campaign: Annotated[Name, msgspec.Meta(description="The campaign (cardinality-guarded label).")]
     running: bool
 
 
@@ -143,7 +156,9 @@ class DependencyStatus(_Event, tag="dependency_status", kw_only=True):
     The series disappears when no report arrives for events.dependency_ttl."""
 
     agent: AgentName
-    dependency: _doc("e.g. deepgram, openai, elevenlabs, database (cardinality-guarded label).", Name)
+    dependency: Annotated[
+        Name, msgspec.Meta(description="e.g. deepgram, openai, elevenlabs, database (cardinality-guarded label).")
+    ]
     up: bool
 
 
@@ -154,25 +169,44 @@ class Turn(_Event, tag="turn", kw_only=True):
     the stage providers and models label the stage histograms ("unknown" when absent)."""
 
     agent: AgentName
-    interrupted: _doc("The user cut the agent's reply short.", bool) = False
+    interrupted: Annotated[bool, msgspec.Meta(description="The user cut the agent's reply short.")] = False
     interruptions: (
-        _doc(
-            "Times the user spoke over the agent during this turn, false interruptions (the agent "
-            "resumed) included; when absent, 1 if interrupted else 0. At least 1 when interrupted is "
-            "true (a turn the user cut short had an interruption): 0 there is refused.",
+        Annotated[
             Count,
-        )
+            msgspec.Meta(
+                description="Times the user spoke over the agent during this turn, false interruptions (the agent "
+                "resumed) included; when absent, 1 if interrupted else 0. At least 1 when interrupted is "
+                "true (a turn the user cut short had an interruption): 0 there is refused."
+            ),
+        ]
         | None
     ) = None
-    e2e_latency_seconds: _latency("Voice-to-voice: the user stopped speaking -> the agent's audio started.") | None = (
-        None
-    )
-    end_of_utterance_delay_seconds: (
-        _latency("End of speech (VAD) -> the decision that the user's turn ended.") | None
+    e2e_latency_seconds: (
+        Annotated[
+            Seconds,
+            msgspec.Meta(
+                description="Voice-to-voice: the user stopped speaking -> the agent's audio started." + LATENCY_NOTE
+            ),
+        ]
+        | None
     ) = None
-    transcription_delay_seconds: _latency("End of speech -> final transcript.") | None = None
-    llm_ttft_seconds: _latency("LLM request -> first token.") | None = None
-    tts_ttfb_seconds: _latency("First text sent to TTS -> first audio byte.") | None = None
+    end_of_utterance_delay_seconds: (
+        Annotated[
+            Seconds,
+            msgspec.Meta(description="End of speech (VAD) -> the decision that the user's turn ended." + LATENCY_NOTE),
+        ]
+        | None
+    ) = None
+    transcription_delay_seconds: (
+        Annotated[Seconds, msgspec.Meta(description="End of speech -> final transcript." + LATENCY_NOTE)] | None
+    ) = None
+    llm_ttft_seconds: (
+        Annotated[Seconds, msgspec.Meta(description="LLM request -> first token." + LATENCY_NOTE)] | None
+    ) = None
+    tts_ttfb_seconds: (
+        Annotated[Seconds, msgspec.Meta(description="First text sent to TTS -> first audio byte." + LATENCY_NOTE)]
+        | None
+    ) = None
     stt_provider: Provider | None = None
     stt_model: Model | None = None
     llm_provider: Provider | None = None
@@ -189,7 +223,7 @@ class STTUsage(_Event, tag="stt", kw_only=True):
     agent: AgentName
     provider: Provider
     model: Model
-    audio_seconds: _doc("Seconds of audio transcribed.", Seconds)
+    audio_seconds: Annotated[Seconds, msgspec.Meta(description="Seconds of audio transcribed.")]
 
 
 class LLMUsage(_Event, tag="llm", kw_only=True):
@@ -204,9 +238,12 @@ class LLMUsage(_Event, tag="llm", kw_only=True):
     input_tokens: Count = 0
     output_tokens: Count = 0
     cached_tokens: Count = 0
-    duration_seconds: _doc("Request -> last token, in seconds (not subject to events.max_latency).", Seconds) | None = (
-        None
-    )
+    duration_seconds: (
+        Annotated[
+            Seconds, msgspec.Meta(description="Request -> last token, in seconds (not subject to events.max_latency).")
+        ]
+        | None
+    ) = None
 
 
 class TTSUsage(_Event, tag="tts", kw_only=True):
@@ -216,18 +253,23 @@ class TTSUsage(_Event, tag="tts", kw_only=True):
     agent: AgentName
     provider: Provider
     model: Model
-    characters: _doc("Characters synthesized.", Count) = 0
-    audio_seconds: _doc("Seconds of audio synthesized (used only for per-minute prices).", Seconds) = 0.0
+    characters: Annotated[Count, msgspec.Meta(description="Characters synthesized.")] = 0
+    audio_seconds: Annotated[
+        Seconds, msgspec.Meta(description="Seconds of audio synthesized (used only for per-minute prices).")
+    ] = 0.0
 
 
 class ToolCall(_Event, tag="tool_call", kw_only=True):
     """One function-tool call: duration_seconds feeds voice_agent_tool_call_duration_seconds."""
 
     agent: AgentName
-    tool: _doc("The tool's name (cardinality-guarded label).", Name)
-    duration_seconds: _doc(
-        "Call -> result, in seconds (not subject to events.max_latency: a tool may legitimately wait minutes).", Seconds
-    )
+    tool: Annotated[Name, msgspec.Meta(description="The tool's name (cardinality-guarded label).")]
+    duration_seconds: Annotated[
+        Seconds,
+        msgspec.Meta(
+            description="Call -> result, in seconds (not subject to events.max_latency: a tool may legitimately wait minutes)."
+        ),
+    ]
 
 
 class Error(_Event, tag="error", kw_only=True):
@@ -235,16 +277,20 @@ class Error(_Event, tag="error", kw_only=True):
 
     agent: AgentName
     component: Literal["stt", "llm", "tts", "tool", "transport", "other"]
-    error_type: _doc(
-        "A short, bounded error kind, e.g. timeout, rate_limited, APIConnectionError "
-        "(cardinality-guarded label `type`).",
+    error_type: Annotated[
         Name,
-    )
-    recoverable: _doc(
-        'The agent retried past it (or otherwise carried on): label recoverable="true". '
-        "Default false: the error failed the request.",
+        msgspec.Meta(
+            description="A short, bounded error kind, e.g. timeout, rate_limited, APIConnectionError "
+            "(cardinality-guarded label `type`)."
+        ),
+    ]
+    recoverable: Annotated[
         bool,
-    ) = False
+        msgspec.Meta(
+            description='The agent retried past it (or otherwise carried on): label recoverable="true". '
+            "Default false: the error failed the request."
+        ),
+    ] = False
 
 
 Event = Union[  # noqa: UP007 (msgspec takes the tagged union; EVENT_TYPES reads its __args__)

@@ -1,14 +1,20 @@
-"""The Helm chart's generated files: charts/livekit-exporter/{Chart.yaml, README.md, files/**}.
+"""The Helm chart's generated files: charts/livekit-exporter/{Chart.yaml, README.md, values.schema.json, files/**}.
 
 A chart cannot read files outside its directory (`.Files.Get`), so it carries copies of the bundle's
 rule files and dashboards. They are taken from the dict `generate()` builds, so they are the same
 bytes as prometheus/rules/*.yml and grafana/dashboards/*.json by construction, and the stale check
 keeps them current. Chart.yaml takes its appVersion from the package's __version__; the README's
 values table is read from values.yaml's helm-docs style comments (`# -- description` above a key).
+files/bundle.json holds what the chart's ServiceMonitor must agree on with the bundle's rules: the
+exporter's job name and the scrape interval and timeout (read from the generated prometheus.yml, so
+from prometheus/mixin.yml). values.schema.json is hand-written except `properties.config`, which is
+the package's schemas/config.schema.json made draft-07 (its $defs inlined), without the keys the
+chart sets itself (they stay accepted there so that the templates refuse them with a clear message).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -142,6 +148,76 @@ def readme(values_text: str) -> str:
     )
 
 
+# -- what the chart reads from the bundle: files/bundle.json ------------------------------------------------
+
+
+def bundle_json(files: dict[str, str]) -> str:
+    """The exporter's job (the first scrape config of the generated prometheus.yml) and its timings."""
+    prom = yaml.safe_load(files["prometheus/prometheus.yml"])
+    exporter = prom["scrape_configs"][0]
+    return (
+        json.dumps(
+            {
+                "job": exporter["job_name"],
+                "interval": prom["global"]["scrape_interval"],
+                "scrapeTimeout": exporter.get("scrape_timeout", prom["global"]["scrape_timeout"]),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+# -- values.schema.json: properties.config from the package's config schema ---------------------------------
+
+CONFIG_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.json"
+# config keys the chart sets from its own values: accepted by the schema, refused by the templates (fail)
+MANAGED = {
+    "livekit": ("url", "api_key", "api_secret", "api_secret_file"),
+    "webhooks": ("keys",),
+    "events": ("tokens", "token_files"),
+}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            if not ref.startswith("#/$defs/"):
+                raise MixinError(f"{CONFIG_SCHEMA.name}: cannot inline $ref {ref}")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return _inline({**copy.deepcopy(defs[ref.removeprefix("#/$defs/")]), **rest}, defs)
+        return {k: _inline(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def config_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The exporter's config schema as the chart's `config` value: draft-07, no $refs, managed keys open."""
+    defs = schema.get("$defs", {})
+    out = _inline({k: v for k, v in schema.items() if k not in ("$schema", "$id", "$defs", "title")}, defs)
+    out["description"] = (
+        "The exporter's config.yml (the package's schemas/config.schema.json, generated into this schema), "
+        "without the keys the chart sets."
+    )
+    for section, keys in MANAGED.items():
+        props = out["properties"][section]["properties"]
+        for key in keys:
+            if key not in props:
+                raise MixinError(f"{CONFIG_SCHEMA.name}: {section}.{key} is gone; update MANAGED in chart.py")
+            props[key] = {
+                "description": f"Set by the chart (config.{section}.{key} is refused): see the chart's values."
+            }
+    return out
+
+
+def values_schema(current: str) -> str:
+    schema = json.loads(current)
+    schema["properties"]["config"] = config_schema(json.loads(CONFIG_SCHEMA.read_text(encoding="utf-8")))
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
 def chart_files(files: dict[str, str]) -> dict[str, str]:
     """The chart's generated files, {path relative to the repository's top: text}.
 
@@ -151,7 +227,12 @@ def chart_files(files: dict[str, str]) -> dict[str, str]:
     values = ROOT / CHART / "values.yaml"
     if not values.is_file():
         return {}
-    out = {f"{CHART}/Chart.yaml": chart_yaml(), f"{CHART}/README.md": readme(values.read_text(encoding="utf-8"))}
+    out = {
+        f"{CHART}/Chart.yaml": chart_yaml(),
+        f"{CHART}/README.md": readme(values.read_text(encoding="utf-8")),
+        f"{CHART}/values.schema.json": values_schema((ROOT / CHART / "values.schema.json").read_text(encoding="utf-8")),
+        f"{CHART}/files/bundle.json": bundle_json(files),
+    }
     for rel, text in files.items():
         for pattern, into in CARRIED:
             m = pattern.fullmatch(rel)

@@ -140,7 +140,7 @@ class Scenario:
         self.remove_room(name)
         self.closing_rooms[name] = info
 
-    def remove_room(self, name: str, end_reason: int = proto_models.ROOM_END_API_DELETE) -> None:
+    def remove_room(self, name: str, end_reason: proto_models.RoomEndReason = proto_models.ROOM_END_API_DELETE) -> None:
         """Closes a room as LiveKit does: everyone leaves, its egress completes, then room_finished."""
         room = self.rooms[name]
         for identity in list(room.participants):
@@ -157,9 +157,9 @@ class Scenario:
         room: str,
         identity: str,
         *,
-        kind: int = Kind.STANDARD,
-        state: int = State.ACTIVE,
-        tracks: Iterable[tuple[int, int]] = (),
+        kind: Kind = Kind.STANDARD,
+        state: State = State.ACTIVE,
+        tracks: Iterable[tuple[proto_models.TrackType, proto_models.TrackSource]] = (),
         attributes: dict[str, str] | None = None,
     ) -> proto_models.ParticipantInfo:
         """tracks: (TrackType, TrackSource) pairs published by the participant."""
@@ -187,7 +187,9 @@ class Scenario:
                 self._emit("track_published", room=r.info, participant=p, track=t)
         return p
 
-    def publish_track(self, room: str, identity: str, ttype: int, source: int) -> proto_models.TrackInfo:
+    def publish_track(
+        self, room: str, identity: str, ttype: proto_models.TrackType, source: proto_models.TrackSource
+    ) -> proto_models.TrackInfo:
         r = self.rooms[room]
         p = r.participants[identity]
         t = proto_models.TrackInfo(sid=self._id("TR"), type=ttype, source=source)
@@ -210,7 +212,10 @@ class Scenario:
         raise KeyError(track_sid)
 
     def remove_participant(
-        self, room: str, identity: str, reason: int = proto_models.DisconnectReason.CLIENT_INITIATED
+        self,
+        room: str,
+        identity: str,
+        reason: proto_models.DisconnectReason = proto_models.DisconnectReason.CLIENT_INITIATED,
     ) -> None:
         r = self.rooms[room]
         p = r.participants.pop(identity)
@@ -223,7 +228,12 @@ class Scenario:
     # -- egress / ingress ---------------------------------------------------------------------
 
     def add_egress(
-        self, room: str, etype: str, status: int = proto_egress.EGRESS_ACTIVE, *, unified: bool = False
+        self,
+        room: str,
+        etype: str,
+        status: proto_egress.EgressStatus = proto_egress.EGRESS_ACTIVE,
+        *,
+        unified: bool = False,
     ) -> proto_egress.EgressInfo:
         """An egress of ETYPE (one of EGRESS_TYPES); `unified`: started by the unified StartEgress
         request (room_composite and web as its template and web sources; media is always unified)."""
@@ -250,7 +260,7 @@ class Scenario:
         self._emit("egress_started", egress_info=info)
         return info
 
-    def set_egress_status(self, egress_id: str, status: int, *, output_bytes: int = 0) -> None:
+    def set_egress_status(self, egress_id: str, status: proto_egress.EgressStatus, *, output_bytes: int = 0) -> None:
         info = self.egress[egress_id]
         now_ns = int(self.clock() * 1e9)
         info.status = status
@@ -271,8 +281,8 @@ class Scenario:
 
     def add_ingress(
         self,
-        input_type: int,
-        status: int = proto_ingress.IngressState.ENDPOINT_INACTIVE,
+        input_type: proto_ingress.IngressInput,
+        status: proto_ingress.IngressState.Status = proto_ingress.IngressState.ENDPOINT_INACTIVE,
         *,
         room: str = "",
         audio_bitrate: int = 0,
@@ -290,7 +300,12 @@ class Scenario:
         return info
 
     def set_ingress_status(
-        self, ingress_id: str, status: int, *, audio_bitrate: int = 0, video_bitrate: int = 0
+        self,
+        ingress_id: str,
+        status: proto_ingress.IngressState.Status,
+        *,
+        audio_bitrate: int = 0,
+        video_bitrate: int = 0,
     ) -> None:
         info = self.ingress[ingress_id]
         was = info.state.status
@@ -364,7 +379,7 @@ class Scenario:
         r.dispatches[d.id] = d
         return d
 
-    def set_job_status(self, room: str, dispatch_id: str, job_index: int, status: int) -> None:
+    def set_job_status(self, room: str, dispatch_id: str, job_index: int, status: proto_agent.JobStatus) -> None:
         job = self.rooms[room].dispatches[dispatch_id].state.jobs[job_index]
         was = job.state.status
         job.state.status = status
