@@ -16,6 +16,46 @@
 {{- end }}
 {{- end }}
 
+{{/* "<fullname>-<suffix>", the full name cut so that the suffix survives the 63-character limit. */}}
+{{- define "livekit-exporter.suffixed" -}}
+{{- $base := include "livekit-exporter.fullname" .ctx | trunc (int (sub 62 (len .suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base .suffix }}
+{{- end }}
+
+{{/* What the ServiceMonitor shares with the bundle's rules (files/bundle.json, generated from prometheus/mixin.yml). */}}
+{{- define "livekit-exporter.bundle" -}}
+{{- $b := .Files.Get "files/bundle.json" | fromJson }}
+{{- if or (not $b) (hasKey $b "Error") }}
+{{- fail "files/bundle.json: missing or not JSON (run `make rules`)" }}
+{{- end }}
+{{- toJson $b }}
+{{- end }}
+
+{{/* A Prometheus duration (15s, 1m, 1m30s, 500ms) in milliseconds; . is (list "the value's key" value). */}}
+{{- define "livekit-exporter.durationMs" -}}
+{{- $key := index . 0 }}
+{{- $d := toString (index . 1) }}
+{{- if not (regexMatch "^([0-9]+(ms|s|m|h|d|w|y))+$" $d) }}
+{{- fail (printf "%s: %q is not a Prometheus duration (e.g. 15s, 1m, 1m30s)" $key $d) }}
+{{- end }}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 "w" 604800000 "y" 31536000000 }}
+{{- $ms := 0 }}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" $d -1 }}
+{{- $n := regexFind "^[0-9]+" . }}
+{{- $ms = add $ms (mul (int64 $n) (get $units (trimPrefix $n .))) }}
+{{- end }}
+{{- $ms }}
+{{- end }}
+
+{{/* The container image: repository@digest, or repository:tag (default: the appVersion). */}}
+{{- define "livekit-exporter.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
 {{- define "livekit-exporter.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "livekit-exporter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -84,9 +124,41 @@ app.kubernetes.io/part-of: livekit-exporter
 {{- if (.Values.config.events | default dict).tokens }}
 {{- fail "config.events.tokens: set events.tokens instead (kept in the Secret, not in the ConfigMap)" }}
 {{- end }}
+{{- if (.Values.config.events | default dict).token_files }}
+{{- fail "config.events.token_files: set events.tokens (or events.existingSecretTokens) instead: the chart mounts the tokens file" }}
+{{- end }}
 {{- with .Values.config.livekit }}
+{{- if .url }}
+{{- fail "config.livekit.url: set livekit.url instead" }}
+{{- end }}
 {{- if or .api_key .api_secret .api_secret_file }}
 {{- fail "config.livekit: put no credentials in config (livekit.apiKey, livekit.apiSecret or existingSecret set them)" }}
+{{- end }}
+{{- end }}
+{{- $chartFlags := dict "--config.file" "config" "--web.listen-address" "service.port (the container listens on :9784)" "--web.telemetry-path" "nothing (the chart scrapes /metrics)" "--web.config.file" "webConfig.existingSecret" }}
+{{- range .Values.extraArgs }}
+{{- $flag := regexReplaceAll "=.*$" (toString .) "" }}
+{{- if hasKey $chartFlags $flag }}
+{{- fail (printf "extraArgs: %s is set by the chart; use %s instead" $flag (get $chartFlags $flag)) }}
+{{- end }}
+{{- end }}
+{{- $selector := include "livekit-exporter.selectorLabels" . | fromYaml }}
+{{- range $k, $v := .Values.podLabels }}
+{{- if hasKey $selector $k }}
+{{- fail (printf "podLabels.%s: a selector label of the chart (%s) cannot be overridden" $k (get $selector $k)) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail (printf "autoscaling.minReplicas (%v) is greater than autoscaling.maxReplicas (%v)" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
+{{- end }}
+{{- if .Values.serviceMonitor.enabled }}
+{{- $bundle := include "livekit-exporter.bundle" . | fromJson }}
+{{- $interval := .Values.serviceMonitor.interval | default $bundle.interval }}
+{{- $timeout := .Values.serviceMonitor.scrapeTimeout | default $bundle.scrapeTimeout }}
+{{- $intervalMs := include "livekit-exporter.durationMs" (list "serviceMonitor.interval" $interval) | int64 }}
+{{- $timeoutMs := include "livekit-exporter.durationMs" (list "serviceMonitor.scrapeTimeout" $timeout) | int64 }}
+{{- if gt $timeoutMs $intervalMs }}
+{{- fail (printf "serviceMonitor.scrapeTimeout (%s) is longer than serviceMonitor.interval (%s): prometheus-operator would refuse the ServiceMonitor" $timeout $interval) }}
 {{- end }}
 {{- end }}
 {{- end }}
