@@ -63,8 +63,7 @@ async def _run_demo(host: str | None, port: int, telemetry_path: str, simulator:
     events_token = secrets.token_urlsafe(24)
     sim_host, sim_port = simulator
     async with Simulator(scenario, sim_host, sim_port) as sim:  # None: every address, as the exporter's
-        sim_shown = "127.0.0.1" if sim.host in (None, "0.0.0.0", "::") else sim.host
-        sim_url = f"http://{sim_shown}:{sim.port}"
+        sim_url = sim.url
         config = demo_config(sim_url, scenario, events_token)
         app = build_app(config, telemetry_path=telemetry_path)
         runner = web.AppRunner(app, access_log=None)
@@ -75,7 +74,7 @@ async def _run_demo(host: str | None, port: int, telemetry_path: str, simulator:
         except OSError:
             await runner.cleanup()
             raise
-        port = site._server.sockets[0].getsockname()[1]  # the one picked when asked for port 0
+        port = runner.addresses[0][1]  # the one picked when asked for port 0
         shown = "127.0.0.1" if host in (None, "0.0.0.0", "::") else host
         webhook_url = f"http://{shown}:{port}{config.webhooks.path}"
         print(f"LiveKit simulator (Twirp API): {sim_url}", flush=True)

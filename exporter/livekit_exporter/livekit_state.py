@@ -615,11 +615,11 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
         "Tracks published in the rooms read for detail, by type and source.",
         ["type", "source"],
     )
-    for t in E.TRACK_TYPE.values():
-        for s in E.TRACK_SOURCE.values():
-            tf.add_metric([t, s], tracks.pop((t, s), 0))
-    for (t, s), n in sorted(tracks.items()):
-        tf.add_metric([t, s], n)
+    for track_type in E.TRACK_TYPE.values():
+        for source in E.TRACK_SOURCE.values():
+            tf.add_metric([track_type, source], tracks.pop((track_type, source), 0))
+    for (track_type, source), n in sorted(tracks.items()):
+        tf.add_metric([track_type, source], n)
     cf = _gauge(
         "livekit_sip_calls",
         "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",

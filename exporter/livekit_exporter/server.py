@@ -99,7 +99,11 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 async def handle_index(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
-    links = [(ex.telemetry_path, "Metrics"), ("/-/healthy", "Health"), ("/-/ready", "Readiness")]
+    links: list[tuple[str | None, str]] = [
+        (ex.telemetry_path, "Metrics"),
+        ("/-/healthy", "Health"),
+        ("/-/ready", "Readiness"),
+    ]
     if ex.config.webhooks.enabled:
         links.append((None, f"LiveKit webhooks: POST {ex.config.webhooks.path}"))
     if ex.config.events.enabled:

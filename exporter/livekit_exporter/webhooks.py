@@ -377,7 +377,10 @@ class Event:
 def _unique_keys(pairs: list[tuple[str, Any]]) -> None:
     if len(dict(pairs)) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        for duplicate, _ in pairs:
+            if duplicate in seen:
+                break
+            seen.add(duplicate)
         raise Malformed(f"the key {duplicate[:64]!r} appears twice in one object (protobuf's parser refuses that)")
 
 
@@ -730,7 +733,7 @@ class WebhookMetrics:
             update(amount)
 
     def _updates(self, ev: Event, now: float) -> list[tuple[Callable[[float], None], float]]:
-        steps = [(self.events.labels(ev.name).inc, 1.0)]
+        steps: list[tuple[Callable[[float], None], float]] = [(self.events.labels(ev.name).inc, 1.0)]
         if ev.created_at:
             steps.append((self.delay.labels(ev.name).observe, max(0.0, now - ev.created_at)))
         handler = self._updates_by_event.get(ev.name)

@@ -47,7 +47,7 @@ def _alert_rules(m: Mixin, alert: Alert) -> list[dict[str, Any]]:
 
 
 def rule_files(m: Mixin) -> dict[str, str]:
-    recording = {"groups": []}
+    recording: dict[str, list[dict[str, Any]]] = {"groups": []}
     for g in m.records:
         group: dict[str, Any] = {"name": g.name}
         if g.interval:

@@ -22,7 +22,8 @@ __all__ = ["Delivery", "Fault", "Scenario", "ServerMetrics", "Simulator", "Webho
 class Simulator:
     """Runs the simulator's HTTP faces on a loopback port (0 picks a free one)."""
 
-    def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0, *, ssl_context=None):
+    def __init__(self, scenario: Scenario, host: str | None = "127.0.0.1", port: int = 0, *, ssl_context=None):
+        """host None: every address (IPv4 and IPv6)."""
         self.scenario = scenario
         self.host, self.port = host, port
         self.ssl_context = ssl_context
@@ -33,7 +34,8 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
+        host = "127.0.0.1" if self.host in (None, "0.0.0.0", "::") else self.host
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
 
     async def start(self) -> None:
         # handler_cancellation: like LiveKit, stop serving a request whose client went away (a
@@ -44,7 +46,7 @@ class Simulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # the one picked when asked for port 0
 
     async def stop(self) -> None:
         if self._runner:
