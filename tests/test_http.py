@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
 from conftest import free_port, require_binary, value
@@ -133,3 +134,18 @@ async def test_the_command_serves_with_flags_and_never_logs_a_secret(scenario, s
     logs = err.decode()
     assert '"msg": "starting livekit-exporter"' in logs
     assert scenario.api_secret not in logs + out.decode()
+
+
+@pytest.mark.parametrize("header, wanted", [
+    ("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True), ("*", True), ("br;q=1, *;q=0.1", True),
+    ("gzip;q=0", False), ("gzip; q=0.0", False), ("*;q=0", False), ("identity", False), ("", False),
+    ("x-gzip", False), ("*, gzip;q=0", False), ("gzip;q=bogus", False),
+])
+async def test_gzip_follows_the_accept_encoding_weights(scenario, simulator, exporter_client, header, wanted):
+    client = await exporter_client()
+    resp = await client.get("/metrics", headers={"Accept-Encoding": header}, auto_decompress=False)
+    assert resp.status == 200 and resp.headers["Vary"] == "Accept-Encoding"
+    assert (resp.headers.get("Content-Encoding") == "gzip") is wanted
+    body = await resp.read()
+    text = (gzip.decompress(body) if wanted else body).decode()
+    assert "livekit_up" in text

@@ -79,11 +79,30 @@ async def handle_metrics(request: web.Request) -> web.Response:
     fresh = families(snap, cfg, ex.state.enabled_services, ex.folder)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(ScrapeView(ex.telemetry.registry, fresh))
-    headers = {"Content-Type": content_type}
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+    headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+    if gzip_wanted(request.headers.get("Accept-Encoding", "")):
         body = gzip.compress(body, compresslevel=1)
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
+
+
+def gzip_wanted(accept_encoding: str) -> bool:
+    """RFC 9110 negotiation: gzip (or `*`, when gzip is not named) with a weight above 0.
+    (prometheus-client's own gzip_accepted ignores weights, so `gzip;q=0` would get gzip.)"""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if coding:
+            weights[coding.lower()] = weight
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
 
 
 async def handle_healthy(request: web.Request) -> web.Response:
