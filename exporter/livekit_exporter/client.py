@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ import msgspec
 
 from .events.decode import check
 from .events.model import EVENT_TYPES, Event
+from .logsetup import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +52,6 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 LOG_EVERY = 60.0  # seconds between two warnings of the same kind
-
-
-class _RateLimited:
-    """Logs a warning of each kind at most once every LOG_EVERY seconds, with how many were held back."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, kind: str, message: str, **extra: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < LOG_EVERY:
-            self._held[kind] = self._held.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        held = self._held.pop(kind, 0)
-        log.warning(message, extra={**extra, "similar_warnings_held_back": held})
 
 
 class InvalidEvent(ValueError):
@@ -148,7 +130,7 @@ class EventsClient:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._log = _RateLimited()
+        self._log = RateLimitedLog(log, "livekit-exporter client warnings held back", 1, LOG_EVERY)
 
     @classmethod
     def from_env(cls, **kwargs: object) -> EventsClient:

@@ -56,6 +56,7 @@ from prometheus_client import Counter, Histogram
 
 from . import lkenums as E
 from .config import WEBHOOK_CLOCK_LEEWAY, WEBHOOK_TOKEN_TTL, Config, KeyPair, WebhooksConfig
+from .logsetup import RateLimitedLog
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -818,28 +819,12 @@ class RejectionLog:
         window: float = REJECTION_LOG_WINDOW,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.lines = lines
-        self.window = window
-        self._clock = clock
-        self._windows: dict[str, list] = {}  # reason -> [window start, lines logged, lines left out]
+        self._log = RateLimitedLog(log, "webhook rejections not logged", lines, window, clock, kind_field="reason")
 
     def warn(self, r: Rejected, remote: str | None) -> None:
-        now = self._clock()
-        w = self._windows.get(r.reason)
-        if w is None or now - w[0] >= self.window:
-            if w is not None and w[2]:
-                log.warning(
-                    "webhook rejections not logged",
-                    extra={"reason": r.reason, "not_logged": w[2], "seconds": round(now - w[0])},
-                )
-            w = self._windows[r.reason] = [now, 0, 0]
-        if w[1] < self.lines:
-            w[1] += 1
-            log.warning(
-                "webhook rejected", extra={"reason": r.reason, "detail": r.detail, "remote": remote, "status": r.status}
-            )
-        else:
-            w[2] += 1
+        self._log.warning(
+            r.reason, "webhook rejected", reason=r.reason, detail=r.detail, remote=remote, status=r.status
+        )
 
 
 class WebhookHandler:
