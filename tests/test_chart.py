@@ -12,8 +12,10 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonit
 from conftest import require_binary
 from livekit_exporter import __version__
 from livekit_exporter.mixin import DEFAULT_CONFIG, MixinError, generate, load, stale
-from livekit_exporter.mixin.chart import CHART, chart_files, leaves, values_docs
+from livekit_exporter.mixin.chart import CHART, MANAGED, chart_files, config_schema, leaves, values_docs
 
 ROOT = Path(__file__).parent.parent
 CHART_DIR = ROOT / CHART
@@ -51,20 +53,39 @@ def ci_values(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+KUBE_GATE = ".Capabilities.KubeVersion.Version"
+_KUBE_COPIES = Path(tempfile.mkdtemp(prefix="livekit-exporter-chart-"))
+
+
 @lru_cache(maxsize=None)
-def _render(values_json: str, name: str) -> tuple[tuple[str, str], ...]:
-    with helm.Chart.load(CHART_DIR) as chart:
-        return tuple(sorted(chart.render(json.loads(values_json), name=name, namespace=NAMESPACE).items()))
+def chart_for_kube(version: str | None) -> Path:
+    """The chart, or a copy whose templates see this Kubernetes version: the SDK's render has no --kube-version
+    (it renders for its own default), so the copy puts the version where the templates read it."""
+    if version is None:
+        return CHART_DIR
+    copy = _KUBE_COPIES / version / CHART_DIR.name
+    shutil.copytree(CHART_DIR, copy)
+    for t in (copy / "templates").iterdir():
+        t.write_text(re.sub(r"\$?" + re.escape(KUBE_GATE), f'"v{version}"', t.read_text()))
+    return copy
 
 
-def render(values: dict[str, Any] | None = None, name: str = "lk") -> dict[str, str]:
+@lru_cache(maxsize=None)
+def _render(values_json: str, name: str, namespace: str, kube: str | None) -> tuple[tuple[str, str], ...]:
+    with helm.Chart.load(chart_for_kube(kube)) as chart:
+        return tuple(sorted(chart.render(json.loads(values_json), name=name, namespace=namespace).items()))
+
+
+def render(values: dict[str, Any] | None = None, name: str = "lk", namespace: str = NAMESPACE,
+           kube: str | None = None) -> dict[str, str]:
     """{template path: text} of a render with these values (cached: renders are pure)."""
-    return dict(_render(json.dumps(values or {}, sort_keys=True), name))
+    return dict(_render(json.dumps(values or {}, sort_keys=True), name, namespace, kube))
 
 
-def objects(values: dict[str, Any] | None = None, name: str = "lk") -> list[dict[str, Any]]:
+def objects(values: dict[str, Any] | None = None, name: str = "lk", namespace: str = NAMESPACE,
+            kube: str | None = None) -> list[dict[str, Any]]:
     out = []
-    for path, text in render(values, name).items():
+    for path, text in render(values, name, namespace, kube).items():
         if path.endswith("NOTES.txt"):
             continue
         out += [doc for doc in yaml.safe_load_all(text) if doc]
@@ -120,14 +141,31 @@ def _roundtrip(model, obj: dict) -> dict:
 
 @pytest.mark.parametrize("path", CI_VALUES, ids=ids)
 def test_every_rendered_object_validates(path):
+    """Rendered for each Kubernetes version (the templates gate fields on it), validated against that version."""
     crds = {"ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
-    for obj in objects(ci_values(path)):
-        if obj["kind"] in crds:
-            # the models accept unknown fields, so the round trip is the check: a field they do not know is dropped
-            assert _roundtrip(crds[obj["kind"]], obj) == obj, f"{obj['kind']}: fields prometheus-operator does not know"
-        else:
-            for version in K8S_VERSIONS:
+    for version in K8S_VERSIONS:
+        for obj in objects(ci_values(path), kube=version):
+            if obj["kind"] in crds:
+                # the models accept unknown fields, so the round trip is the check: a field they do not know is dropped
+                assert _roundtrip(crds[obj["kind"]], obj) == obj, f"{obj['kind']}: fields prometheus-operator does not know"
+            else:
                 kubernetes_validate.validate(obj, version, strict=True)
+        lint = helm.lint(CHART_DIR, values=ci_values(path), strict=True, namespace=NAMESPACE, kube_version=version)
+        assert lint["errors"] == [] and [m for m in lint["messages"] if m["severity"] >= 2] == [], lint
+
+
+def test_fields_newer_than_kubernetes_1_25_are_rendered_only_where_they_exist():
+    """unhealthyPodEvictionPolicy (PDB) and matchLabelKeys (topology spread) are 1.27's: a 1.25 cluster gets neither."""
+    values = {"replicas": 2}
+    assert KUBE_GATE in (CHART_DIR / "templates" / "pdb.yaml").read_text()  # the copies' substitution has a target
+    old, new = objects(values, kube="1.25.0"), objects(values, kube=K8S_VERSIONS[-1])
+    assert "unhealthyPodEvictionPolicy" not in one(old, "PodDisruptionBudget")["spec"]
+    assert one(new, "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    (old_tsc,) = one(old, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    (new_tsc,) = one(new, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert "matchLabelKeys" not in old_tsc and new_tsc["matchLabelKeys"] == ["pod-template-hash"]
+    # the default render (the SDK's own Kubernetes version, newer than 1.27) has them too
+    assert one(objects(values), "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_the_validation_refuses_what_it_should():
@@ -226,12 +264,37 @@ def test_the_charts_carried_files_are_the_bundles_generated_by_the_same_step():
     pairs = {"prometheus/rules/": "files/rules/", "grafana/dashboards/": "files/dashboards/"}
     expected = {f"{CHART}/{into}{rel.removeprefix(src)}": rel
                 for rel in files for src, into in pairs.items() if rel.startswith(src) and rel.count("/") == 2}
-    assert {k for k in ours if "/files/" in k} == set(expected)
+    bundle = f"{CHART}/files/bundle.json"
+    assert {k for k in ours if "/files/" in k} == {*expected, bundle}
     for carried, source in expected.items():
         assert ours[carried] == files[source]
         assert (ROOT / carried).read_bytes() == (ROOT / source).read_bytes()
     on_disk = {str(p.relative_to(ROOT)) for p in (CHART_DIR / "files").rglob("*") if p.is_file()}
-    assert on_disk == set(expected), "files/ holds a file generate() does not write"
+    assert on_disk == {*expected, bundle}, "files/ holds a file generate() does not write"
+    # what the ServiceMonitor must share with the rules: the mixin's exporter job and scrape timings
+    assert json.loads(ours[bundle]) == {"job": MIXIN["jobs"]["exporter"],
+                                        "interval": MIXIN["prometheus"]["scrape_interval"],
+                                        "scrapeTimeout": MIXIN["prometheus"]["scrape_timeout"]}
+    assert f"{CHART}/values.schema.json" in ours  # its config part is generated (test_the_config_schema_...)
+
+
+def test_another_exporter_job_name_is_set_in_the_mixin_and_reaches_the_service_monitor_and_every_rule(tmp_path):
+    """jobs.exporter in prometheus/mixin.yml is the one knob: regenerated, the chart scrapes and selects that job."""
+    files = generate(load(ROOT / DEFAULT_CONFIG, {"jobs.exporter": "lk-metrics"}))
+    chart = tmp_path / CHART_DIR.name
+    shutil.copytree(CHART_DIR, chart)
+    for rel, text in files.items():
+        if rel.startswith(CHART + "/"):
+            (chart / rel.removeprefix(CHART + "/")).write_text(text)
+    with helm.Chart.load(chart) as c:
+        rendered = c.render({}, name="prod", namespace=NAMESPACE)
+    objs = [d for p, t in rendered.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+    assert scraped_job(objs) == "lk-metrics"
+    exprs = [r["expr"] for g in one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    exporter_jobs = {j for e in exprs for j in re.findall(r'job="([^"]+)"', e)} - {
+        MIXIN["jobs"][k] for k in MIXIN["jobs"] if k != "exporter"}
+    assert exporter_jobs == {"lk-metrics"}
+    assert 'job="lk-metrics"' in rendered["livekit-exporter/templates/NOTES.txt"]
 
 
 def test_chart_yaml_is_generated_with_the_packages_version():
@@ -254,6 +317,17 @@ def test_chart_yaml_is_generated_with_the_packages_version():
     ({"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
     ({"ingress": {"enabled": True, "hosts": []}}, "hosts"),
     ({"prometheusRule": {"grafanaUrl": "grafana.example.com"}}, "grafanaUrl"),
+    # the exporter's own config schema (schemas/config.schema.json), generated into values.schema.json
+    ({"config": {"colect": {"services": ["room"]}}}, "colect"),
+    ({"config": {"webhooks": {"path": "hooks"}}}, "/config/webhooks/path"),
+    ({"config": {"collect": {"room_detail": {"max_rooms": 0}}}}, "max_rooms"),
+    ({"config": {"events": {"enabled": "yes"}}}, "/config/events/enabled"),
+    # the job name is the bundle's (prometheus/mixin.yml), not a value
+    ({"serviceMonitor": {"jobName": "other"}}, "jobName"),
+    ({"serviceMonitor": {"interval": "15"}}, "interval"),
+    ({"podDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable"),
+    ({"image": {"digest": "latest"}}, "digest"),
+    ({"serviceMonitor": {"scheme": "ftp"}}, "scheme"),
 ])
 def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, named):
     report = helm.lint(CHART_DIR, values=values, strict=True, namespace=NAMESPACE)
@@ -273,10 +347,33 @@ def test_a_values_file_that_breaks_the_schema_is_refused_naming_the_key(values, 
     ({"events": {"existingSecretTokens": True}}, "events.existingSecretTokens is set without existingSecret"),
     ({"config": {"webhooks": {"keys": [{"api_key": "k", "api_secret": "s"}]}}}, "config.webhooks.keys: set webhooks.keys"),
     ({"config": {"events": {"tokens": ["t" * 20]}}}, "config.events.tokens: set events.tokens instead"),
+    ({"config": {"events": {"token_files": ["/x"]}}}, "config.events.token_files: set events.tokens"),
+    ({"config": {"livekit": {"url": "https://lk.example.com"}}}, "config.livekit.url: set livekit.url instead"),
+    ({"serviceMonitor": {"interval": "30s", "scrapeTimeout": "1m"}},
+     r"serviceMonitor.scrapeTimeout \(1m\) is longer than serviceMonitor.interval \(30s\)"),
+    ({"serviceMonitor": {"interval": "1m", "scrapeTimeout": "1m30s"}}, r"scrapeTimeout \(1m30s\) is longer"),
+    ({"serviceMonitor": {"interval": "5s"}}, r"scrapeTimeout \(10s\) is longer than serviceMonitor.interval \(5s\)"),
+    ({"serviceMonitor": {"scrapeTimeout": "15001ms"}}, r"scrapeTimeout \(15001ms\) is longer"),
+    ({"extraArgs": ["--web.config.file=/etc/web.yml"]}, "extraArgs: --web.config.file is set by the chart; use webConfig.existingSecret"),
+    ({"extraArgs": ["--web.listen-address=:9000"]}, "extraArgs: --web.listen-address is set by the chart; use service.port"),
+    ({"extraArgs": ["--web.telemetry-path", "/m"]}, "extraArgs: --web.telemetry-path is set by the chart"),
+    ({"extraArgs": ["--config.file=/x.yml"]}, "extraArgs: --config.file is set by the chart; use config"),
+    ({"podLabels": {"app.kubernetes.io/instance": "other"}}, "podLabels.app.kubernetes.io/instance: a selector label"),
+    ({"podLabels": {"app.kubernetes.io/name": "other"}}, "podLabels.app.kubernetes.io/name: a selector label"),
+    ({"autoscaling": {"enabled": True, "minReplicas": 4, "maxReplicas": 3}},
+     r"autoscaling.minReplicas \(4\) is greater than autoscaling.maxReplicas \(3\)"),
+    ({"lifecycle": {"preStopSleepSeconds": 30}}, "lifecycle.preStopSleepSeconds .30. must be shorter than terminationGracePeriodSeconds .30."),
 ])
 def test_values_that_cannot_make_a_working_exporter_fail_with_a_clear_message(values, message):
     with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmError, match=message):
         chart.render(values, name="lk", namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("timing", [{"interval": "1m30s", "scrapeTimeout": "90s"}, {"interval": "1m", "scrapeTimeout": "59s"},
+                                    {"interval": "2m", "scrapeTimeout": "1m"}, {"interval": "1s", "scrapeTimeout": "500ms"}])
+def test_a_scrape_timeout_at_most_the_interval_is_accepted(timing):
+    (ep,) = one(objects({"serviceMonitor": timing}), "ServiceMonitor")["spec"]["endpoints"]
+    assert (ep["interval"], ep["scrapeTimeout"]) == (timing["interval"], timing["scrapeTimeout"])
 
 
 def test_a_default_install_renders_and_its_notes_say_what_is_missing():
@@ -289,6 +386,12 @@ def test_a_default_install_renders_and_its_notes_say_what_is_missing():
     existing = render(ci_values(CHART_DIR / "ci" / "existing-secret-values.yaml"))["livekit-exporter/templates/NOTES.txt"]
     assert "must hold the keys: api-key, api-secret, webhook-api-secret-0, webhook-api-secret-1, events-tokens" in existing
     assert "(set: release=kube-prometheus-stack)" in existing
+    # the port-forward and the curl are two commands (the port-forward runs until stopped)
+    lines = notes.splitlines()
+    forward = next(i for i, line in enumerate(lines) if "port-forward" in line)
+    assert lines[forward].strip() == "kubectl -n monitoring port-forward svc/lk-livekit-exporter 9784"
+    assert lines[forward + 1].strip().startswith("curl -s localhost:9784/metrics")
+    assert "&&" not in notes
 
 
 # -- 6. the rendered config passes the exporter's own check ------------------------------------------------
@@ -398,7 +501,10 @@ def test_security_probes_and_ports(path):
     assert pod["enableServiceLinks"] is False
     assert all(sa["automountServiceAccountToken"] is False for sa in kinds(objs, "ServiceAccount"))
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/tmp"}
-    assert any("emptyDir" in v for v in pod["volumes"])
+    assert [v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v] == [{"sizeLimit": "64Mi"}]
+    assert all(m["readOnly"] for m in c["volumeMounts"] if m["mountPath"] != "/tmp")
+    assert c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert pod["terminationGracePeriodSeconds"] == 30
     assert c["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
     assert c["ports"] == [{"name": "http", "containerPort": 9784, "protocol": "TCP"}]
@@ -430,9 +536,13 @@ def test_the_ingress_exposes_only_the_webhook_and_events_paths():
 
 def test_autoscaling_removes_replicas_and_several_replicas_get_a_pdb():
     default = objects()
-    assert one(default, "Deployment")["spec"]["replicas"] == 2
-    assert kinds(default, "HorizontalPodAutoscaler") == []
-    assert one(default, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    # one replica by default: the events pipeline's call state is per process (README "Replicas")
+    assert one(default, "Deployment")["spec"]["replicas"] == 1
+    assert kinds(default, "HorizontalPodAutoscaler") == [] and kinds(default, "PodDisruptionBudget") == []
+    assert one(objects({"replicas": 2}), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert kinds(objects({"replicas": 2, "podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget") == []
+    # under an HPA a PDB whatever minReplicas (the HPA may scale up)
+    assert len(kinds(objects({"autoscaling": {"enabled": True, "minReplicas": 1}}), "PodDisruptionBudget")) == 1
     several = objects(ci_values(CHART_DIR / "ci" / "several-replicas-values.yaml"))
     assert "replicas" not in one(several, "Deployment")["spec"]
     hpa = one(several, "HorizontalPodAutoscaler")
@@ -513,12 +623,30 @@ def test_every_values_key_is_in_the_readme_table_and_the_schema():
         if "properties" in sub:
             assert sub["additionalProperties"] is False, f"{key}: a typo under it would be accepted"
     assert set(schema["properties"]) - {"global"} == set(values), "schema keys values.yaml does not have"
-    assert schema["properties"]["config"] == {"type": "object", **{k: v for k, v in schema["properties"]["config"].items()
-                                                                   if k == "description"}}
+    assert schema["properties"]["config"]["additionalProperties"] is False  # generated: see the config schema test
     for key in ("existingSecret", "api-key", "api-secret", "webhook-api-secret-<i>", "events-tokens",
                 "serviceMonitor.additionalLabels.release", "prometheusRule.additionalLabels.release",
                 "sessionAffinity", "/webhook", "/v1/events"):
         assert key in readme, key
+
+
+def test_the_config_schema_is_the_exporters_own_made_draft_07_without_the_keys_the_chart_sets():
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    config = schema["properties"]["config"]
+    source = json.loads((ROOT / "exporter" / "livekit_exporter" / "schemas" / "config.schema.json").read_text())
+    assert config == config_schema(source)
+    text = json.dumps(config)
+    assert "$ref" not in text and "$defs" not in text and "$schema" not in text  # draft-07, self-contained
+    assert set(config["properties"]) == set(source["properties"])
+    for section, keys in MANAGED.items():
+        for key in keys:
+            # left open for the templates' fail messages (test_values_that_cannot_make_a_working_exporter...)
+            assert set(config["properties"][section]["properties"][key]) == {"description"}
+    # a $ref is inlined with its siblings
+    assert config["properties"]["webhooks"]["properties"]["max_body_bytes"] == {"type": "integer", "minimum": 1}
+    # every ci values file's config passes it (lint), and a full config from the repository's example does too
+    example = {"collect": {"room_detail": {"enabled": True, "max_rooms": 10}}, "webhooks": {"path": "/hooks"}}
+    assert helm.lint(CHART_DIR, values={"config": example}, strict=True, namespace=NAMESPACE)["errors"] == []
 
 
 def test_an_undocumented_values_key_is_refused_by_the_generator():

@@ -151,6 +151,9 @@ app.kubernetes.io/part-of: livekit-exporter
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%v) is greater than autoscaling.maxReplicas (%v)" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
 {{- end }}
+{{- if and .Values.lifecycle.preStopSleepSeconds (ge (int .Values.lifecycle.preStopSleepSeconds) (int .Values.terminationGracePeriodSeconds)) }}
+{{- fail (printf "lifecycle.preStopSleepSeconds (%v) must be shorter than terminationGracePeriodSeconds (%v): the sleep counts against the grace period" .Values.lifecycle.preStopSleepSeconds .Values.terminationGracePeriodSeconds) }}
+{{- end }}
 {{- if .Values.serviceMonitor.enabled }}
 {{- $bundle := include "livekit-exporter.bundle" . | fromJson }}
 {{- $interval := .Values.serviceMonitor.interval | default $bundle.interval }}
