@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import ssl
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,6 +417,16 @@ def _safe_error(exc: BaseException) -> str:
 # -- rendering ---------------------------------------------------------------------------------
 
 
+def _zero_filled(family: GaugeMetricFamily, counts: Mapping[tuple[str, ...], float], *known: Iterable[str]) -> None:
+    """Every combination of the enums' known values, at zero when nothing has it (so a series
+    exists before its first job), in the enums' order; then any value a newer LiveKit reports."""
+    left = dict(counts)
+    for combo in itertools.product(*known):
+        family.add_metric(list(combo), left.pop(combo, 0))
+    for combo, n in sorted(left.items()):
+        family.add_metric(list(combo), n)
+
+
 def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
@@ -551,11 +562,7 @@ def _egress_family(items: list[proto_egress.EgressInfo]) -> GaugeMetricFamily:
     f = _gauge(
         "livekit_egress_active", "Egress jobs that LiveKit lists as active, by type and status.", ["type", "status"]
     )
-    for t in E.EGRESS_TYPES:
-        for s in E.EGRESS_ACTIVE_STATUSES:
-            f.add_metric([t, s], tally.pop((t, s), 0))
-    for (t, s), n in sorted(tally.items()):
-        f.add_metric([t, s], n)
+    _zero_filled(f, tally, E.EGRESS_TYPES, E.EGRESS_ACTIVE_STATUSES)
     return f
 
 
@@ -572,11 +579,7 @@ def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
     f = _gauge(
         "livekit_ingress", "Ingress endpoints configured in LiveKit, by input type and state.", ["input_type", "status"]
     )
-    for it in E.INGRESS_INPUT.values():
-        for st in E.INGRESS_STATUS.values():
-            f.add_metric([it, st], tally.pop((it, st), 0))
-    for (it, st), n in sorted(tally.items()):
-        f.add_metric([it, st], n)
+    _zero_filled(f, tally, E.INGRESS_INPUT.values(), E.INGRESS_STATUS.values())
     b = _gauge(
         "livekit_ingress_input_bytes_per_second",
         "Average input rate of publishing ingress (IngressState average_bitrate / 8), summed by input type and media.",
@@ -605,21 +608,13 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
     pf = _gauge(
         "livekit_participants", "Participants in the rooms read for detail, by kind and state.", ["kind", "state"]
     )
-    for k in E.PARTICIPANT_KIND.values():
-        for s in E.PARTICIPANT_STATE.values():
-            pf.add_metric([k, s], by_kind.pop((k, s), 0))
-    for (k, s), n in sorted(by_kind.items()):
-        pf.add_metric([k, s], n)
+    _zero_filled(pf, by_kind, E.PARTICIPANT_KIND.values(), E.PARTICIPANT_STATE.values())
     tf = _gauge(
         "livekit_published_tracks",
         "Tracks published in the rooms read for detail, by type and source.",
         ["type", "source"],
     )
-    for track_type in E.TRACK_TYPE.values():
-        for source in E.TRACK_SOURCE.values():
-            tf.add_metric([track_type, source], tracks.pop((track_type, source), 0))
-    for (track_type, source), n in sorted(tracks.items()):
-        tf.add_metric([track_type, source], n)
+    _zero_filled(tf, tracks, E.TRACK_TYPE.values(), E.TRACK_SOURCE.values())
     cf = _gauge(
         "livekit_sip_calls",
         "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",
