@@ -678,3 +678,127 @@ def test_the_readmes_kube_prometheus_stack_example_lints_renders_and_does_what_i
     # The kubectl line creates the keys the values name.
     kubectl = re.search(r"kubectl -n monitoring create secret generic livekit-exporter(.*?)\nhelm install", readme, re.S)
     assert set(re.findall(r"--from-(?:literal|file)=([\w-]+)=", kubectl.group(1))) == {"api-key", "api-secret", "events-tokens"}
+
+
+# -- 9. what prometheus-operator does to the exporter's labels --------------------------------------------------
+
+# Target labels prometheus-operator gives every series a ServiceMonitor scrapes (the Service's, the pod's, the
+# port's); with honorLabels false a scraped label of the same name is renamed exported_<name>.
+OPERATOR_TARGET_LABELS = {"service", "namespace", "pod", "container", "endpoint", "job", "instance"}
+
+
+@lru_cache(maxsize=1)
+def exporter_label_names() -> frozenset[str]:
+    """Every label name the exporter serves: the exporter run against the simulator, every source exercised
+    (what docs/metrics.md is generated from), the registry's label names and the scraped samples' ones."""
+    import asyncio
+
+    from livekit_exporter import metricsdoc
+
+    text, labelnames = asyncio.run(metricsdoc._collect())
+    names = {n for v in labelnames.values() for n in v}
+    for line in text.splitlines():
+        if not line.startswith("#") and "{" in line:
+            names |= set(re.findall(r'[{,]([a-zA-Z_]\w*)="', line.split("}", 1)[0] + "}"))
+    return frozenset(names)
+
+
+def test_the_exporters_own_service_label_survives_the_scrape():
+    served = exporter_label_names()
+    assert {"service", "agent", "status"} <= served  # the check below has something to check
+    clashing = served & OPERATOR_TARGET_LABELS
+    # honorLabels keeps the exporter's value of every label the operator would set too; the exporter
+    # serves none of the others, so honouring its labels takes nothing from the operator's
+    assert clashing == {"service"}, clashing
+    for objs in (objects(), objects(ci_values(CHART_DIR / "ci" / "existing-secret-values.yaml"))):
+        (ep,) = one(objs, "ServiceMonitor")["spec"]["endpoints"]
+        honoured = set(clashing) if ep.get("honorLabels") is True else set()
+        assert honoured == clashing, f"{clashing - honoured}: overwritten by prometheus-operator's target labels"
+    # the rules group the API families by that label
+    exprs = " ".join(r["expr"] for g in bundle_groups() for r in g["rules"])
+    assert re.search(r"by \([^)]*\bservice\b[^)]*\)[^;]*livekit_api_up|livekit_api_up[^;]*by \([^)]*\bservice\b", exprs)
+
+
+# -- 10. names ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, values", [
+    ("a" * 53, {}),  # Helm's longest release name
+    ("r" * 42, {}),  # <42>-livekit-exporter cut to 54 + "-exporter" was the config ConfigMap's name
+    ("r" * 46, {}),
+    ("livekit-exporter-" + "p" * 36, {}),
+    ("lk", {"fullnameOverride": "x" * 70}),
+    ("lk", {"fullnameOverride": "y" * 62 + "-z"}),
+    ("lk", {"nameOverride": "n" * 70}),
+])
+def test_names_are_unique_per_kind_and_valid_whatever_the_release_name(name, values):
+    helm.validate_release_name(name)  # a release name Helm takes
+    objs = objects({"replicas": 2, "ingress": {"enabled": True}, **values}, name=name)
+    by_kind: dict[str, list[str]] = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o["metadata"]["name"])
+        for v in o["metadata"].get("labels", {}).values():
+            assert len(v) <= 63, v
+    for kind, names in by_kind.items():
+        assert len(names) == len(set(names)), f"{kind}: {names}"
+        for n in names:
+            assert len(n) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n), n
+    assert len(by_kind["ConfigMap"]) == 1 + len(list((ROOT / "grafana" / "dashboards").glob("*.json")))
+    for o in objs:
+        if o["kind"] not in ("ServiceMonitor", "PrometheusRule"):
+            kubernetes_validate.validate(o, K8S_VERSIONS[-1], strict=True)
+
+
+def test_every_object_fits_kubectl_applys_annotation():
+    """kubectl apply keeps the object in an annotation of at most 262144 bytes (the dashboards are the largest)."""
+    for path in CI_VALUES:
+        for o in objects(ci_values(path)):
+            size = len(json.dumps(o, separators=(",", ":")).encode())
+            assert size < 262144, f"{o['kind']} {o['metadata']['name']}: {size} bytes"
+
+
+# -- 11. TLS and basic auth on the exporter's port: webConfig -------------------------------------------------------
+
+WEB = "/etc/livekit-exporter/web"
+
+
+def test_web_config_mounts_the_secret_switches_the_probes_and_the_service_monitor_follows():
+    tls = {"ca": {"secret": {"name": "exporter-ca", "key": "ca.crt"}}, "serverName": "lk-livekit-exporter.monitoring.svc"}
+    auth = {"username": {"name": "scrape-auth", "key": "username"}, "password": {"name": "scrape-auth", "key": "password"}}
+    values = {"webConfig": {"existingSecret": "exporter-web"},
+              "serviceMonitor": {"scheme": "https", "tlsConfig": tls, "basicAuth": auth}}
+    objs = objects(values)
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    c = container(objs)
+    assert f"--web.config.file={WEB}/web-config.yml" in c["args"]
+    (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "exporter-web"]
+    assert {"name": volume["name"], "mountPath": WEB, "readOnly": True} in c["volumeMounts"]
+    # the kubelet's httpGet would get 401 (basic auth) or a TLS error: the probes check the port
+    assert c["livenessProbe"]["tcpSocket"] == c["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert "httpGet" not in c["livenessProbe"] and "httpGet" not in c["readinessProbe"]
+    assert c["livenessProbe"]["periodSeconds"] == 10 and c["readinessProbe"]["periodSeconds"] == 5
+    sm = one(objs, "ServiceMonitor")
+    (ep,) = sm["spec"]["endpoints"]
+    assert (ep["scheme"], ep["tlsConfig"], ep["basicAuth"]) == ("https", tls, auth)
+    assert _roundtrip(ServiceMonitor, sm) == sm  # fields prometheus-operator knows
+    for version in K8S_VERSIONS:
+        for o in objects(values, kube=version):
+            if o["kind"] not in ("ServiceMonitor", "PrometheusRule"):
+                kubernetes_validate.validate(o, version, strict=True)
+    # without it: HTTP probes, no web volume, no flag, scheme http
+    plain = objects()
+    assert not any(a.startswith("--web.config.file") for a in container(plain)["args"])
+    assert WEB not in {m["mountPath"] for m in container(plain)["volumeMounts"]}
+    (ep,) = one(plain, "ServiceMonitor")["spec"]["endpoints"]
+    assert ep["scheme"] == "http" and "tlsConfig" not in ep and "basicAuth" not in ep
+
+
+def test_the_web_config_flag_is_the_exporters(tmp_path):
+    """The flag the chart passes is one the exporter takes, and it reads the exporter-toolkit file at that name."""
+    from livekit_exporter import webconfig
+
+    web = tmp_path / "web-config.yml"
+    web.write_text("basic_auth_users:\n  prom: $2b$10$sUdSkJ2sXdZbsRNxYYvPZOXWrJ2d.L4VyIBUqSic3C1VOoH5t5ynG\n")
+    webconfig.load(str(web))
+    exe = Path(sys.executable).parent / "livekit-exporter"
+    run = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert "--web.config.file" in run.stdout

@@ -417,7 +417,7 @@ def _safe_error(exc: BaseException) -> str:
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def _zero_filled(family: GaugeMetricFamily, counts: Mapping[tuple[str, ...], float], *known: Iterable[str]) -> None:
+def _zero_filled(family: GaugeMetricFamily, counts: Mapping[Any, float], *known: Iterable[str]) -> None:
     """Every combination of the enums' known values, at zero when nothing has it (so a series
     exists before its first job), in the enums' order; then any value a newer LiveKit reports."""
     left = dict(counts)
