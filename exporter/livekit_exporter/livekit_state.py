@@ -232,7 +232,7 @@ class StateCollector:
 
     async def _collect_rooms(self, deadline: float, snap: Snapshot) -> None:
         res = await self._call(
-            "room", "ListRooms", deadline, lambda: self._lkapi.room.list_rooms(api.ListRoomsRequest())
+            "room", "ListRooms", deadline, lambda: self._api().room.list_rooms(api.ListRoomsRequest())
         )
         rooms = list(res.rooms)
         if self.cfg.room_detail.enabled:
@@ -241,33 +241,44 @@ class StateCollector:
             await self._collect_detail(deadline, snap, rooms)
         snap.rooms = rooms
 
+    def _api(self) -> api.LiveKitAPI:
+        if self._lkapi is None:
+            raise RuntimeError("the LiveKit collector is used before start()")
+        return self._lkapi
+
     async def _collect_egress(self, deadline: float, snap: Snapshot) -> None:
-        items: list[proto_egress.EgressInfo] = []
-        token = ""
-        while True:
-            req = proto_egress.ListEgressRequest(active=True, page_token=proto_models.TokenPagination(token=token))
-            res = await self._call(
-                "egress", "ListEgress", deadline, lambda req=req: self._lkapi.egress.list_egress(req)
-            )
-            items.extend(res.items)
-            token = res.next_page_token.token
-            if not token:
-                break
-        snap.egress = items
+        snap.egress = await self._token_pages(
+            "egress",
+            "ListEgress",
+            deadline,
+            lambda page: self._api().egress.list_egress(proto_egress.ListEgressRequest(active=True, page_token=page)),
+        )
 
     async def _collect_ingress(self, deadline: float, snap: Snapshot) -> None:
-        items: list[proto_ingress.IngressInfo] = []
+        snap.ingress = await self._token_pages(
+            "ingress",
+            "ListIngress",
+            deadline,
+            lambda page: self._api().ingress.list_ingress(proto_ingress.ListIngressRequest(page_token=page)),
+        )
+
+    async def _token_pages(
+        self,
+        service: str,
+        method: str,
+        deadline: float,
+        fetch: Callable[[proto_models.TokenPagination], Awaitable[Any]],
+    ) -> list[Any]:
+        """Every item of a list LiveKit pages with a next_page_token (egress, ingress), one call a page."""
+        items: list[Any] = []
         token = ""
         while True:
-            req = proto_ingress.ListIngressRequest(page_token=proto_models.TokenPagination(token=token))
-            res = await self._call(
-                "ingress", "ListIngress", deadline, lambda req=req: self._lkapi.ingress.list_ingress(req)
-            )
+            page = proto_models.TokenPagination(token=token)
+            res = await self._call(service, method, deadline, lambda page=page: fetch(page))
             items.extend(res.items)
             token = res.next_page_token.token
             if not token:
-                break
-        snap.ingress = items
+                return items
 
     async def _sip_count(self, method: str, deadline: float, list_fn, request_cls, id_field: str) -> int:
         """Follows LiveKit's SIP pagination: ids ascending after `after_id`, at most `limit` a page."""
@@ -286,7 +297,7 @@ class StateCollector:
             after = last
 
     async def _collect_sip(self, deadline: float, snap: Snapshot) -> None:
-        sip = self._lkapi.sip
+        sip = self._api().sip
         inbound, outbound, rules = await asyncio.gather(
             self._sip_count(
                 "ListSIPInboundTrunk",
@@ -347,7 +358,7 @@ class StateCollector:
                             "room",
                             "ListParticipants",
                             deadline,
-                            lambda: self._lkapi.room.list_participants(api.ListParticipantsRequest(room=room)),
+                            lambda: self._api().room.list_participants(api.ListParticipantsRequest(room=room)),
                             benign=NOT_FOUND_CODES,
                         )
                         participants[room] = list(res.participants)
@@ -361,7 +372,7 @@ class StateCollector:
                             "agent_dispatch",
                             "ListDispatch",
                             deadline,
-                            lambda: self._lkapi.agent_dispatch.list_dispatch(room),
+                            lambda: self._api().agent_dispatch.list_dispatch(room),
                             benign=NOT_FOUND_CODES,
                         )
                     except _CallFailed as e:
