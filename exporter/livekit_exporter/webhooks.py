@@ -562,20 +562,20 @@ class WebhookMetrics:
         r = telemetry.registry
         self.guard = telemetry.guard
         self.events = Counter(
-            "livekit_webhook_events",
+            "livekit_webhook_events_total",
             "LiveKit webhook events accepted (signature verified, first delivery "
             'of the event id), by event type; a type this version does not know counts as event="unknown".',
             ["event"],
             registry=r,
         )
         self.rejected = Counter(
-            "livekit_webhook_rejected",
+            "livekit_webhook_rejected_total",
             "Webhook requests rejected with a 4xx, by reason; a rejected request changes no other metric.",
             ["reason"],
             registry=r,
         )
         self.duplicates = Counter(
-            "livekit_webhook_duplicates",
+            "livekit_webhook_duplicates_total",
             "Verified webhook deliveries of an event id already counted "
             "(LiveKit's retries, replays); answered 200 and not counted again.",
             registry=r,
@@ -589,10 +589,10 @@ class WebhookMetrics:
             registry=r,
         )
         self.rooms_started = Counter(
-            "livekit_room_sessions_started", "Rooms created (room_started webhooks).", registry=r
+            "livekit_room_sessions_started_total", "Rooms created (room_started webhooks).", registry=r
         )
         self.rooms_ended = Counter(
-            "livekit_room_sessions_ended",
+            "livekit_room_sessions_ended_total",
             "Rooms closed (room_finished webhooks), by the event's "
             'room_end_reason; end_reason="unknown" when LiveKit sent none (servers that do not set the '
             "field) or one this version does not know.",
@@ -606,20 +606,20 @@ class WebhookMetrics:
             registry=r,
         )
         self.participants_started = Counter(
-            "livekit_participant_sessions_started",
+            "livekit_participant_sessions_started_total",
             "Participants who connected (participant_joined "
             "webhooks, sent when a participant becomes active), by kind.",
             ["kind"],
             registry=r,
         )
         self.participants_ended = Counter(
-            "livekit_participant_sessions_ended",
+            "livekit_participant_sessions_ended_total",
             "Connected participants who left (participant_left webhooks), by kind and disconnect reason.",
             ["kind", "reason"],
             registry=r,
         )
         self.participants_aborted = Counter(
-            "livekit_participant_connections_aborted",
+            "livekit_participant_connections_aborted_total",
             "Participants who left before their connection "
             "became active (participant_connection_aborted webhooks), by kind.",
             ["kind"],
@@ -633,16 +633,19 @@ class WebhookMetrics:
             registry=r,
         )
         self.tracks = Counter(
-            "livekit_track_publications",
+            "livekit_track_publications_total",
             "Tracks published (track_published webhooks), by type and source.",
             ["type", "source"],
             registry=r,
         )
         self.egress_started = Counter(
-            "livekit_egress_started", "Egress started (egress_started webhooks), by egress type.", ["type"], registry=r
+            "livekit_egress_started_total",
+            "Egress started (egress_started webhooks), by egress type.",
+            ["type"],
+            registry=r,
         )
         self.egress_ended = Counter(
-            "livekit_egress_ended",
+            "livekit_egress_ended_total",
             "Egress ended (egress_ended webhooks), by egress type and final "
             "status; LiveKit sends one for an auto-egress that never started too, so it can "
             "exceed livekit_egress_started_total.",
@@ -657,19 +660,19 @@ class WebhookMetrics:
             registry=r,
         )
         self.egress_bytes = Counter(
-            "livekit_egress_output_bytes",
+            "livekit_egress_output_bytes_total",
             "Bytes written by ended egress (sizes of its file and segment results), by egress type.",
             ["type"],
             registry=r,
         )
         self.ingress_started = Counter(
-            "livekit_ingress_started",
+            "livekit_ingress_started_total",
             "Ingress that started publishing (ingress_started webhooks), by input type.",
             ["input_type"],
             registry=r,
         )
         self.ingress_ended = Counter(
-            "livekit_ingress_ended",
+            "livekit_ingress_ended_total",
             "Ingress state changes into error, inactive or complete "
             "(ingress_ended webhooks, sent on every such change, whether or not the ingress had "
             "published), by input type and the new status.",
@@ -677,7 +680,7 @@ class WebhookMetrics:
             registry=r,
         )
         self.sip_started = Counter(
-            "livekit_sip_calls_started",
+            "livekit_sip_calls_started_total",
             "SIP calls whose participant became active (participant_joined "
             "of kind sip), by trunk id (the sip.trunkID attribute). An outbound call's participant joins "
             "before it dials, so for outbound calls this counts dial attempts, answered or not.",
@@ -685,7 +688,7 @@ class WebhookMetrics:
             registry=r,
         )
         self.sip_ended = Counter(
-            "livekit_sip_calls_ended",
+            "livekit_sip_calls_ended_total",
             "SIP calls whose participant left after becoming active "
             "(participant_left of kind sip), by trunk id and disconnect reason. LiveKit gives "
             "user_unavailable when the callee did not respond in time and user_rejected when the callee "
@@ -696,13 +699,13 @@ class WebhookMetrics:
             registry=r,
         )
         self.jobs_started = Counter(
-            "livekit_agent_jobs_started",
+            "livekit_agent_jobs_started_total",
             "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), by agent name.",
             ["agent_name"],
             registry=r,
         )
         self.jobs_ended = Counter(
-            "livekit_agent_jobs_ended",
+            "livekit_agent_jobs_ended_total",
             "Agent jobs ended (agent_job_ended webhooks, LiveKit Cloud), by agent name and final status.",
             ["agent_name", "status"],
             registry=r,

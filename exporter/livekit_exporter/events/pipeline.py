@@ -180,10 +180,15 @@ class Family:
     """
 
     def __init__(
-        self, metric: Counter | Gauge | Histogram, name: str, guard: LabelGuard, guarded: frozenset[str] = GUARDED
+        self,
+        metric: Counter | Gauge | Histogram,
+        name: str,
+        labelnames: tuple[str, ...],
+        guard: LabelGuard,
+        guarded: frozenset[str] = GUARDED,
     ):
-        self.metric, self.name, self._guard = metric, name, guard
-        self._labels = tuple((label, label in guarded) for label in metric._labelnames)
+        self.metric, self.name, self.labelnames, self._guard = metric, name, labelnames, guard
+        self._labels = tuple((label, label in guarded) for label in labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
 
     def guarded(self, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -215,7 +220,7 @@ class _Reports:
         self.family, self.ttl = family, ttl
         self.deadlines: dict[tuple[str, ...], float] = {}
         # Labels used by this gauge only: their values are freed in the guard when no series holds them.
-        self._forget = [(i, label) for i, label in enumerate(family.metric._labelnames) if label in forget]
+        self._forget = [(i, label) for i, label in enumerate(family.labelnames) if label in forget]
         self._held: dict[tuple[int, str], int] = {}
 
     def set(self, values: tuple[str, ...], value: float, now: float) -> None:
@@ -259,10 +264,10 @@ class Pipeline:
         guard = telemetry.guard
 
         def counter(name: str, doc: str, labels: tuple[str, ...], guarded: frozenset[str] = GUARDED) -> Family:
-            return Family(Counter(name, doc, labels, registry=r), name, guard, guarded)
+            return Family(Counter(name, doc, labels, registry=r), name, labels, guard, guarded)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Family:
-            return Family(Gauge(name, doc, labels, registry=r), name, guard)
+            return Family(Gauge(name, doc, labels, registry=r), name, labels, guard)
 
         self.calls_started = counter(
             "voice_agent_calls_started_total",
@@ -345,7 +350,10 @@ class Pipeline:
         )
         self.histograms = {
             name: Family(
-                Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r), name, guard
+                Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r),
+                name,
+                tuple(labels),
+                guard,
             )
             for name, (labels, doc, default) in HISTOGRAMS.items()
         }
