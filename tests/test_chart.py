@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ KUBE_GATE = ".Capabilities.KubeVersion.Version"
 _KUBE_COPIES = Path(tempfile.mkdtemp(prefix="livekit-exporter-chart-"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def chart_for_kube(version: str | None) -> Path:
     """The chart, or a copy whose templates see this Kubernetes version: the SDK's render has no --kube-version
     (it renders for its own default), so the copy puts the version where the templates read it."""
@@ -70,7 +70,7 @@ def chart_for_kube(version: str | None) -> Path:
     return copy
 
 
-@lru_cache(maxsize=None)
+@cache
 def _render(values_json: str, name: str, namespace: str, kube: str | None) -> tuple[tuple[str, str], ...]:
     with helm.Chart.load(chart_for_kube(kube)) as chart:
         return tuple(sorted(chart.render(json.loads(values_json), name=name, namespace=namespace).items()))
@@ -792,13 +792,215 @@ def test_web_config_mounts_the_secret_switches_the_probes_and_the_service_monito
     assert ep["scheme"] == "http" and "tlsConfig" not in ep and "basicAuth" not in ep
 
 
-def test_the_web_config_flag_is_the_exporters(tmp_path):
-    """The flag the chart passes is one the exporter takes, and it reads the exporter-toolkit file at that name."""
-    from livekit_exporter import webconfig
+def test_the_containers_arguments_are_the_exporters_flags(tmp_path):
+    """The exporter's own parser takes the rendered args (as its entrypoint does: no subcommand = serve), and
+    reads an exporter-toolkit web config at the name the chart gives."""
+    from livekit_exporter import cli, webconfig
 
+    args = container(objects({"webConfig": {"existingSecret": "exporter-web"},
+                              "extraArgs": ["--log.format=json"]}))["args"]
+    parsed = cli.parser().parse_args(["serve", *args])
+    assert parsed.web_config_file == f"{WEB}/web-config.yml"
+    assert parsed.config_file == "/etc/livekit-exporter/config.yml"
     web = tmp_path / "web-config.yml"
     web.write_text("basic_auth_users:\n  prom: $2b$10$sUdSkJ2sXdZbsRNxYYvPZOXWrJ2d.L4VyIBUqSic3C1VOoH5t5ynG\n")
-    webconfig.load(str(web))
-    exe = Path(sys.executable).parent / "livekit-exporter"
-    run = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
-    assert "--web.config.file" in run.stdout
+    assert webconfig.load(str(web)).basic_auth_users
+
+
+# -- 12. every value reaches the manifest -------------------------------------------------------------------------
+
+CREDS = {"livekit": {"url": "https://lk.example.com", "apiKey": "APIpass", "apiSecret": "pass-secret-0123456789abcdef0123"}}
+# one distinctive value for each pass-through leaf of values.yaml, then where it must land
+PASS_THROUGH: dict[str, Any] = {
+    **CREDS,
+    "nameOverride": "lkx",
+    "image": {"repository": "registry.example.test/lk/exporter", "tag": "9.9.9-pass", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "regcred-pass"}],
+    "extraArgs": ["--log.format=json", "--label.note=a: b #c"],
+    "extraEnv": [{"name": "PASS_ENV", "value": "env-pass"}],
+    "extraVolumes": [{"name": "pass-ca", "configMap": {"name": "pass-ca"}}],
+    "extraVolumeMounts": [{"name": "pass-ca", "mountPath": "/etc/pass-ca", "readOnly": True}],
+    "resources": {"requests": {"cpu": "77m", "memory": "99Mi"}, "limits": {"cpu": "1", "memory": "333Mi"}},
+    "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 20002, "runAsGroup": 20003, "fsGroup": 20004,
+                           "seccompProfile": {"type": "RuntimeDefault"}},
+    "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "privileged": False,
+                        "capabilities": {"drop": ["ALL"]}},
+    "livenessProbe": {"initialDelaySeconds": 2, "periodSeconds": 11, "timeoutSeconds": 4, "failureThreshold": 6,
+                      "successThreshold": 1},
+    "readinessProbe": {"initialDelaySeconds": 3, "periodSeconds": 7, "timeoutSeconds": 2, "failureThreshold": 8,
+                       "successThreshold": 2},
+    "terminationGracePeriodSeconds": 47,
+    "lifecycle": {"preStopSleepSeconds": 9},
+    "podAnnotations": {"example.com/pod": "pod-ann-pass"},
+    "podLabels": {"example.com/team": "pod-label-pass"},
+    "priorityClassName": "prio-pass",
+    "nodeSelector": {"example.com/node": "node-pass"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tol-pass", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "example.com/pool", "operator": "In", "values": ["affinity-pass"]}]}]}}},
+    "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "DoNotSchedule"}],
+    "serviceAccount": {"create": True, "name": "sa-pass", "annotations": {"example.com/sa": "sa-ann-pass"}},
+    "service": {"port": 19784, "annotations": {"example.com/svc": "svc-ann-pass"}, "sessionAffinity": "ClientIP"},
+    "ingress": {"enabled": True, "className": "class-pass", "annotations": {"example.com/ing": "ing-ann-pass"},
+                "hosts": ["pass.example.test", "pass2.example.test"],
+                "tls": [{"secretName": "tls-pass", "hosts": ["pass.example.test"]}]},
+    "podDisruptionBudget": {"enabled": True, "maxUnavailable": 2},
+    "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 7, "targetCPUUtilizationPercentage": 63},
+    "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "sm-pass"}, "interval": "31s",
+                       "scrapeTimeout": "21s", "scheme": "https", "tlsConfig": {"serverName": "tls-name-pass"},
+                       "basicAuth": {"username": {"name": "auth-pass", "key": "u"}, "password": {"name": "auth-pass", "key": "p"}},
+                       "relabelings": [{"action": "replace", "targetLabel": "cluster", "replacement": "relabel-pass"}],
+                       "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "drop_pass_.*", "action": "drop"}]},
+    "prometheusRule": {"enabled": True, "additionalLabels": {"release": "pr-pass"}, "grafanaUrl": "https://grafana.pass.test"},
+    "dashboards": {"enabled": True, "label": "dash_label_pass", "labelValue": "yes-pass", "folderAnnotation": "folder-ann-pass",
+                   "folder": "Folder-pass", "additionalLabels": {"example.com/dash": "dash-label-pass"}},
+}
+# leaves set by the second render below, or checked by the tests named
+ELSEWHERE = {
+    "replicas": "the second render", "fullnameOverride": "the second render", "image.digest": "the second render",
+    "webConfig.existingSecret": "test_web_config_mounts_the_secret_...",
+    "existingSecret": "test_the_rendered_config_and_secret_files_pass_check_config[existing-secret]",
+    "webhooks.keys": "test_the_rendered_config_and_secret_files_pass_check_config[several-replicas]",
+    "events.tokens": "test_the_rendered_config_and_secret_files_pass_check_config[ingress-on]",
+    "events.existingSecretTokens": "test_the_rendered_config_and_secret_files_pass_check_config[existing-secret]",
+    "config": "test_the_chart_merges_its_settings_into_the_free_form_config",
+}
+RELEASE, OTHER_NS = "voice-prod", "livekit-observability"
+
+
+# leaves PASS_THROUGH sets to their default: toggles whose other value other tests render, and the safe security
+# booleans (the contexts as a whole differ from the defaults: runAsUser, privileged)
+SAME_AS_DEFAULT = {
+    "podSecurityContext.runAsNonRoot", "podSecurityContext.seccompProfile.type",
+    "securityContext.readOnlyRootFilesystem", "securityContext.allowPrivilegeEscalation",
+    "securityContext.capabilities.drop",
+    "serviceAccount.create",  # false: test_replicas_fullname_override_digest_and_an_external_service_account_...
+    "podDisruptionBudget.enabled",  # false: test_autoscaling_removes_replicas_and_several_replicas_get_a_pdb
+    "autoscaling.minReplicas",  # 3: ci/several-replicas (test_autoscaling_...)
+    "serviceMonitor.enabled", "prometheusRule.enabled", "dashboards.enabled",  # false: ci/dashboards-off
+}
+
+
+def _pairs(values: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(values, dict) and values:
+        return {k: v for key, sub in values.items() for k, v in _pairs(sub, (*prefix, key)).items()}
+    return {prefix: values}
+
+
+def test_every_pass_through_value_reaches_its_place_in_the_manifest():
+    defaults = _pairs(yaml.safe_load((CHART_DIR / "values.yaml").read_text()))
+    ours = _pairs(PASS_THROUGH)
+    same = {".".join(k) for k, v in ours.items() if defaults.get(k, KeyError) == v}
+    assert same == SAME_AS_DEFAULT, "a pass-through value equal to its default proves nothing"
+    set_here = set(ours)
+    missing = [".".join(leaf) for leaf in defaults if ".".join(leaf) not in ELSEWHERE
+               and not any(k[:len(leaf)] == leaf for k in set_here)]
+    assert missing == [], f"values.yaml leaves no test sets: {missing}"
+
+    objs = objects(PASS_THROUGH, name=RELEASE, namespace=OTHER_NS)
+    full = f"{RELEASE}-lkx"  # nameOverride
+    dep = one(objs, "Deployment")
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    c = container(objs)
+    v = PASS_THROUGH
+    # the image, pull secrets, args, env, volumes
+    assert c["image"] == "registry.example.test/lk/exporter:9.9.9-pass" and c["imagePullPolicy"] == "Always"
+    assert spec["imagePullSecrets"] == v["imagePullSecrets"]
+    assert c["args"][-2:] == v["extraArgs"]
+    assert v["extraEnv"][0] in c["env"]
+    assert v["extraVolumes"][0] in spec["volumes"] and v["extraVolumeMounts"][0] in c["volumeMounts"]
+    # resources, security, probes, lifecycle
+    assert c["resources"] == v["resources"]
+    assert spec["securityContext"] == v["podSecurityContext"] and c["securityContext"] == v["securityContext"]
+    assert c["livenessProbe"] == {"httpGet": {"path": "/-/healthy", "port": "http"}, **v["livenessProbe"]}
+    assert c["readinessProbe"] == {"httpGet": {"path": "/-/ready", "port": "http"}, **v["readinessProbe"]}
+    assert spec["terminationGracePeriodSeconds"] == 47
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "9"]
+    # the pod's metadata and scheduling
+    assert pod["metadata"]["annotations"]["example.com/pod"] == "pod-ann-pass"
+    assert pod["metadata"]["labels"]["example.com/team"] == "pod-label-pass"
+    assert spec["priorityClassName"] == "prio-pass"
+    assert spec["nodeSelector"] == v["nodeSelector"] and spec["tolerations"] == v["tolerations"]
+    assert spec["affinity"] == v["affinity"]
+    (tsc,) = spec["topologySpreadConstraints"]
+    assert v["topologySpreadConstraints"][0].items() <= tsc.items()
+    assert tsc["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    # the ServiceAccount
+    sa = one(objs, "ServiceAccount")
+    assert sa["metadata"]["name"] == spec["serviceAccountName"] == "sa-pass"
+    assert sa["metadata"]["annotations"] == v["serviceAccount"]["annotations"]
+    # the Service and the Ingress
+    svc = one(objs, "Service")
+    assert svc["metadata"]["name"] == full
+    assert svc["metadata"]["annotations"] == v["service"]["annotations"]
+    assert svc["spec"]["sessionAffinity"] == "ClientIP" and svc["spec"]["ports"][0]["port"] == 19784
+    ing = one(objs, "Ingress")
+    assert ing["metadata"]["annotations"] == v["ingress"]["annotations"]
+    assert ing["spec"]["ingressClassName"] == "class-pass" and ing["spec"]["tls"] == v["ingress"]["tls"]
+    assert [r["host"] for r in ing["spec"]["rules"]] == v["ingress"]["hosts"]
+    assert {p["backend"]["service"]["name"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]} == {full}
+    # PDB and HPA
+    assert "replicas" not in dep["spec"]
+    assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 2
+    hpa = one(objs, "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 7)
+    assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 63
+    assert hpa["scaleTargetRef"]["name"] == dep["metadata"]["name"] == full
+    # the ServiceMonitor
+    sm = one(objs, "ServiceMonitor")
+    (ep,) = sm["spec"]["endpoints"]
+    assert sm["metadata"]["labels"]["release"] == "sm-pass"
+    assert (ep["interval"], ep["scrapeTimeout"], ep["scheme"]) == ("31s", "21s", "https")
+    assert ep["tlsConfig"] == v["serviceMonitor"]["tlsConfig"] and ep["basicAuth"] == v["serviceMonitor"]["basicAuth"]
+    assert ep["relabelings"] == v["serviceMonitor"]["relabelings"]
+    assert ep["metricRelabelings"] == v["serviceMonitor"]["metricRelabelings"]
+    assert _roundtrip(ServiceMonitor, sm) == sm
+    # the PrometheusRule and the dashboards
+    rule = one(objs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "pr-pass"
+    assert all(r["annotations"]["dashboard_url"].startswith("https://grafana.pass.test/d/")
+               for g in rule["spec"]["groups"] for r in g["rules"] if "dashboard_url" in r.get("annotations", {}))
+    boards = [o for o in kinds(objs, "ConfigMap") if "dash_label_pass" in o["metadata"]["labels"]]
+    assert len(boards) == len(list((ROOT / "grafana" / "dashboards").glob("*.json")))
+    for b in boards:
+        assert b["metadata"]["labels"]["dash_label_pass"] == "yes-pass"
+        assert b["metadata"]["labels"]["example.com/dash"] == "dash-label-pass"
+        assert b["metadata"]["annotations"] == {"folder-ann-pass": "Folder-pass"}
+    # every namespace reference follows the release's namespace
+    for o in objs:
+        assert o["metadata"]["namespace"] == OTHER_NS, o["kind"]
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [OTHER_NS]}
+    notes = render(PASS_THROUGH, name=RELEASE, namespace=OTHER_NS)["livekit-exporter/templates/NOTES.txt"]
+    assert f"kubectl -n {OTHER_NS} port-forward svc/{full} 19784" in notes
+    assert f"http://{full}.{OTHER_NS}.svc:19784/metrics" in notes and NAMESPACE not in notes
+    # the selectors hold the release (app.kubernetes.io/instance): two releases in a namespace select their own pods
+    selector = {"app.kubernetes.io/name": "lkx", "app.kubernetes.io/instance": RELEASE}
+    assert dep["spec"]["selector"]["matchLabels"] == selector
+    assert svc["spec"]["selector"] == selector
+    assert one(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    assert sm["spec"]["selector"]["matchLabels"].items() >= selector.items()
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    # and the whole render is valid
+    for version in K8S_VERSIONS:
+        for o in objects(PASS_THROUGH, name=RELEASE, namespace=OTHER_NS, kube=version):
+            if o["kind"] not in ("ServiceMonitor", "PrometheusRule"):
+                kubernetes_validate.validate(o, version, strict=True)
+
+
+def test_replicas_fullname_override_digest_and_an_external_service_account_reach_the_manifest():
+    values = {**CREDS, "replicas": 3, "fullnameOverride": "exporter-pass",
+              "image": {"digest": "sha256:" + "ab" * 32, "tag": "ignored"},
+              "serviceAccount": {"create": False, "name": "external-sa"}}
+    objs = objects(values, name=RELEASE, namespace=OTHER_NS)
+    dep = one(objs, "Deployment")
+    assert dep["spec"]["replicas"] == 3 and dep["metadata"]["name"] == "exporter-pass"
+    assert container(objs)["image"] == "ghcr.io/livekit-exporter/livekit-exporter@sha256:" + "ab" * 32
+    assert kinds(objs, "ServiceAccount") == []
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "external-sa"
+    assert {o["metadata"]["name"] for o in objs if o["kind"] != "ConfigMap"} == {"exporter-pass"}
+    assert one(objects({**CREDS, "serviceAccount": {"create": False}}), "Deployment")["spec"]["template"]["spec"][
+        "serviceAccountName"] == "default"
+    assert kinds(objects({**CREDS, "lifecycle": {"preStopSleepSeconds": 0}}), "Deployment")[0]["spec"]["template"][
+        "spec"]["containers"][0].get("lifecycle") is None
