@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import cast
 
 from livekit.protocol import agent as proto_agent
 from livekit.protocol import egress as proto_egress
@@ -22,7 +23,7 @@ def populate(s: Scenario, rng: random.Random) -> None:
     for i in range(8):
         _new_room(s, rng, f"room-{i}", inbound)
     for it in proto_ingress.IngressInput.values():
-        s.add_ingress(it, proto_ingress.IngressState.ENDPOINT_INACTIVE)
+        s.add_ingress(cast(proto_ingress.IngressInput, it), proto_ingress.IngressState.ENDPOINT_INACTIVE)
     s.add_ingress(
         proto_ingress.RTMP_INPUT,
         proto_ingress.IngressState.ENDPOINT_PUBLISHING,
@@ -75,10 +76,10 @@ async def run(s: Scenario, seed: int = 7, period: float = 1.0) -> None:
                 room, f"user-{rng.randrange(10**6)}", tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)]
             )
         else:
-            room = s.rooms[rng.choice(names)]
-            people = [i for i, p in room.participants.items() if p.kind == Kind.STANDARD]
+            sim_room = s.rooms[rng.choice(names)]
+            people = [i for i, p in sim_room.participants.items() if p.kind == Kind.STANDARD]
             if people:
-                s.remove_participant(room.info.name, rng.choice(people))
+                s.remove_participant(sim_room.info.name, rng.choice(people))
         for eid, e in list(s.egress.items()):
             if e.status == proto_egress.EGRESS_ACTIVE and rng.random() < 0.05:
                 s.set_egress_status(eid, proto_egress.EGRESS_COMPLETE, output_bytes=rng.randrange(10**6, 10**8))

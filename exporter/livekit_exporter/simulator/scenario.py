@@ -343,7 +343,7 @@ class Scenario:
         return rid
 
     def add_sip_call(
-        self, room: str, trunk_id: str, status: str = "active", identity: str | None = None, state: int = State.ACTIVE
+        self, room: str, trunk_id: str, status: str = "active", identity: str | None = None, state: State = State.ACTIVE
     ) -> proto_models.ParticipantInfo:
         identity = identity or f"sip_{next(self._ids)}"
         call_id = self._id("SCL")
@@ -363,7 +363,7 @@ class Scenario:
         )
 
     def add_dispatch(
-        self, room: str, agent_name: str, job_statuses: Iterable[int] = ()
+        self, room: str, agent_name: str, job_statuses: Iterable[proto_agent.JobStatus] = ()
     ) -> proto_dispatch.AgentDispatch:
         r = self.rooms[room]
         d = proto_dispatch.AgentDispatch(id=self._id("AD"), agent_name=agent_name, room=room)

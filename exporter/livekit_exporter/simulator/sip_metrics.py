@@ -40,9 +40,12 @@ class _SipService:
                 self.counters.add("livekit_sip_invite_requests", dir=d)
                 self.counters.add("livekit_sip_invite_accepted", dir=d, to=TO)
         for sid, d in list(self.live.items()):
-            p = now.get(sid, (d, None))[1]
-            if p is None or p.state == State.DISCONNECTED:
-                unanswered = p is not None and p.disconnect_reason == proto_models.DisconnectReason.USER_UNAVAILABLE
+            current = now.get(sid)
+            gone = current[1] if current is not None else None
+            if gone is None or gone.state == State.DISCONNECTED:
+                unanswered = (
+                    gone is not None and gone.disconnect_reason == proto_models.DisconnectReason.USER_UNAVAILABLE
+                )
                 self.counters.add(
                     "livekit_sip_calls_terminated",
                     dir=d,

@@ -58,7 +58,7 @@ class TwirpFailure(Exception):
 
 
 def twirp_error(code: str, msg: str, meta: dict[str, str] | None = None) -> web.Response:
-    body = {"code": code, "msg": msg}
+    body: dict[str, object] = {"code": code, "msg": msg}
     if meta:
         body["meta"] = meta
     return web.Response(status=TWIRP_STATUS[code], text=json.dumps(body), content_type="application/json")

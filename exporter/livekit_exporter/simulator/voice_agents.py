@@ -21,6 +21,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..client import EventsClient
 from ..events import model as m
@@ -37,7 +38,7 @@ class Provider:
 @dataclass(frozen=True)
 class AgentProfile:
     name: str
-    direction: str
+    direction: m.Direction
     stt: Provider
     llm: Provider
     tts: Provider
@@ -131,7 +132,7 @@ class Truth:
     llm_ttft: dict[tuple[str, str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     llm_tokens: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     tts_characters: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    stt_audio_seconds: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    stt_audio_seconds: dict[tuple[str, str, str], float] = field(default_factory=lambda: defaultdict(float))
     tool_calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
 
@@ -158,7 +159,7 @@ class VoiceAgentFleet:
         if not self.client.emit(event):
             return False
         t = self.truth
-        t.events[event.__struct_config__.tag] += 1
+        t.events[str(event.__struct_config__.tag)] += 1
         if isinstance(event, m.CallStarted):
             t.calls_started[event.agent, event.direction, event.campaign] += 1
             t.active[event.agent, event.direction] += 1
@@ -174,8 +175,10 @@ class VoiceAgentFleet:
         elif isinstance(event, m.Turn):
             t.turns[event.agent, "true" if event.interrupted else "false"] += 1
             t.interruptions[event.agent] += event.interruptions or 0
-            t.turn_latency[event.agent].append(event.e2e_latency_seconds)
-            t.llm_ttft[event.agent, event.llm_provider, event.llm_model].append(event.llm_ttft_seconds)
+            if event.e2e_latency_seconds is not None:
+                t.turn_latency[event.agent].append(event.e2e_latency_seconds)
+            if event.llm_ttft_seconds is not None and event.llm_provider and event.llm_model:
+                t.llm_ttft[event.agent, event.llm_provider, event.llm_model].append(event.llm_ttft_seconds)
         elif isinstance(event, m.LLMUsage):
             for kind, n in (
                 ("input", event.input_tokens),
@@ -217,7 +220,7 @@ class VoiceAgentFleet:
             if roll < 0.30:
                 self._send(m.Error(agent=p.name, component="transport", error_type="sip_503"))
                 return self._end(call, "failed", round(rng.uniform(0.5, 3), 2))
-            by = "machine" if roll < 0.42 else "human"
+            by: Literal["machine", "human"] = "machine" if roll < 0.42 else "human"
             self._send(
                 m.CallAnswered(
                     agent=p.name,
@@ -251,7 +254,7 @@ class VoiceAgentFleet:
         transcription, ttft, ttfb = self._latency(p.stt), self._latency(p.llm), self._latency(p.tts)
         interrupted = rng.random() < 0.12
         if rng.random() < 0.03:
-            component = rng.choice(("stt", "llm", "tts"))
+            component: Literal["stt", "llm", "tts"] = rng.choice(("stt", "llm", "tts"))
             kind = rng.choice(ERROR_TYPES[component])
             # Timeouts and rate limits are retried past; the others fail the request.
             self._send(

@@ -287,8 +287,8 @@ class WebhookSender:
                 if size:
                     put("livekit_egress_output_bytes_total", size, type=etype)
             elif name in ("ingress_started", "ingress_ended"):
-                info = ev.ingress_info
-                itype = E.label(E.INGRESS_INPUT, info.input_type)
+                ingress_info = ev.ingress_info
+                itype = E.label(E.INGRESS_INPUT, ingress_info.input_type)
                 if name == "ingress_started":
                     put("livekit_ingress_started_total", 1, input_type=itype)
                 else:
@@ -296,7 +296,7 @@ class WebhookSender:
                         "livekit_ingress_ended_total",
                         1,
                         input_type=itype,
-                        status=E.label(E.INGRESS_STATUS, info.state.status),
+                        status=E.label(E.INGRESS_STATUS, ingress_info.state.status),
                     )
             elif name == "agent_job_started":
                 put("livekit_agent_jobs_started_total", 1, agent_name=ev.job.agent_name or "unnamed")
