@@ -780,6 +780,8 @@ def test_web_config_mounts_the_secret_switches_the_probes_and_the_service_monito
     (ep,) = sm["spec"]["endpoints"]
     assert (ep["scheme"], ep["tlsConfig"], ep["basicAuth"]) == ("https", tls, auth)
     assert _roundtrip(ServiceMonitor, sm) == sm  # fields prometheus-operator knows
+    assert "webConfig is set" in render(values)["livekit-exporter/templates/NOTES.txt"]
+    assert "webConfig is set" not in render()["livekit-exporter/templates/NOTES.txt"]
     for version in K8S_VERSIONS:
         for o in objects(values, kube=version):
             if o["kind"] not in ("ServiceMonitor", "PrometheusRule"):
