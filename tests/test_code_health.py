@@ -1,4 +1,4 @@
-"""The package stays lint-clean and formatted: ruff, with the rules and line length of pyproject.toml."""
+"""The package stays lint-clean, formatted and type-checked: ruff and mypy, with the settings of pyproject.toml."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ def test_ruff_is_clean_on_the_package(args):
         pytest.fail(f"{RUFF} is missing: the test extra installs ruff (make setup)")
     r = subprocess.run([str(RUFF), *args, "exporter/livekit_exporter"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, f"ruff {' '.join(args)}:\n{r.stdout}{r.stderr}\nfix with: .venv/bin/ruff check --fix exporter/livekit_exporter && .venv/bin/ruff format exporter/livekit_exporter"
+
+
+def test_mypy_is_clean_on_the_package():
+    mypy = Path(sys.executable).with_name("mypy")
+    if not mypy.exists():
+        pytest.fail(f"{mypy} is missing: the test extra installs mypy (make setup)")
+    r = subprocess.run([str(mypy), "--no-incremental"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"mypy (files and settings in pyproject.toml):\n{r.stdout}{r.stderr}"
 
 
 def test_the_rate_limited_log_keeps_the_count_and_bounds_its_kinds(caplog):

@@ -27,6 +27,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -168,6 +169,7 @@ class StateCollector:
             self._started = loop.time()
             self._inflight = asyncio.ensure_future(self._collect(self._snap, self._started + budget))
         task, snap = self._inflight, self._snap
+        assert task is not None  # started above, or joined
         # asyncio.wait never cancels the task: a scrape whose client went away leaves the
         # collection running for the others that share it.
         await asyncio.wait({task}, timeout=budget + COLLECTION_GRACE)
@@ -274,7 +276,7 @@ class StateCollector:
         token = ""
         while True:
             page = proto_models.TokenPagination(token=token)
-            res = await self._call(service, method, deadline, lambda page=page: fetch(page))
+            res = await self._call(service, method, deadline, partial(fetch, page))
             items.extend(res.items)
             token = res.next_page_token.token
             if not token:
@@ -285,7 +287,7 @@ class StateCollector:
         count, after = 0, ""
         while True:
             req = request_cls(page=proto_models.Pagination(after_id=after, limit=SIP_PAGE_SIZE))
-            res = await self._call("sip", method, deadline, lambda req=req: list_fn(req))
+            res = await self._call("sip", method, deadline, partial(list_fn, req))
             count += len(res.items)
             if len(res.items) < SIP_PAGE_SIZE:
                 return count
@@ -322,10 +324,12 @@ class StateCollector:
             ),
             return_exceptions=True,
         )
+        counts = []
         for r in (inbound, outbound, rules):
             if isinstance(r, BaseException):
                 raise r
-        snap.inbound_trunks, snap.outbound_trunks, snap.dispatch_rules = inbound, outbound, rules
+            counts.append(r)
+        snap.inbound_trunks, snap.outbound_trunks, snap.dispatch_rules = counts
 
     async def _collect_detail(self, deadline: float, snap: Snapshot, rooms: list[proto_models.Room]) -> None:
         """ListParticipants (and ListDispatch) for the fullest rooms, `concurrency` at a time.
@@ -451,7 +455,7 @@ class ScrapeFolder:
         self.max_values = max_values
         self.overflow = overflow
 
-    def fold(self, metric: str, label: str, tally: Tally[tuple[str, ...]], index: int) -> Tally[tuple[str, ...]]:
+    def fold(self, metric: str, label: str, tally: Mapping[Any, int], index: int) -> Mapping[Any, int]:
         per_value: Tally[str] = Tally()
         for key, n in tally.items():
             per_value[key[index]] += n
@@ -491,7 +495,7 @@ def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], folder
         out.append(_egress_family(snap.egress))
     if snap.ingress is not None:
         out += _ingress_families(snap.ingress)
-    if snap.inbound_trunks is not None:
+    if snap.inbound_trunks is not None and snap.outbound_trunks is not None and snap.dispatch_rules is not None:
         trunks = _gauge("livekit_sip_trunks", "SIP trunks configured in LiveKit.", ["direction"])
         trunks.add_metric(["inbound"], snap.inbound_trunks)
         trunks.add_metric(["outbound"], snap.outbound_trunks)

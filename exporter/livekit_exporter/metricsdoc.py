@@ -540,7 +540,7 @@ def _rejections() -> str:
 
 
 def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
-    fams: dict[str, list[tuple[str, str, str, str]]] = {k: [] for k in SECTIONS}
+    fams: dict[str, list[tuple[str, str, str, str, str, str]]] = {k: [] for k in SECTIONS}
     seen: set[str] = set()
     missing = []
     for fam in text_string_to_metric_families(text):
@@ -563,9 +563,9 @@ def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
         if not fams[key]:
             continue
         out.append(f"\n## {title}\n\n| metric | type | labels | help | from | example |\n|---|---|---|---|---|---|\n")
-        for name, mtype, labels, doc, source, query in sorted(fams[key]):
+        for name, mtype, label_list, doc, source, query in sorted(fams[key]):
             q = query.replace("|", "\\|")
-            out.append(f"| `{name}` | {mtype} | {labels} | {doc} | {source} | `{q}` |\n")
+            out.append(f"| `{name}` | {mtype} | {label_list} | {doc} | {source} | `{q}` |\n")
     out.append(
         "\n## Standard process metrics\n\n`process_*` (CPU, memory, file descriptors, start time) and "
         "`python_*` (GC, interpreter info) from prometheus-client's default collectors.\n"

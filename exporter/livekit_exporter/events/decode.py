@@ -11,7 +11,7 @@ one). NaN and Infinity literals are not JSON: the answer says so, and to send nu
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -63,7 +63,7 @@ class Problem:
 class BadBatch(Exception):
     """The batch cannot be applied; `status` is 400 (bad content) or 413 (too many events)."""
 
-    def __init__(self, status: int, reason: str, message: str, problems: list[Problem] = ()):
+    def __init__(self, status: int, reason: str, message: str, problems: Sequence[Problem] = ()):
         super().__init__(message)
         self.status, self.reason, self.message, self.problems = status, reason, message, list(problems)
 
@@ -115,7 +115,9 @@ def _malformed(err: Exception, body: bytes) -> str:
     return text
 
 
-def _decode_each(items: list[bytes], path: Callable[[int], str], lines: list[int] | None) -> list[m.Event]:
+def _decode_each(
+    items: Sequence[bytes | msgspec.Raw], path: Callable[[int], str], lines: list[int] | None
+) -> list[m.Event]:
     """Decodes and checks every event on its own; raises BadBatch listing every bad one."""
     events, problems = [], []
     for i, item in enumerate(items):

@@ -308,7 +308,7 @@ Event = Union[  # noqa: UP007 (msgspec takes the tagged union; EVENT_TYPES reads
     Error,
 ]
 EVENT_TYPES: tuple[type[_Event], ...] = Event.__args__  # type: ignore[attr-defined]
-TYPE_NAMES: tuple[str, ...] = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
+TYPE_NAMES: tuple[str, ...] = tuple(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 
 
 class Batch(msgspec.Struct, forbid_unknown_fields=True):

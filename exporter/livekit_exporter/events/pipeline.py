@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -169,7 +169,10 @@ class PriceTable:
 GUARDED = frozenset({"agent", "campaign", "outcome", "provider", "model", "tool", "dependency"})
 
 
-class Family:
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Family(Generic[M]):
     """A labelled metric whose children are looked up by the raw label values.
 
     The guard (scope "voice_agent") runs once per new combination: a combination whose values were
@@ -181,13 +184,14 @@ class Family:
 
     def __init__(
         self,
-        metric: Counter | Gauge | Histogram,
+        metric: M,
         name: str,
         labelnames: tuple[str, ...],
         guard: LabelGuard,
         guarded: frozenset[str] = GUARDED,
     ):
-        self.metric, self.name, self.labelnames, self._guard = metric, name, labelnames, guard
+        self.metric: M = metric
+        self.name, self.labelnames, self._guard = name, labelnames, guard
         self._labels = tuple((label, label in guarded) for label in labelnames)
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -216,7 +220,7 @@ class Family:
 class _Reports:
     """The series of a report gauge and when each expires (a dict kept in deadline order)."""
 
-    def __init__(self, family: Family, ttl: float, forget: tuple[str, ...] = ()):
+    def __init__(self, family: Family[Gauge], ttl: float, forget: tuple[str, ...] = ()):
         self.family, self.ttl = family, ttl
         self.deadlines: dict[tuple[str, ...], float] = {}
         # Labels used by this gauge only: their values are freed in the guard when no series holds them.
@@ -263,10 +267,10 @@ class Pipeline:
 
         guard = telemetry.guard
 
-        def counter(name: str, doc: str, labels: tuple[str, ...], guarded: frozenset[str] = GUARDED) -> Family:
+        def counter(name: str, doc: str, labels: tuple[str, ...], guarded: frozenset[str] = GUARDED) -> Family[Counter]:
             return Family(Counter(name, doc, labels, registry=r), name, labels, guard, guarded)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Family:
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Family[Gauge]:
             return Family(Gauge(name, doc, labels, registry=r), name, labels, guard)
 
         self.calls_started = counter(
@@ -387,7 +391,7 @@ class Pipeline:
         self._queued = _Reports(self.calls_queued, config.campaign_ttl)
         self._campaigns = _Reports(self.campaign_running, config.campaign_ttl)
         self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, forget=("dependency",))
-        self._apply = {
+        self._apply: dict[type, Callable[[Any, int, list[Discarded]], None]] = {
             m.CallStarted: self._call_started,
             m.CallAnswered: self._call_answered,
             m.CallEnded: self._call_ended,
@@ -410,7 +414,7 @@ class Pipeline:
         counts: dict[str, int] = {}
         for i, e in enumerate(events):
             self._apply[type(e)](e, i, discarded)
-            tag = e.__struct_config__.tag
+            tag = str(e.__struct_config__.tag)
             counts[tag] = counts.get(tag, 0) + 1
         for tag, n in counts.items():
             self._events_total[tag].inc(n)

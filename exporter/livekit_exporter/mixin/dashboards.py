@@ -10,8 +10,11 @@ something goes wrong (errors, rejections); the data test drives the faults for t
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import seconds
 from .rules import Mixin, qname
@@ -39,8 +42,8 @@ class P:
     anchor: str = ""  # how an alert's dashboard_url names this panel (rules.ALERT_PANELS)
 
 
-def anchored(anchor: str, *args, **kwargs) -> P:
-    return P(*args, anchor=anchor, **kwargs)
+def anchored(anchor: str, *args: Any, **kwargs: Any) -> P:
+    return dataclasses.replace(P(*args, **kwargs), anchor=anchor)
 
 
 def layout(m: Mixin):
@@ -1262,7 +1265,12 @@ def render(m: Mixin) -> dict[str, str]:
     from grafana_foundation_sdk.models import prometheus as pm
 
     ds = dm.DataSourceRef(type_val="prometheus", uid=DS)
-    kinds = {"timeseries": timeseries.Panel, "stat": stat.Panel, "heatmap": heatmap.Panel, "table": table.Panel}
+    kinds: dict[str, Callable[[], Any]] = {
+        "timeseries": timeseries.Panel,
+        "stat": stat.Panel,
+        "heatmap": heatmap.Panel,
+        "table": table.Panel,
+    }
     files = {}
     for board, rows in layout(m):
         uid = m.dashboards[board.key]

@@ -21,7 +21,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..client import EventsClient
 from ..events import model as m
@@ -87,7 +87,7 @@ AGENTS = (
 )
 
 # Prices the demo and tests configure (US dollars), so the cost counter has something to show.
-PRICES = (
+PRICES: tuple[dict[str, Any], ...] = (
     {
         "provider": "openai",
         "model": "gpt-4o-mini",
