@@ -1,0 +1,150 @@
+"""Verifying a webhook as LiveKit signs it: the JWT's key pair, signature, lifetime and body hash."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import hmac
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+import orjson
+from livekit.api import TokenVerifier
+
+from ..config import WEBHOOK_CLOCK_LEEWAY, WEBHOOK_TOKEN_TTL, KeyPair
+
+# reason -> (HTTP status, when). Every status is a 4xx: LiveKit never retries those. The README and
+# docs/metrics.md list these; a test checks the README's table against this one.
+REJECTIONS: dict[str, tuple[int, str]] = {
+    "missing_auth": (401, "no Authorization header, or an empty one"),
+    "bad_signature": (401, "not a JWT, or its HS256 signature does not verify with the key pair its issuer names"),
+    "invalid_token": (
+        401,
+        (
+            "a verified token LiveKit would not issue: no exp, no issuer, a lifetime beyond "
+            "5 minutes, a non-string sha256 claim, claims livekit-api cannot read"
+        ),
+    ),
+    "expired": (401, "the token's exp is more than 1 minute in the past"),
+    "not_yet_valid": (401, "the token's nbf is more than 1 minute in the future (LiveKit's clock runs ahead)"),
+    "unknown_key": (401, "the token's issuer is not a configured API key"),
+    "hash_mismatch": (401, "the token's sha256 claim is missing, not base64, or not the SHA-256 of the body"),
+    "malformed": (
+        400,
+        (
+            "a validly signed body that is not a webhook event: not JSON, duplicate keys, no "
+            "event name or id, a field of the wrong type or out of range"
+        ),
+    ),
+    "too_large": (413, "the body exceeds webhooks.max_body_bytes"),
+    "unsupported_media_type": (415, "a Content-Type other than application/webhook+json or application/json"),
+}
+NO_AUTH = "no Authorization header: LiveKit signs every webhook; point only LiveKit here"
+# A token may claim to live this long from now: LiveKit's 5 minutes, plus its clock running ahead.
+MAX_TOKEN_LIFETIME = WEBHOOK_TOKEN_TTL + WEBHOOK_CLOCK_LEEWAY
+
+
+class Rejected(Exception):
+    """A request that is not a webhook we count; `detail` says what was wrong and what to do."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.status = REJECTIONS[reason][0]
+        self.detail = detail
+
+
+# -- verification -----------------------------------------------------------------------------
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The token's claims, read without trusting them: `iss` only picks the key to verify with,
+    and the rest is read once the signature vouched for these very bytes."""
+    try:
+        _header, payload, _signature = token.split(".")
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error, orjson.JSONDecodeError):
+        raise Rejected("bad_signature", "the Authorization header is not a JWT") from None
+    if not isinstance(claims, dict):
+        raise Rejected("bad_signature", "the Authorization header is not a JWT (its payload is not an object)")
+    return claims
+
+
+class Verifier:
+    """Checks a request exactly as LiveKit signs it, with any of the configured key pairs."""
+
+    def __init__(self, keys: Iterable[KeyPair]):
+        leeway = datetime.timedelta(seconds=WEBHOOK_CLOCK_LEEWAY)
+        self._by_key = {k.api_key: TokenVerifier(k.api_key, k.api_secret.reveal(), leeway=leeway) for k in keys}
+
+    def verify_token(self, authorization: str) -> bytes:
+        """The SHA-256 digest a configured key pair vouches for; raises Rejected otherwise."""
+        token = authorization.strip()
+        if token[:7].lower() == "bearer ":
+            token = token[7:].lstrip()
+        if not token:
+            raise Rejected("missing_auth", NO_AUTH)
+        unverified = _unverified_claims(token)
+        iss = unverified.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise Rejected("invalid_token", "the token names no issuer (iss claim): it cannot come from LiveKit")
+        verifier = self._by_key.get(iss)
+        if verifier is None:
+            raise Rejected(
+                "unknown_key",
+                f"signed with API key {iss[:40]!r}, which is not configured: add it to webhooks.keys "
+                "(the key in LiveKit's webhook.api_key)",
+            )
+        try:
+            claims = verifier.verify(token)
+        except jwt.ExpiredSignatureError:
+            raise Rejected(
+                "expired",
+                "the token has expired: a replay, or the clocks of LiveKit and the "
+                "exporter differ by more than a minute (check NTP on both)",
+            ) from None
+        except jwt.ImmatureSignatureError:
+            raise Rejected(
+                "not_yet_valid",
+                "the token is not valid yet (nbf): LiveKit's clock runs more than "
+                "a minute ahead of the exporter's (check NTP on both)",
+            ) from None
+        except (jwt.InvalidSignatureError, jwt.InvalidAlgorithmError):
+            raise Rejected(
+                "bad_signature",
+                f"the signature does not verify with the secret of API key {iss!r}: check webhooks.keys",
+            ) from None
+        except jwt.InvalidTokenError as e:  # PyJWT's messages name the claim, never a value
+            raise Rejected("invalid_token", f"the token is not one LiveKit issues: {str(e)[:120]}") from None
+        except Exception as e:
+            raise Rejected(
+                "invalid_token",
+                f"the token's claims are not ones LiveKit issues (livekit-api cannot read them: {type(e).__name__})",
+            ) from None
+        # These bytes are verified now, and PyJWT took int() of exp, so this cannot fail.
+        exp, now = int(unverified["exp"]), time.time()
+        if exp > now + MAX_TOKEN_LIFETIME:
+            raise Rejected(
+                "invalid_token",
+                f"the token is valid for another {exp - int(now)} s: LiveKit signs "
+                f"webhooks for {WEBHOOK_TOKEN_TTL:.0f} s, and a longer-lived token could be replayed "
+                "after its event id is forgotten",
+            )
+        sha256 = claims.sha256
+        if not isinstance(sha256, str):
+            raise Rejected("invalid_token", "the token's sha256 claim is not a string")
+        if not sha256:
+            raise Rejected("hash_mismatch", "the token carries no sha256 claim, so it does not vouch for this body")
+        try:
+            return base64.b64decode(sha256, validate=True)
+        except (binascii.Error, ValueError):
+            raise Rejected("hash_mismatch", "the token's sha256 claim is not base64") from None
+
+    @staticmethod
+    def check_body(body: bytes, digest: bytes) -> None:
+        if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
+            raise Rejected("hash_mismatch", "the body is not the one the token was signed for (altered on the way?)")
