@@ -556,7 +556,9 @@ def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
         labels = sorted(({k for s in fam.samples for k in s.labels} | set(labelnames.get(name, ()))) - {"le"})
         fams[section].append((name, fam.type, ", ".join(labels) or "—", fam.documentation, source, query))
     if missing:
-        raise SystemExit(f"metricsdoc: no DOCS entry for {', '.join(missing)}: add one in metricsdoc.py")
+        raise UndocumentedMetric(
+            f"no DOCS entry for {', '.join(missing)}: add one in metricsdoc.py (section, source, example query)"
+        )
     undocumented_in_output = sorted(set(DOCS) - set(seen) - {f + "_total" for f in seen})
     out = [INTRO, _rejections()]
     for key, title in SECTIONS.items():
@@ -580,10 +582,19 @@ def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
     return "".join(out)
 
 
-def main() -> None:
+class UndocumentedMetric(Exception):
+    """The exporter serves a metric that metricsdoc.DOCS does not describe."""
+
+
+def main() -> int:
     logging.disable(logging.CRITICAL)
-    sys.stdout.write(render(*asyncio.run(_collect())))
+    try:
+        sys.stdout.write(render(*asyncio.run(_collect())))
+    except UndocumentedMetric as e:
+        print(f"metricsdoc: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
