@@ -110,12 +110,18 @@ class StateCollector:
         self.livekit = livekit
         self.cfg = collect
         self.telemetry = telemetry
+        self.folder = ScrapeFolder(telemetry.label_max_values, telemetry.label_overflow)
         self._lkapi: api.LiveKitAPI | None = None
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Future[Snapshot] | None = None
         self._snap = Snapshot()
         self._started = 0.0
         self.answered_once = False
+
+    async def families(self, budget: float) -> list[Any]:
+        """The scrape's fresh state families, read from LiveKit within `budget` seconds: the one call
+        the web layer makes."""
+        return families(await self.snapshot(budget), self.cfg, self.enabled_services, self.folder)
 
     @property
     def enabled_services(self) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import events, webhooks
 from .config import Config
-from .livekit_state import ScrapeFolder, ScrapeView, StateCollector, families
+from .livekit_state import ScrapeView, StateCollector
 from .telemetry import Telemetry
 from .webconfig import WebConfig, basic_auth_middleware
 
@@ -42,7 +42,6 @@ class Exporter:
     telemetry: Telemetry
     state: StateCollector
     telemetry_path: str
-    folder: ScrapeFolder
 
 
 EXPORTER = web.AppKey("exporter", Exporter)
@@ -75,8 +74,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
         cfg.timeout_margin,
         cfg.max_scrape_timeout,
     )
-    snap = await ex.state.snapshot(budget)
-    fresh = families(snap, cfg, ex.state.enabled_services, ex.folder)
+    fresh = await ex.state.families(budget)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(ScrapeView(ex.telemetry.registry, fresh))
     headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
@@ -157,8 +155,7 @@ def build_app(
         exempt = [c.path for c in (config.webhooks, config.events) if c.enabled]
         middlewares.append(basic_auth_middleware(web_config.basic_auth_users, exempt))
     app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
-    folder = ScrapeFolder(config.label_max_values, telemetry.label_overflow)
-    app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path, folder)
+    app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path)
     app.router.add_get("/", handle_index)
     app.router.add_get(telemetry_path, handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)

@@ -40,6 +40,7 @@ def _version(dist: str) -> str:
 
 class Telemetry:
     def __init__(self, label_max_values: int = 50):
+        self.label_max_values = label_max_values  # the cardinality guard's bound, for every source
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
