@@ -294,3 +294,26 @@ async def test_a_room_closing_mid_scrape_is_not_a_service_failure(scenario, simu
     text = await scrape(client)
     assert value(text, "livekit_api_up", service="agent_dispatch") == 0
     assert value(text, "livekit_agent_jobs", agent_name="agent", status="running") is None
+
+
+def test_the_detail_judge_is_a_pure_function_of_the_room_reads():
+    from livekit_exporter.livekit_state import _CallFailed, _RoomRead, judge_detail
+
+    gone = _CallFailed("unavailable", "ListDispatch", "no response")
+    ok = _RoomRead("a", participants=[], dispatches=[])
+    # A room that closed in between is no failure when another room answered...
+    v = judge_detail([ok, _RoomRead("b", participants=[], room_gone=gone)], True, deadline_passed=False)
+    assert v.failures == {} and set(v.participants) == {"a", "b"} and set(v.dispatches) == {"a"}
+    # ...but when no room answered ListDispatch, the service is down.
+    v = judge_detail([_RoomRead("b", participants=[], room_gone=gone)], True, deadline_passed=False)
+    assert v.failures == {"agent_dispatch": gone}
+    # The first failure of a service fails it; rooms left unread by the deadline fail the other one.
+    first, second = (_CallFailed("internal", "ListParticipants", str(n)) for n in (1, 2))
+    reads = [_RoomRead("a", participants_error=first), _RoomRead("b", participants_error=second),
+             _RoomRead("c", reached=False)]
+    v = judge_detail(reads, True, deadline_passed=True)
+    assert v.failures["room"] is first and v.failures["agent_dispatch"].code == "timeout"
+    assert v.timed_out == [("agent_dispatch", "ListDispatch")]
+    assert "1 of 3 rooms not read" in v.failures["agent_dispatch"].fields["error"]
+    # Unreached rooms before the deadline (skipped after a failure) add no timeout.
+    assert judge_detail(reads, False, deadline_passed=False).timed_out == []

@@ -350,61 +350,18 @@ class StateCollector:
         chosen = ordered[: det.max_rooms]
         snap.detail_skipped_rooms = len(ordered) - len(chosen)
         sem = asyncio.Semaphore(det.concurrency)
-        participants: dict[str, list[proto_models.ParticipantInfo]] = {}
-        dispatches: dict[str, list[proto_dispatch.AgentDispatch]] = {}
-        failures: dict[str, _CallFailed] = {}
-        room_gone: dict[str, _CallFailed] = {}
-        unreached = 0
+        reads: list[_RoomRead] = []  # in the order they finished
+        failed: set[str] = set()  # services that failed so far: the rooms still queued skip them
 
         async def one(room: str) -> None:
-            nonlocal unreached
             async with sem:
-                if loop.time() >= deadline or len(failures) == 2 or ("room" in failures and not det.agent_dispatch):
-                    unreached += 1
-                    return
-                if "room" not in failures:
-                    try:
-                        res = await self._call(
-                            "room",
-                            "ListParticipants",
-                            deadline,
-                            lambda: self._api().room.list_participants(api.ListParticipantsRequest(room=room)),
-                            benign=NOT_FOUND_CODES,
-                        )
-                        participants[room] = list(res.participants)
-                    except _CallFailed as e:
-                        # A room that closed since ListRooms is no failure of the service.
-                        if e.code not in NOT_FOUND_CODES:
-                            failures.setdefault("room", e)
-                if det.agent_dispatch and "agent_dispatch" not in failures:
-                    try:
-                        dispatches[room] = await self._call(
-                            "agent_dispatch",
-                            "ListDispatch",
-                            deadline,
-                            lambda: self._api().agent_dispatch.list_dispatch(room),
-                            benign=NOT_FOUND_CODES,
-                        )
-                    except _CallFailed as e:
-                        if e.code in ROOM_GONE_CODES:
-                            # ListDispatch is an RPC to the node hosting the room: for a room that
-                            # closed since ListRooms, LiveKit answers "no response" (unavailable).
-                            # Judged below, once we know whether other rooms answered.
-                            room_gone[room] = e
-                        elif e.code not in NOT_FOUND_CODES:
-                            failures.setdefault("agent_dispatch", e)
+                reads.append(await self._read_room(room, deadline, failed))
 
         await asyncio.gather(*(one(r.name) for r in chosen))
-        if unreached and loop.time() >= deadline:
-            for service, method in (("room", "ListParticipants"), ("agent_dispatch", "ListDispatch")):
-                if (service == "room" or det.agent_dispatch) and service not in failures:
-                    self.telemetry.api_errors.labels(service, method, "timeout").inc()
-                    failures[service] = _CallFailed(
-                        "timeout", method, f"{unreached} of {len(chosen)} rooms not read before the scrape deadline"
-                    )
-        if room_gone and not dispatches and "agent_dispatch" not in failures:
-            # No room answered at all: that is the service failing, not rooms closing.
-            failures["agent_dispatch"] = next(iter(room_gone.values()))
+        verdict = judge_detail(reads, det.agent_dispatch, deadline_passed=loop.time() >= deadline)
+        for service, method in verdict.timed_out:
+            self.telemetry.api_errors.labels(service, method, "timeout").inc()
+        failures = verdict.failures
         if det.agent_dispatch:
             snap.up["agent_dispatch"] = "agent_dispatch" not in failures
             if "agent_dispatch" in failures:
@@ -413,10 +370,107 @@ class StateCollector:
                     extra={"service": "agent_dispatch", **failures["agent_dispatch"].fields},
                 )
             else:
-                snap.dispatches = dispatches
+                snap.dispatches = verdict.dispatches
         if "room" in failures:
             raise failures["room"]
-        snap.participants = participants
+        snap.participants = verdict.participants
+
+    async def _read_room(self, room: str, deadline: float, failed: set[str]) -> _RoomRead:
+        """One room's ListParticipants and ListDispatch, each skipped once its service has failed
+        (or both, once the deadline passed); what they answered, judged later by judge_detail.
+        A service's failure goes into `failed` at once, so the rooms still queued skip it."""
+        det = self.cfg.room_detail
+        read = _RoomRead(room)
+        if (
+            asyncio.get_running_loop().time() >= deadline
+            or len(failed) == 2
+            or ("room" in failed and not det.agent_dispatch)
+        ):
+            read.reached = False
+            return read
+        if "room" not in failed:
+            try:
+                res = await self._call(
+                    "room",
+                    "ListParticipants",
+                    deadline,
+                    lambda: self._api().room.list_participants(api.ListParticipantsRequest(room=room)),
+                    benign=NOT_FOUND_CODES,
+                )
+                read.participants = list(res.participants)
+            except _CallFailed as e:
+                # A room that closed since ListRooms is no failure of the service.
+                if e.code not in NOT_FOUND_CODES:
+                    read.participants_error = e
+                    failed.add("room")
+        if det.agent_dispatch and "agent_dispatch" not in failed:
+            try:
+                read.dispatches = await self._call(
+                    "agent_dispatch",
+                    "ListDispatch",
+                    deadline,
+                    lambda: self._api().agent_dispatch.list_dispatch(room),
+                    benign=NOT_FOUND_CODES,
+                )
+            except _CallFailed as e:
+                if e.code in ROOM_GONE_CODES:
+                    # ListDispatch is an RPC to the node hosting the room: for a room that closed
+                    # since ListRooms, LiveKit answers "no response" (unavailable). Judged later,
+                    # once we know whether other rooms answered.
+                    read.room_gone = e
+                elif e.code not in NOT_FOUND_CODES:
+                    read.dispatch_error = e
+                    failed.add("agent_dispatch")
+        return read
+
+
+@dataclass
+class _RoomRead:
+    """What one room's detail calls answered."""
+
+    room: str
+    reached: bool = True  # False: skipped (deadline passed, or its services had failed)
+    participants: list[proto_models.ParticipantInfo] | None = None
+    participants_error: _CallFailed | None = None  # a failure of the room service (not "room gone")
+    dispatches: list[proto_dispatch.AgentDispatch] | None = None
+    dispatch_error: _CallFailed | None = None  # a failure of the agent_dispatch service
+    room_gone: _CallFailed | None = None  # ListDispatch's "unavailable": the room closed, or the service is down
+
+
+@dataclass
+class _DetailVerdict:
+    failures: dict[str, _CallFailed]  # service -> the failure that fails it this scrape
+    participants: dict[str, list[proto_models.ParticipantInfo]]
+    dispatches: dict[str, list[proto_dispatch.AgentDispatch]]
+    timed_out: list[tuple[str, str]]  # (service, method) failed by rooms the deadline left unread
+
+
+def judge_detail(reads: list[_RoomRead], agent_dispatch: bool, *, deadline_passed: bool) -> _DetailVerdict:
+    """The detail of one scrape, judged from its rooms' reads (in the order they finished): the
+    first failure of each service fails it; rooms left unread by the deadline fail both services
+    with one timeout; "room gone" answers fail agent_dispatch only when no room answered at all."""
+    failures: dict[str, _CallFailed] = {}
+    for read in reads:
+        if read.participants_error:
+            failures.setdefault("room", read.participants_error)
+        if read.dispatch_error:
+            failures.setdefault("agent_dispatch", read.dispatch_error)
+    participants = {r.room: r.participants for r in reads if r.participants is not None}
+    dispatches = {r.room: r.dispatches for r in reads if r.dispatches is not None}
+    unreached = sum(1 for r in reads if not r.reached)
+    timed_out = []
+    if unreached and deadline_passed:
+        for service, method in (("room", "ListParticipants"), ("agent_dispatch", "ListDispatch")):
+            if (service == "room" or agent_dispatch) and service not in failures:
+                timed_out.append((service, method))
+                failures[service] = _CallFailed(
+                    "timeout", method, f"{unreached} of {len(reads)} rooms not read before the scrape deadline"
+                )
+    gone = [r.room_gone for r in reads if r.room_gone is not None]
+    if gone and not dispatches and "agent_dispatch" not in failures:
+        # No room answered at all: that is the service failing, not rooms closing.
+        failures["agent_dispatch"] = gone[0]
+    return _DetailVerdict(failures, participants, dispatches, timed_out)
 
 
 def _safe_error(exc: BaseException) -> str:
