@@ -41,7 +41,7 @@ from prometheus_client import Counter
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import lkenums as E
+from . import lkenums
 from .config import CollectConfig, LiveKitConfig
 from .guard import OTHER
 from .telemetry import Telemetry
@@ -633,11 +633,11 @@ def _fmt_bound(b: float) -> str:
 
 
 def _egress_family(items: list[proto_egress.EgressInfo]) -> GaugeMetricFamily:
-    tally = Tally((E.egress_type(e), E.label(E.EGRESS_STATUS, e.status)) for e in items)
+    tally = Tally((lkenums.egress_type(e), lkenums.label(lkenums.EGRESS_STATUS, e.status)) for e in items)
     f = _gauge(
         "livekit_egress_active", "Egress jobs that LiveKit lists as active, by type and status.", ["type", "status"]
     )
-    _zero_filled(f, tally, E.EGRESS_TYPES, E.EGRESS_ACTIVE_STATUSES)
+    _zero_filled(f, tally, lkenums.EGRESS_TYPES, lkenums.EGRESS_ACTIVE_STATUSES)
     return f
 
 
@@ -646,21 +646,21 @@ def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
     bitrate: Tally[tuple[str, str]] = Tally()
     publishing = proto_ingress.IngressState.ENDPOINT_PUBLISHING
     for i in items:
-        it = E.label(E.INGRESS_INPUT, i.input_type)
-        tally[(it, E.label(E.INGRESS_STATUS, i.state.status))] += 1
+        it = lkenums.label(lkenums.INGRESS_INPUT, i.input_type)
+        tally[(it, lkenums.label(lkenums.INGRESS_STATUS, i.state.status))] += 1
         if i.state.status == publishing:
             bitrate[(it, "audio")] += i.state.audio.average_bitrate
             bitrate[(it, "video")] += i.state.video.average_bitrate
     f = _gauge(
         "livekit_ingress", "Ingress endpoints configured in LiveKit, by input type and state.", ["input_type", "status"]
     )
-    _zero_filled(f, tally, E.INGRESS_INPUT.values(), E.INGRESS_STATUS.values())
+    _zero_filled(f, tally, lkenums.INGRESS_INPUT.values(), lkenums.INGRESS_STATUS.values())
     b = _gauge(
         "livekit_ingress_input_bytes_per_second",
         "Average input rate of publishing ingress (IngressState average_bitrate / 8), summed by input type and media.",
         ["input_type", "media"],
     )
-    for it in E.INGRESS_INPUT.values():
+    for it in lkenums.INGRESS_INPUT.values():
         for media in ("audio", "video"):
             b.add_metric([it, media], bitrate[(it, media)] / 8)
     return [f, b]
@@ -673,23 +673,25 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
     sip_kind = proto_models.ParticipantInfo.Kind.SIP
     for plist in per_room.values():
         for p in plist:
-            by_kind[(E.label(E.PARTICIPANT_KIND, p.kind), E.label(E.PARTICIPANT_STATE, p.state))] += 1
+            by_kind[
+                (lkenums.label(lkenums.PARTICIPANT_KIND, p.kind), lkenums.label(lkenums.PARTICIPANT_STATE, p.state))
+            ] += 1
             for t in p.tracks:
-                tracks[(E.label(E.TRACK_TYPE, t.type), E.label(E.TRACK_SOURCE, t.source))] += 1
+                tracks[(lkenums.label(lkenums.TRACK_TYPE, t.type), lkenums.label(lkenums.TRACK_SOURCE, t.source))] += 1
             if p.kind == sip_kind:
-                status = p.attributes.get("sip.callStatus") or E.UNKNOWN
+                status = p.attributes.get("sip.callStatus") or lkenums.UNKNOWN
                 trunk = p.attributes.get("sip.trunkID") or "none"
                 calls[(status, trunk)] += 1
     pf = _gauge(
         "livekit_participants", "Participants in the rooms read for detail, by kind and state.", ["kind", "state"]
     )
-    _zero_filled(pf, by_kind, E.PARTICIPANT_KIND.values(), E.PARTICIPANT_STATE.values())
+    _zero_filled(pf, by_kind, lkenums.PARTICIPANT_KIND.values(), lkenums.PARTICIPANT_STATE.values())
     tf = _gauge(
         "livekit_published_tracks",
         "Tracks published in the rooms read for detail, by type and source.",
         ["type", "source"],
     )
-    _zero_filled(tf, tracks, E.TRACK_TYPE.values(), E.TRACK_SOURCE.values())
+    _zero_filled(tf, tracks, lkenums.TRACK_TYPE.values(), lkenums.TRACK_SOURCE.values())
     cf = _gauge(
         "livekit_sip_calls",
         "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",
@@ -707,7 +709,9 @@ def _dispatch_family(
     for dlist in per_room.values():
         for d in dlist:
             for j in d.state.jobs:
-                jobs[(d.agent_name or j.agent_name or "unnamed", E.label(E.JOB_STATUS, j.state.status))] += 1
+                jobs[
+                    (d.agent_name or j.agent_name or "unnamed", lkenums.label(lkenums.JOB_STATUS, j.state.status))
+                ] += 1
     f = _gauge(
         "livekit_agent_jobs",
         "Agent jobs of the dispatches in the rooms read for detail, by agent name and status.",

@@ -26,7 +26,7 @@ from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
 
-from .. import lkenums as E
+from .. import lkenums
 
 Kind = proto_models.ParticipantInfo.Kind
 State = proto_models.ParticipantInfo.State
@@ -36,7 +36,7 @@ DEPENDENT_KINDS = frozenset({Kind.AGENT, Kind.EGRESS})
 SERVICES = ("room", "egress", "ingress", "sip", "agent_dispatch")
 # The egress types, as lkenums maps them ("media" is the unified StartEgress request with a media
 # source, "replay" an ExportReplay request).
-EGRESS_TYPES = E.EGRESS_TYPES
+EGRESS_TYPES = lkenums.EGRESS_TYPES
 ACTIVE_EGRESS = frozenset({proto_egress.EGRESS_STARTING, proto_egress.EGRESS_ACTIVE, proto_egress.EGRESS_ENDING})
 
 

@@ -41,7 +41,7 @@ from livekit.api import AccessToken
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
 
-from .. import lkenums as E
+from .. import lkenums
 from .scenario import Scenario
 
 CONTENT_TYPE = "application/webhook+json"
@@ -248,13 +248,17 @@ class WebhookSender:
             name, p = ev.event, ev.participant
             put("livekit_webhook_events_total", 1, event=name)
             put("livekit_webhook_delivery_delay_seconds_count", 1, event=name)
-            kind = E.label(E.PARTICIPANT_KIND, p.kind)
+            kind = lkenums.label(lkenums.PARTICIPANT_KIND, p.kind)
             trunk = p.attributes.get("sip.trunkID") or "none"
-            reason = E.label(E.DISCONNECT_REASON, p.disconnect_reason)
+            reason = lkenums.label(lkenums.DISCONNECT_REASON, p.disconnect_reason)
             if name == "room_started":
                 put("livekit_room_sessions_started_total", 1)
             elif name == "room_finished":
-                put("livekit_room_sessions_ended_total", 1, end_reason=E.label(E.ROOM_END_REASON, ev.room_end_reason))
+                put(
+                    "livekit_room_sessions_ended_total",
+                    1,
+                    end_reason=lkenums.label(lkenums.ROOM_END_REASON, ev.room_end_reason),
+                )
                 observe("livekit_room_session_duration_seconds", max(0, ev.created_at - ev.room.creation_time))
             elif name == "participant_joined":
                 put("livekit_participant_sessions_started_total", 1, kind=kind)
@@ -271,16 +275,21 @@ class WebhookSender:
                 put(
                     "livekit_track_publications_total",
                     1,
-                    type=E.label(E.TRACK_TYPE, ev.track.type),
-                    source=E.label(E.TRACK_SOURCE, ev.track.source),
+                    type=lkenums.label(lkenums.TRACK_TYPE, ev.track.type),
+                    source=lkenums.label(lkenums.TRACK_SOURCE, ev.track.source),
                 )
             elif name in ("egress_started", "egress_ended"):
                 info = ev.egress_info
-                etype = E.egress_type(info)
+                etype = lkenums.egress_type(info)
                 if name == "egress_started":
                     put("livekit_egress_started_total", 1, type=etype)
                     continue
-                put("livekit_egress_ended_total", 1, type=etype, status=E.label(E.EGRESS_STATUS, info.status))
+                put(
+                    "livekit_egress_ended_total",
+                    1,
+                    type=etype,
+                    status=lkenums.label(lkenums.EGRESS_STATUS, info.status),
+                )
                 if info.started_at:
                     observe("livekit_egress_duration_seconds", (info.ended_at - info.started_at) / 1e9, type=etype)
                 size = sum(r.size for r in info.file_results) + sum(r.size for r in info.segment_results)
@@ -288,7 +297,7 @@ class WebhookSender:
                     put("livekit_egress_output_bytes_total", size, type=etype)
             elif name in ("ingress_started", "ingress_ended"):
                 ingress_info = ev.ingress_info
-                itype = E.label(E.INGRESS_INPUT, ingress_info.input_type)
+                itype = lkenums.label(lkenums.INGRESS_INPUT, ingress_info.input_type)
                 if name == "ingress_started":
                     put("livekit_ingress_started_total", 1, input_type=itype)
                 else:
@@ -296,7 +305,7 @@ class WebhookSender:
                         "livekit_ingress_ended_total",
                         1,
                         input_type=itype,
-                        status=E.label(E.INGRESS_STATUS, ingress_info.state.status),
+                        status=lkenums.label(lkenums.INGRESS_STATUS, ingress_info.state.status),
                     )
             elif name == "agent_job_started":
                 put("livekit_agent_jobs_started_total", 1, agent_name=ev.job.agent_name or "unnamed")
@@ -305,6 +314,6 @@ class WebhookSender:
                     "livekit_agent_jobs_ended_total",
                     1,
                     agent_name=ev.job.agent_name or "unnamed",
-                    status=E.label(E.JOB_STATUS, ev.job.state.status),
+                    status=lkenums.label(lkenums.JOB_STATUS, ev.job.state.status),
                 )
         return t

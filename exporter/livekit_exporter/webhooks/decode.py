@@ -13,7 +13,7 @@ import orjson
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from livekit.protocol import agent, egress, ingress, models
 
-from .. import lkenums as E
+from .. import lkenums
 
 EVENTS = (
     "room_started",
@@ -120,16 +120,16 @@ class _Enum:
     def __init__(self, proto: str, enum: EnumTypeWrapper, table: dict[int, str]):
         self.field = _Field(proto)
         self.by_number = table
-        self.by_name = {name: table.get(number, E.UNKNOWN) for name, number in enum.items()}
+        self.by_name = {name: table.get(number, lkenums.UNKNOWN) for name, number in enum.items()}
 
     def label(self, doc: dict[str, Any], where: str) -> str:
         v = self.field.get(doc)
         if v is None:
-            return self.by_number.get(0, E.UNKNOWN)
+            return self.by_number.get(0, lkenums.UNKNOWN)
         if isinstance(v, str):
-            return self.by_name.get(v, E.UNKNOWN)
+            return self.by_name.get(v, lkenums.UNKNOWN)
         if isinstance(v, int) and not isinstance(v, bool):
-            return self.by_number.get(v, E.UNKNOWN)
+            return self.by_number.get(v, lkenums.UNKNOWN)
         raise Malformed(f"{where}{self.field.json}: expected an enum name or number")
 
 
@@ -154,15 +154,15 @@ _F = {
         *_SUBJECT.values(),
     )
 }
-_KIND = _Enum("kind", models.ParticipantInfo.Kind, E.PARTICIPANT_KIND)
-_DISCONNECT = _Enum("disconnect_reason", models.DisconnectReason, E.DISCONNECT_REASON)
-_END_REASON = _Enum("room_end_reason", models.RoomEndReason, E.ROOM_END_REASON)
-_TRACK_TYPE = _Enum("type", models.TrackType, E.TRACK_TYPE)
-_TRACK_SOURCE = _Enum("source", models.TrackSource, E.TRACK_SOURCE)
-_EGRESS_STATUS = _Enum("status", egress.EgressStatus, E.EGRESS_STATUS)
-_INGRESS_INPUT = _Enum("input_type", ingress.IngressInput, E.INGRESS_INPUT)
-_INGRESS_STATUS = _Enum("status", ingress.IngressState.Status, E.INGRESS_STATUS)
-_JOB_STATUS = _Enum("status", agent.JobStatus, E.JOB_STATUS)
+_KIND = _Enum("kind", models.ParticipantInfo.Kind, lkenums.PARTICIPANT_KIND)
+_DISCONNECT = _Enum("disconnect_reason", models.DisconnectReason, lkenums.DISCONNECT_REASON)
+_END_REASON = _Enum("room_end_reason", models.RoomEndReason, lkenums.ROOM_END_REASON)
+_TRACK_TYPE = _Enum("type", models.TrackType, lkenums.TRACK_TYPE)
+_TRACK_SOURCE = _Enum("source", models.TrackSource, lkenums.TRACK_SOURCE)
+_EGRESS_STATUS = _Enum("status", egress.EgressStatus, lkenums.EGRESS_STATUS)
+_INGRESS_INPUT = _Enum("input_type", ingress.IngressInput, lkenums.INGRESS_INPUT)
+_INGRESS_STATUS = _Enum("status", ingress.IngressState.Status, lkenums.INGRESS_STATUS)
+_JOB_STATUS = _Enum("status", agent.JobStatus, lkenums.JOB_STATUS)
 
 
 @dataclass(slots=True)
@@ -269,7 +269,7 @@ def _track(ev: Event, doc: dict, t: dict, where: str) -> None:
 
 
 def _egress(ev: Event, doc: dict, info: dict, where: str) -> None:
-    ev.type = E.egress_type_json(info)  # the scrape path's mapping (lkenums), on protojson
+    ev.type = lkenums.egress_type_json(info)  # the scrape path's mapping (lkenums), on protojson
     ev.status = _EGRESS_STATUS.label(info, where)
 
 
