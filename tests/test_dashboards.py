@@ -184,7 +184,7 @@ def test_every_alert_links_to_a_generated_dashboard_and_the_panel_that_shows_it(
 
 # -- proven against data -------------------------------------------------------------------------------------
 
-async def drive(scenario, exporter_url: str, stop: asyncio.Event) -> None:
+async def drive(scenario, exporter_url: str, stop: asyncio.Event, settle) -> None:
     """Half a minute of a busy LiveKit, with the faults the fault panels show."""
     rng = random.Random(3)
     trunks = [scenario.add_trunk("inbound", "in-0"), scenario.add_trunk("outbound", "out-0")]
@@ -197,8 +197,17 @@ async def drive(scenario, exporter_url: str, stop: asyncio.Event) -> None:
     async with aiohttp.ClientSession() as http, \
             EventsClient(f"{exporter_url}/v1/events", EVENTS_TOKEN, flush_interval=0.2) as events:
         fleet = VoiceAgentFleet(events, seed=4)
-        while not stop.is_set():
-            i = next(n)
+
+        async def faults(service_down: bool) -> None:
+            """The faults: a failing service, a forged webhook, a refused batch."""
+            scenario.set_fault("ingress", Fault("error", "unavailable") if service_down else None)
+            body = b'{"event": "room_started", "id": "EV_forged", "room": {}}'
+            await http.post(f"{exporter_url}/webhook", data=body,
+                            headers=request_headers(sign(body, scenario.api_key, "not-the-secret-" + "x" * 32)))
+            await http.post(f"{exporter_url}/v1/events", data=b'{"events": [{"type": "nope"}]}',
+                            headers={"Authorization": f"Bearer {EVENTS_TOKEN}", "Content-Type": "application/json"})
+
+        async def iteration(i: int, service_down: bool) -> None:
             room = f"room-{i}"
             scenario.add_room(room, max_participants=rng.choice((0, 3)))
             for j in range(rng.randint(1, 4)):
@@ -221,14 +230,21 @@ async def drive(scenario, exporter_url: str, stop: asyncio.Event) -> None:
             scenario.set_job_status(room, d.id, 0, proto_agent.JS_SUCCESS)
             if i % 4 == 3:
                 scenario.remove_room(f"room-{i - 3}")
-            # the faults: a failing service, a forged webhook, a refused batch
-            scenario.set_fault("ingress", Fault("error", "unavailable") if i % 3 == 0 else None)
-            body = b'{"event": "room_started", "id": "EV_forged", "room": {}}'
-            await http.post(f"{exporter_url}/webhook", data=body,
-                            headers=request_headers(sign(body, scenario.api_key, "not-the-secret-" + "x" * 32)))
-            await http.post(f"{exporter_url}/v1/events", data=b'{"events": [{"type": "nope"}]}',
-                            headers={"Authorization": f"Bearer {EVENTS_TOKEN}", "Content-Type": "application/json"})
+            await faults(service_down)
             await asyncio.sleep(0.4)
+
+        while not stop.is_set():
+            i = next(n)
+            await iteration(i, i % 3 == 0)
+        # The end is deterministic, whichever iteration the stop came in: the queued webhooks are delivered,
+        # one last busy iteration with a failing service (inside every rate window of the query), then a heal,
+        # so that every state gauge's last scrapes are healthy when the test queries them.
+        scenario.set_fault("ingress", None)
+        await settle()
+        await iteration(next(n), True)
+        await asyncio.sleep(1.5)
+        scenario.set_fault("ingress", None)
+        await asyncio.sleep(2.5)
 
 
 async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario, simulator, make_config, tmp_path):
@@ -264,12 +280,10 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
     url = f"http://127.0.0.1:{port}"
     try:
         async with WebhookSender(scenario, f"{url}/webhook", delivery=Delivery(replay_rate=0.2, retry_wait_min=0.1)) as sender:
-            world = asyncio.create_task(drive(scenario, url, stop))
+            world = asyncio.create_task(drive(scenario, url, stop, sender.flush))
             await asyncio.sleep(40)
             stop.set()
             await world
-            await sender.flush()
-        await asyncio.sleep(3)
         empty, broken = [], []
         async with aiohttp.ClientSession() as http:
             async def query(expr: str) -> list:
