@@ -16,7 +16,6 @@ from typing import Any
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-# metric -> (section, where the number comes from, example PromQL)
 SECTIONS = {
     "state": "1. LiveKit API state (`livekit_*`, read on each scrape)",
     "webhooks": "2. LiveKit webhooks (`livekit_*`, event-driven)",
@@ -24,333 +23,276 @@ SECTIONS = {
     "exporter": "4. The exporter itself (`livekit_exporter_*`)",
 }
 
-DOCS: dict[str, tuple[str, str, str]] = {
-    "livekit_up": ("state", "every enabled service answered", "min_over_time(livekit_up[5m]) == 0"),
-    "livekit_api_up": ("state", "the service's calls this scrape", 'livekit_api_up{service="egress"} == 0'),
+# One table a section: metric -> (where the number comes from, example PromQL).
+STATE_METRICS: dict[str, tuple[str, str]] = {
+    "livekit_up": ("every enabled service answered", "min_over_time(livekit_up[5m]) == 0"),
+    "livekit_api_up": ("the service's calls this scrape", 'livekit_api_up{service="egress"} == 0'),
     "livekit_api_request_duration_seconds": (
-        "state",
         "the exporter's own API calls",
         "histogram_quantile(0.99, sum by (service, method, le) (rate(livekit_api_request_duration_seconds_bucket[5m])))",
     ),
-    "livekit_api_errors_total": (
-        "state",
-        "failed API calls",
-        "sum by (service, code) (rate(livekit_api_errors_total[5m]))",
-    ),
-    "livekit_rooms": (
-        "state",
-        "ListRooms",
-        'sum(livekit_rooms)  # open rooms; livekit_rooms{occupancy="empty"} idle ones',
-    ),
-    "livekit_rooms_full": ("state", "ListRooms: num_participants >= max_participants > 0", "livekit_rooms_full > 0"),
+    "livekit_api_errors_total": ("failed API calls", "sum by (service, code) (rate(livekit_api_errors_total[5m]))"),
+    "livekit_rooms": ("ListRooms", 'sum(livekit_rooms)  # open rooms; livekit_rooms{occupancy="empty"} idle ones'),
+    "livekit_rooms_full": ("ListRooms: num_participants >= max_participants > 0", "livekit_rooms_full > 0"),
     "livekit_room_participants": (
-        "state",
         "ListRooms: sum of Room.num_participants",
         'livekit_room_participants / clamp_min(livekit_rooms{occupancy="occupied"}, 1)',
     ),
-    "livekit_room_publishers": ("state", "ListRooms: sum of Room.num_publishers", "livekit_room_publishers"),
-    "livekit_rooms_recording": ("state", "ListRooms: Room.active_recording", "livekit_rooms_recording"),
+    "livekit_room_publishers": ("ListRooms: sum of Room.num_publishers", "livekit_room_publishers"),
+    "livekit_rooms_recording": ("ListRooms: Room.active_recording", "livekit_rooms_recording"),
     "livekit_room_size": (
-        "state",
         "ListRooms: Room.num_participants, as a gauge histogram",
         'livekit_room_size_bucket{le="+Inf"} - ignoring(le) livekit_room_size_bucket{le="10.0"}  # rooms above 10',
     ),
-    "livekit_egress_active": (
-        "state",
-        "ListEgress(active=true), pages followed",
-        "sum by (type) (livekit_egress_active)",
-    ),
-    "livekit_ingress": (
-        "state",
-        "ListIngress, pages followed",
-        'sum by (input_type) (livekit_ingress{status="publishing"})',
-    ),
+    "livekit_egress_active": ("ListEgress(active=true), pages followed", "sum by (type) (livekit_egress_active)"),
+    "livekit_ingress": ("ListIngress, pages followed", 'sum by (input_type) (livekit_ingress{status="publishing"})'),
     "livekit_ingress_input_bytes_per_second": (
-        "state",
         "ListIngress: IngressState audio/video average_bitrate of publishing ingress",
         "sum(livekit_ingress_input_bytes_per_second) * 8  # bits per second",
     ),
-    "livekit_sip_trunks": ("state", "ListSIPInboundTrunk, ListSIPOutboundTrunk", "livekit_sip_trunks"),
-    "livekit_sip_dispatch_rules": ("state", "ListSIPDispatchRule", "livekit_sip_dispatch_rules"),
+    "livekit_sip_trunks": ("ListSIPInboundTrunk, ListSIPOutboundTrunk", "livekit_sip_trunks"),
+    "livekit_sip_dispatch_rules": ("ListSIPDispatchRule", "livekit_sip_dispatch_rules"),
     "livekit_participants": (
-        "state",
         "ListParticipants per room (opt-in: collect.room_detail)",
         'sum by (kind) (livekit_participants{state="active"})',
     ),
     "livekit_published_tracks": (
-        "state",
         "ListParticipants per room (opt-in)",
         'sum by (source) (livekit_published_tracks{type="video"})',
     ),
     "livekit_sip_calls": (
-        "state",
         "SIP participants' sip.callStatus / sip.trunkID attributes (opt-in)",
         'sum by (trunk) (livekit_sip_calls{status="active"})',
     ),
     "livekit_agent_jobs": (
-        "state",
         "ListDispatch per room (opt-in)",
         'sum by (agent_name) (livekit_agent_jobs{status="running"})',
     ),
+}
+
+WEBHOOK_METRICS: dict[str, tuple[str, str]] = {
     "livekit_webhook_events_total": (
-        "webhooks",
         "every accepted webhook (first delivery of its id)",
         "sum by (event) (rate(livekit_webhook_events_total[5m]))",
     ),
     "livekit_webhook_rejected_total": (
-        "webhooks",
         "webhook requests answered 4xx",
         "sum by (reason) (increase(livekit_webhook_rejected_total[15m])) > 0",
     ),
     "livekit_webhook_duplicates_total": (
-        "webhooks",
         "deliveries of an event id already counted (LiveKit retries)",
         "rate(livekit_webhook_duplicates_total[5m])",
     ),
     "livekit_webhook_delivery_delay_seconds": (
-        "webhooks",
         "arrival time minus WebhookEvent.created_at",
         "histogram_quantile(0.99, sum by (le) (rate(livekit_webhook_delivery_delay_seconds_bucket[5m])))",
     ),
-    "livekit_room_sessions_started_total": (
-        "webhooks",
-        "room_started",
-        "increase(livekit_room_sessions_started_total[1h])",
-    ),
+    "livekit_room_sessions_started_total": ("room_started", "increase(livekit_room_sessions_started_total[1h])"),
     "livekit_room_sessions_ended_total": (
-        "webhooks",
         "room_finished: room_end_reason (unknown when LiveKit sends none)",
         "sum by (end_reason) (increase(livekit_room_sessions_ended_total[1h]))",
     ),
     "livekit_room_session_duration_seconds": (
-        "webhooks",
         "room_finished: created_at - Room.creation_time",
         "histogram_quantile(0.5, sum by (le) (rate(livekit_room_session_duration_seconds_bucket[1h])))",
     ),
     "livekit_participant_sessions_started_total": (
-        "webhooks",
         "participant_joined: ParticipantInfo.kind",
         "sum by (kind) (rate(livekit_participant_sessions_started_total[5m]))",
     ),
     "livekit_participant_sessions_ended_total": (
-        "webhooks",
         "participant_left: kind, disconnect_reason",
         'sum by (reason) (increase(livekit_participant_sessions_ended_total{kind="standard"}[1h]))',
     ),
     "livekit_participant_connections_aborted_total": (
-        "webhooks",
         "participant_connection_aborted: kind",
         "sum(rate(livekit_participant_connections_aborted_total[1h])) / sum(rate(livekit_participant_sessions_started_total[1h]))",
     ),
     "livekit_participant_session_duration_seconds": (
-        "webhooks",
         "participant_left: created_at - ParticipantInfo.joined_at",
         "histogram_quantile(0.9, sum by (kind, le) (rate(livekit_participant_session_duration_seconds_bucket[1h])))",
     ),
     "livekit_track_publications_total": (
-        "webhooks",
         "track_published: TrackInfo.type, source",
         "sum by (source) (rate(livekit_track_publications_total[5m]))",
     ),
     "livekit_egress_started_total": (
-        "webhooks",
         "egress_started: the EgressInfo request type",
         "sum by (type) (increase(livekit_egress_started_total[1h]))",
     ),
     "livekit_egress_ended_total": (
-        "webhooks",
         "egress_ended: type, EgressInfo.status",
         'sum by (type) (increase(livekit_egress_ended_total{status=~"failed|aborted"}[1h])) > 0',
     ),
     "livekit_egress_duration_seconds": (
-        "webhooks",
         "egress_ended: ended_at - started_at (nanoseconds in the proto)",
         "histogram_quantile(0.9, sum by (type, le) (rate(livekit_egress_duration_seconds_bucket[1d])))",
     ),
     "livekit_egress_output_bytes_total": (
-        "webhooks",
         "egress_ended: file_results / segment_results sizes",
         "sum by (type) (increase(livekit_egress_output_bytes_total[1d]))",
     ),
     "livekit_ingress_started_total": (
-        "webhooks",
         "ingress_started: IngressInfo.input_type",
         "sum by (input_type) (increase(livekit_ingress_started_total[1h]))",
     ),
     "livekit_ingress_ended_total": (
-        "webhooks",
         "ingress_ended: input_type, IngressState.status",
         'increase(livekit_ingress_ended_total{status="error"}[1h]) > 0',
     ),
     "livekit_sip_calls_started_total": (
-        "webhooks",
         "participant_joined of kind sip: the sip.trunkID attribute (outbound: every dial attempt)",
         "sum by (trunk) (rate(livekit_sip_calls_started_total[5m]))",
     ),
     "livekit_sip_calls_ended_total": (
-        "webhooks",
         "participant_left of kind sip: sip.trunkID, disconnect_reason",
         'clamp_min(1 - sum(increase(livekit_sip_calls_ended_total{reason=~"user_unavailable|user_rejected"}[1h])) / sum(increase(livekit_sip_calls_started_total[1h])), 0)  # answer ratio (approximate)',
     ),
     "livekit_agent_jobs_started_total": (
-        "webhooks",
         "agent_job_started: Job.agent_name (LiveKit Cloud)",
         "sum by (agent_name) (rate(livekit_agent_jobs_started_total[5m]))",
     ),
     "livekit_agent_jobs_ended_total": (
-        "webhooks",
         "agent_job_ended: agent_name, JobState.status (LiveKit Cloud)",
         'sum by (agent_name) (increase(livekit_agent_jobs_ended_total{status="failed"}[1h]))',
     ),
+}
+
+EVENT_METRICS: dict[str, tuple[str, str]] = {
     "voice_agent_calls_started_total": (
-        "events",
         "call_started",
         "sum by (agent, direction) (rate(voice_agent_calls_started_total[5m]))",
     ),
     "voice_agent_calls_answered_total": (
-        "events",
         "call_answered",
         'sum by (agent) (rate(voice_agent_calls_answered_total{answered_by="human"}[1h])) / sum by (agent) (rate(voice_agent_calls_started_total{direction="outbound"}[1h]))  # human answer rate',
     ),
     "voice_agent_calls_ended_total": (
-        "events",
         "call_ended",
         "sum by (agent, outcome) (increase(voice_agent_calls_ended_total[1h]))",
     ),
     "voice_agent_calls_expired_total": (
-        "events",
         "calls whose call_ended did not arrive within events.call_ttl",
         "sum by (agent) (increase(voice_agent_calls_expired_total[1h])) > 0",
     ),
     "voice_agent_calls_active": (
-        "events",
         "call_started - call_ended, with the events.call_ttl expiry",
         "sum by (agent) (voice_agent_calls_active)",
     ),
-    "voice_agent_calls_queued": ("events", "calls_queued (dialers)", "sum by (campaign) (voice_agent_calls_queued)"),
-    "voice_agent_campaign_running": ("events", "campaign_status (dialers)", "voice_agent_campaign_running == 0"),
+    "voice_agent_calls_queued": ("calls_queued (dialers)", "sum by (campaign) (voice_agent_calls_queued)"),
+    "voice_agent_campaign_running": ("campaign_status (dialers)", "voice_agent_campaign_running == 0"),
     "voice_agent_dependency_up": (
-        "events",
         "dependency_status; gone after events.dependency_ttl without a report",
         "min by (dependency) (voice_agent_dependency_up) == 0",
     ),
     "voice_agent_call_duration_seconds": (
-        "events",
         "call_ended.duration_seconds",
         "histogram_quantile(0.5, sum by (agent, le) (rate(voice_agent_call_duration_seconds_bucket[1h])))",
     ),
     "voice_agent_call_setup_seconds": (
-        "events",
         "call_answered.setup_seconds",
         "histogram_quantile(0.9, sum by (direction, le) (rate(voice_agent_call_setup_seconds_bucket[1h])))",
     ),
     "voice_agent_turns_total": (
-        "events",
         "turn",
         'sum by (agent) (rate(voice_agent_turns_total{interrupted="true"}[15m])) / sum by (agent) (rate(voice_agent_turns_total[15m]))',
     ),
     "voice_agent_interruptions_total": (
-        "events",
         "turn.interruptions (default: 1 if interrupted)",
         "sum by (agent) (rate(voice_agent_interruptions_total[15m]))",
     ),
     "voice_agent_turn_latency_seconds": (
-        "events",
         "turn.e2e_latency_seconds",
         "histogram_quantile(0.95, sum by (agent, le) (rate(voice_agent_turn_latency_seconds_bucket[5m])))",
     ),
     "voice_agent_end_of_utterance_delay_seconds": (
-        "events",
         "turn.end_of_utterance_delay_seconds",
         "histogram_quantile(0.95, sum by (agent, le) (rate(voice_agent_end_of_utterance_delay_seconds_bucket[5m])))",
     ),
     "voice_agent_transcription_delay_seconds": (
-        "events",
         "turn.transcription_delay_seconds, labelled by turn.stt_provider / stt_model",
         "histogram_quantile(0.95, sum by (provider, le) (rate(voice_agent_transcription_delay_seconds_bucket[5m])))",
     ),
     "voice_agent_llm_time_to_first_token_seconds": (
-        "events",
         "turn.llm_ttft_seconds, labelled by turn.llm_provider / llm_model",
         "histogram_quantile(0.95, sum by (provider, model, le) (rate(voice_agent_llm_time_to_first_token_seconds_bucket[5m])))",
     ),
     "voice_agent_llm_request_duration_seconds": (
-        "events",
         "llm.duration_seconds",
         "histogram_quantile(0.95, sum by (model, le) (rate(voice_agent_llm_request_duration_seconds_bucket[5m])))",
     ),
     "voice_agent_tts_time_to_first_byte_seconds": (
-        "events",
         "turn.tts_ttfb_seconds, labelled by turn.tts_provider / tts_model",
         "histogram_quantile(0.95, sum by (provider, le) (rate(voice_agent_tts_time_to_first_byte_seconds_bucket[5m])))",
     ),
     "voice_agent_tool_call_duration_seconds": (
-        "events",
         "tool_call.duration_seconds",
         "histogram_quantile(0.95, sum by (tool, le) (rate(voice_agent_tool_call_duration_seconds_bucket[5m])))",
     ),
-    "voice_agent_llm_tokens_total": ("events", "llm", "sum by (model, type) (rate(voice_agent_llm_tokens_total[1h]))"),
+    "voice_agent_llm_tokens_total": ("llm", "sum by (model, type) (rate(voice_agent_llm_tokens_total[1h]))"),
     "voice_agent_tts_characters_total": (
-        "events",
         "tts.characters",
         "sum by (provider) (rate(voice_agent_tts_characters_total[1h]))",
     ),
     "voice_agent_stt_audio_seconds_total": (
-        "events",
         "stt.audio_seconds",
         "sum by (provider) (rate(voice_agent_stt_audio_seconds_total[1h])) * 60  # audio minutes per minute",
     ),
     "voice_agent_errors_total": (
-        "events",
         "error (recoverable: error.recoverable)",
         'sum by (agent, component) (rate(voice_agent_errors_total{recoverable="false"}[5m]))',
     ),
     "voice_agent_estimated_cost_dollars_total": (
-        "events",
         "llm / stt / tts usage x events.prices",
         "sum by (agent) (increase(voice_agent_estimated_cost_dollars_total[1d])) / sum by (agent) (increase(voice_agent_calls_ended_total[1d]))  # per call",
     ),
+}
+
+EXPORTER_METRICS: dict[str, tuple[str, str]] = {
     "livekit_exporter_events_total": (
-        "exporter",
         "events accepted by the events API",
         "sum by (type) (rate(livekit_exporter_events_total[5m]))",
     ),
     "livekit_exporter_event_requests_rejected_total": (
-        "exporter",
         "events API requests refused whole (401, 400, 413, 415)",
         "sum by (reason) (rate(livekit_exporter_event_requests_rejected_total[5m])) > 0",
     ),
     "livekit_exporter_event_latencies_discarded_total": (
-        "exporter",
         "turn-stage timings above events.max_latency (not observed)",
         "sum by (type, field) (increase(livekit_exporter_event_latencies_discarded_total[1h])) > 0",
     ),
     "livekit_exporter_unpriced_usage_events_total": (
-        "exporter",
         "stt / llm / tts usage events.prices does not price",
         "sum by (component, provider, model) (increase(livekit_exporter_unpriced_usage_events_total[1h])) > 0",
     ),
     "livekit_exporter_scrape_duration_seconds": (
-        "exporter",
         "time the last scrape spent on the LiveKit API",
         "max_over_time(livekit_exporter_scrape_duration_seconds[10m])",
     ),
     "livekit_exporter_room_detail_rooms": (
-        "exporter",
         "rooms read / skipped by collect.room_detail.max_rooms",
         'livekit_exporter_room_detail_rooms{result="skipped"} > 0',
     ),
     "livekit_exporter_scrapes_total": (
-        "exporter",
         "scrapes, by new or joined (shared in-flight) collection",
         "rate(livekit_exporter_scrapes_total[5m])",
     ),
-    "livekit_exporter_build_info": ("exporter", "constant", "livekit_exporter_build_info"),
+    "livekit_exporter_build_info": ("constant", "livekit_exporter_build_info"),
     "livekit_exporter_label_overflow_total": (
-        "exporter",
         "the cardinality guard",
         "sum by (metric, label) (rate(livekit_exporter_label_overflow_total[1h])) > 0",
     ),
+}
+
+DOCS: dict[str, tuple[str, str, str]] = {  # metric -> (section, where the number comes from, example PromQL)
+    metric: (section, source, query)
+    for section, table in (
+        ("state", STATE_METRICS),
+        ("webhooks", WEBHOOK_METRICS),
+        ("events", EVENT_METRICS),
+        ("exporter", EXPORTER_METRICS),
+    )
+    for metric, (source, query) in table.items()
 }
 
 # Standard collectors of prometheus-client, documented by reference only.
@@ -557,7 +499,7 @@ def render(text: str, labelnames: dict[str, tuple[str, ...]]) -> str:
         fams[section].append((name, fam.type, ", ".join(labels) or "—", fam.documentation, source, query))
     if missing:
         raise UndocumentedMetric(
-            f"no DOCS entry for {', '.join(missing)}: add one in metricsdoc.py (section, source, example query)"
+            f"no DOCS entry for {', '.join(missing)}: add one to its section's table in metricsdoc.py (source, example query)"
         )
     undocumented_in_output = sorted(set(DOCS) - set(seen) - {f + "_total" for f in seen})
     out = [INTRO, _rejections()]
