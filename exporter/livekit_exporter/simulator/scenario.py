@@ -62,6 +62,14 @@ class SimRoom:
 Listener = Callable[[str, dict[str, Any]], None]
 
 
+class Expected(dict[tuple[str, frozenset], float]):
+    """What the exporter must report, keyed (sample name, frozenset(labels)); put() adds to a value."""
+
+    def put(self, metric: str, value: float, **labels: str) -> None:
+        key = (metric, frozenset(labels.items()))
+        self[key] = self.get(key, 0) + value
+
+
 class Scenario:
     def __init__(self, api_key: str = "devkey", api_secret: str = "secret-" + "x" * 32):
         self.api_key = api_key
@@ -89,6 +97,19 @@ class Scenario:
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):08d}"
+
+    def _now_s_ms(self) -> tuple[int, int]:
+        """Now, as LiveKit stamps rooms and participants: whole seconds and whole milliseconds."""
+        now = self.clock()
+        return int(now), int(now * 1000)
+
+    def _now_ns(self) -> int:
+        """Now, as LiveKit stamps egress and ingress: nanoseconds."""
+        return int(self.clock() * 1e9)
+
+    def _recording(self, room: str) -> bool:
+        """Whether an egress of the room is active (Room.active_recording)."""
+        return any(e.room_name == room and e.status in ACTIVE_EGRESS for e in self.egress.values())
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -120,13 +141,13 @@ class Scenario:
     def add_room(self, name: str, *, max_participants: int = 0) -> proto_models.Room:
         if name in self.rooms:
             raise ValueError(f"room {name!r} exists")
-        now = self.clock()
+        created, created_ms = self._now_s_ms()
         info = proto_models.Room(
             sid=self._id("RM"),
             name=name,
             max_participants=max_participants,
-            creation_time=int(now),
-            creation_time_ms=int(now * 1000),
+            creation_time=created,
+            creation_time_ms=created_ms,
             empty_timeout=300,
         )
         self.rooms[name] = SimRoom(info)
@@ -166,14 +187,14 @@ class Scenario:
         r = self.rooms[room]
         if identity in r.participants:
             raise ValueError(f"participant {identity!r} already in room {room!r}")
-        now = self.clock()
+        joined, joined_ms = self._now_s_ms()
         p = proto_models.ParticipantInfo(
             sid=self._id("PA"),
             identity=identity,
             kind=kind,
             state=state,
-            joined_at=int(now),
-            joined_at_ms=int(now * 1000),
+            joined_at=joined,
+            joined_at_ms=joined_ms,
             attributes=attributes or {},
         )
         for ttype, source in tracks:
@@ -242,7 +263,7 @@ class Scenario:
         if unified and etype not in ("room_composite", "web", "media"):
             raise ValueError(f"egress type {etype!r}: the unified request has no such source")
         r = self.rooms[room]
-        now_ns = int(self.clock() * 1e9)
+        now_ns = self._now_ns()
         info = proto_egress.EgressInfo(
             egress_id=self._id("EG"),
             room_id=r.info.sid,
@@ -256,13 +277,13 @@ class Scenario:
         else:
             getattr(info, etype).SetInParent()
         self.egress[info.egress_id] = info
-        r.info.active_recording = any(e.room_name == room and e.status in ACTIVE_EGRESS for e in self.egress.values())
+        r.info.active_recording = self._recording(room)
         self._emit("egress_started", egress_info=info)
         return info
 
     def set_egress_status(self, egress_id: str, status: proto_egress.EgressStatus, *, output_bytes: int = 0) -> None:
         info = self.egress[egress_id]
-        now_ns = int(self.clock() * 1e9)
+        now_ns = self._now_ns()
         info.status = status
         info.updated_at = now_ns
         ended = status not in ACTIVE_EGRESS
@@ -274,9 +295,7 @@ class Scenario:
                 )
         r = self.rooms.get(info.room_name)
         if r is not None:
-            r.info.active_recording = any(
-                e.room_name == info.room_name and e.status in ACTIVE_EGRESS for e in self.egress.values()
-            )
+            r.info.active_recording = self._recording(info.room_name)
         self._emit("egress_ended" if ended else "egress_updated", egress_info=info)
 
     def add_ingress(
@@ -309,7 +328,7 @@ class Scenario:
     ) -> None:
         info = self.ingress[ingress_id]
         was = info.state.status
-        now_ns = int(self.clock() * 1e9)
+        now_ns = self._now_ns()
         info.state.status = status
         info.state.updated_at = now_ns
         info.state.audio.average_bitrate = audio_bitrate
@@ -392,26 +411,15 @@ class Scenario:
 
     def truth(self, *, detail: bool = False, max_rooms: int | None = None) -> dict[tuple[str, frozenset], float]:
         """Every section-1 value the exporter must report, keyed (metric, frozenset(labels))."""
-        t: dict[tuple[str, frozenset], float] = {}
-
-        def put(metric: str, value: float, **labels: str) -> None:
-            key = (metric, frozenset(labels.items()))
-            t[key] = t.get(key, 0) + value
-
+        t = Expected()
+        put = t.put
         rooms = list(self.rooms.values())
         people = [sum(1 for p in r.participants.values() if p.kind not in DEPENDENT_KINDS) for r in rooms]
         put("livekit_rooms", sum(1 for n in people if n == 0), occupancy="empty")
         put("livekit_rooms", sum(1 for n in people if n > 0), occupancy="occupied")
         put("livekit_room_participants", sum(people))
         put("livekit_room_publishers", sum(1 for r in rooms for p in r.participants.values() if p.tracks))
-        put(
-            "livekit_rooms_recording",
-            sum(
-                1
-                for r in rooms
-                if any(e.room_name == r.info.name and e.status in ACTIVE_EGRESS for e in self.egress.values())
-            ),
-        )
+        put("livekit_rooms_recording", sum(1 for r in rooms if self._recording(r.info.name)))
         put(
             "livekit_rooms_full",
             sum(

@@ -148,28 +148,29 @@ def _room_admin(video: Any, sip: Any, req: Any) -> bool:
     return bool(video.room_admin) and video.room == req.room
 
 
+def _sip_admin(video: Any, sip: Any, req: Any) -> bool:
+    return bool(sip.admin)
+
+
+def _video_grant(name: str) -> Callable[[Any, Any, Any], bool]:
+    """The grant check of a method that needs one video grant (room_list, room_record, ...)."""
+    return lambda video, sip, req: bool(getattr(video, name))
+
+
 METHODS: dict[tuple[str, str], Method] = {
-    ("RoomService", "ListRooms"): Method(
-        "room", proto_room.ListRoomsRequest, _list_rooms, lambda v, s, r: bool(v.room_list)
-    ),
+    ("RoomService", "ListRooms"): Method("room", proto_room.ListRoomsRequest, _list_rooms, _video_grant("room_list")),
     ("RoomService", "ListParticipants"): Method(
         "room", proto_room.ListParticipantsRequest, _list_participants, _room_admin
     ),
     ("Egress", "ListEgress"): Method(
-        "egress", proto_egress.ListEgressRequest, _list_egress, lambda v, s, r: bool(v.room_record)
+        "egress", proto_egress.ListEgressRequest, _list_egress, _video_grant("room_record")
     ),
     ("Ingress", "ListIngress"): Method(
-        "ingress", proto_ingress.ListIngressRequest, _list_ingress, lambda v, s, r: bool(v.ingress_admin)
+        "ingress", proto_ingress.ListIngressRequest, _list_ingress, _video_grant("ingress_admin")
     ),
-    ("SIP", "ListSIPInboundTrunk"): Method(
-        "sip", proto_sip.ListSIPInboundTrunkRequest, _list_inbound, lambda v, s, r: bool(s.admin)
-    ),
-    ("SIP", "ListSIPOutboundTrunk"): Method(
-        "sip", proto_sip.ListSIPOutboundTrunkRequest, _list_outbound, lambda v, s, r: bool(s.admin)
-    ),
-    ("SIP", "ListSIPDispatchRule"): Method(
-        "sip", proto_sip.ListSIPDispatchRuleRequest, _list_rules, lambda v, s, r: bool(s.admin)
-    ),
+    ("SIP", "ListSIPInboundTrunk"): Method("sip", proto_sip.ListSIPInboundTrunkRequest, _list_inbound, _sip_admin),
+    ("SIP", "ListSIPOutboundTrunk"): Method("sip", proto_sip.ListSIPOutboundTrunkRequest, _list_outbound, _sip_admin),
+    ("SIP", "ListSIPDispatchRule"): Method("sip", proto_sip.ListSIPDispatchRuleRequest, _list_rules, _sip_admin),
     ("AgentDispatchService", "ListDispatch"): Method(
         "agent_dispatch", proto_dispatch.ListAgentDispatchRequest, _list_dispatch, _room_admin
     ),

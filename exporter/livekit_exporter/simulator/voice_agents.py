@@ -144,6 +144,11 @@ class SimCall:
     answered: bool = False
     turns_left: int = 0
 
+    def labels(self) -> dict[str, Any]:
+        """The fields every call lifecycle event (started, answered, ended) carries."""
+        p = self.profile
+        return {"agent": p.name, "call_id": self.call_id, "direction": p.direction, "campaign": p.campaign}
+
 
 class VoiceAgentFleet:
     def __init__(self, client: EventsClient, seed: int = 1, agents: tuple[AgentProfile, ...] = AGENTS):
@@ -203,11 +208,7 @@ class VoiceAgentFleet:
 
     def start_call(self, profile: AgentProfile) -> SimCall:
         call = SimCall(profile, f"sim-{next(self._ids):06d}")
-        self._send(
-            m.CallStarted(
-                agent=profile.name, call_id=call.call_id, direction=profile.direction, campaign=profile.campaign
-            )
-        )
+        self._send(m.CallStarted(**call.labels()))
         return call
 
     def connect(self, call: SimCall) -> bool:
@@ -221,29 +222,12 @@ class VoiceAgentFleet:
                 self._send(m.Error(agent=p.name, component="transport", error_type="sip_503"))
                 return self._end(call, "failed", round(rng.uniform(0.5, 3), 2))
             by: Literal["machine", "human"] = "machine" if roll < 0.42 else "human"
-            self._send(
-                m.CallAnswered(
-                    agent=p.name,
-                    call_id=call.call_id,
-                    direction=p.direction,
-                    campaign=p.campaign,
-                    answered_by=by,
-                    setup_seconds=round(rng.uniform(4, 25), 2),
-                )
-            )
-            if by == "machine":
-                return self._end(call, "voicemail", round(rng.uniform(10, 30), 2))
+            setup = round(rng.uniform(4, 25), 2)
         else:
-            self._send(
-                m.CallAnswered(
-                    agent=p.name,
-                    call_id=call.call_id,
-                    direction=p.direction,
-                    campaign=p.campaign,
-                    answered_by="human",
-                    setup_seconds=round(rng.uniform(0.3, 2.0), 2),
-                )
-            )
+            by, setup = "human", round(rng.uniform(0.3, 2.0), 2)
+        self._send(m.CallAnswered(**call.labels(), answered_by=by, setup_seconds=setup))
+        if by == "machine":
+            return self._end(call, "voicemail", round(rng.uniform(10, 30), 2))
         call.answered = True
         call.turns_left = rng.randint(2, 9)
         return True
@@ -322,17 +306,7 @@ class VoiceAgentFleet:
         self._end(call, outcome, round(self.rng.uniform(30, 600), 2))
 
     def _end(self, call: SimCall, outcome: str, duration: float) -> bool:
-        p = call.profile
-        self._send(
-            m.CallEnded(
-                agent=p.name,
-                call_id=call.call_id,
-                direction=p.direction,
-                campaign=p.campaign,
-                outcome=outcome,
-                duration_seconds=duration,
-            )
-        )
+        self._send(m.CallEnded(**call.labels(), outcome=outcome, duration_seconds=duration))
         return False
 
     def report_dialers(self, queued: int | None = None) -> None:

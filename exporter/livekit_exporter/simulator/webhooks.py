@@ -42,7 +42,7 @@ from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
 
 from .. import lkenums
-from .scenario import Scenario
+from .scenario import Expected, Scenario
 
 CONTENT_TYPE = "application/webhook+json"
 TOKEN_TTL = datetime.timedelta(minutes=5)
@@ -234,11 +234,8 @@ class WebhookSender:
     def truth(self) -> dict[tuple[str, frozenset], float]:
         """What every webhook counter (and histogram _count/_sum) must read after the accepted events,
         keyed (sample name, frozenset(labels)), from the events themselves."""
-        t: dict[tuple[str, frozenset], float] = {}
-
-        def put(metric: str, value: float, **labels: str) -> None:
-            key = (metric, frozenset(labels.items()))
-            t[key] = t.get(key, 0) + value
+        t = Expected()
+        put = t.put
 
         def observe(metric: str, seconds: float, **labels: str) -> None:
             put(metric + "_count", 1, **labels)
