@@ -1,31 +1,18 @@
-"""LiveKit server state, read on each scrape through the official livekit-api client.
+"""Reading LiveKit on each scrape through the official livekit-api client, into a Snapshot.
 
 One scrape: every enabled service is called concurrently under one deadline (the scrape timeout
 minus a margin); paginated lists are followed to the end; optional per-room detail runs with bounded
-concurrency. The answers form a Snapshot, from which fresh metric families are built, so a room
-that has gone never lingers as a stale series. Concurrent scrapes share one in-flight collection.
-
-A sample of the default output:
-
-    livekit_up 1
-    livekit_api_up{service="room"} 1
-    livekit_rooms{occupancy="occupied"} 12
-    livekit_room_participants 31
-    livekit_egress_active{type="room_composite",status="active"} 2
-    livekit_ingress{input_type="rtmp",status="publishing"} 1
-    livekit_sip_trunks{direction="inbound"} 3
+concurrency. Concurrent scrapes share one in-flight collection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import logging
 import ssl
 import time
-from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -37,16 +24,13 @@ from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
-from prometheus_client import Counter
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from . import lkenums
-from .config import CollectConfig, LiveKitConfig
-from .guard import OTHER
-from .telemetry import Telemetry
+from ..config import CollectConfig, LiveKitConfig
+from ..telemetry import Telemetry
+from .render import ScrapeFolder, families
 
-log = logging.getLogger(__name__)
+# The package's name, livekit_exporter.livekit_state, as before the split.
+log = logging.getLogger(__package__)
 
 SIP_PAGE_SIZE = 1000
 # A scrape waits this long past its budget for the collection it started or joined.
@@ -487,248 +471,3 @@ def _safe_error(exc: BaseException) -> str:
     return (
         f"{type(exc).__name__}: {exc}"[:200] if isinstance(exc, OSError | aiohttp.ClientError) else type(exc).__name__
     )
-
-
-# -- rendering ---------------------------------------------------------------------------------
-
-
-def _zero_filled(family: GaugeMetricFamily, counts: Mapping[Any, float], *known: Iterable[str]) -> None:
-    """Every combination of the enums' known values, at zero when nothing has it (so a series
-    exists before its first job), in the enums' order; then any value a newer LiveKit reports."""
-    left = dict(counts)
-    for combo in itertools.product(*known):
-        family.add_metric(list(combo), left.pop(combo, 0))
-    for combo, n in sorted(left.items()):
-        family.add_metric(list(combo), n)
-
-
-def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels))
-
-
-class ScrapeFolder:
-    """The cardinality guard for gauges rebuilt on every scrape: the `max_values` busiest values of a
-    label this scrape keep their name, the rest are summed into __other__ (nothing is lost), and each
-    folded value is counted in livekit_exporter_label_overflow_total once per scrape."""
-
-    def __init__(self, max_values: int, overflow: Counter):
-        self.max_values = max_values
-        self.overflow = overflow
-
-    def fold(self, metric: str, label: str, tally: Mapping[Any, int], index: int) -> Mapping[Any, int]:
-        per_value: Tally[str] = Tally()
-        for key, n in tally.items():
-            per_value[key[index]] += n
-        if len(per_value) <= self.max_values:
-            return tally
-        ranked = sorted(per_value.items(), key=lambda kv: (-kv[1], kv[0]))
-        keep = {v for v, _ in ranked[: self.max_values]}
-        folded: Tally[tuple[str, ...]] = Tally()
-        for key, n in tally.items():
-            if key[index] not in keep:
-                key = (*key[:index], OTHER, *key[index + 1 :])
-            folded[key] += n
-        self.overflow.labels(metric, label).inc(len(per_value) - len(keep))
-        return folded
-
-
-def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], folder: ScrapeFolder) -> list[Any]:
-    """Fresh metric families for one snapshot: a family is served when its list was read in full."""
-    out: list[Any] = []
-    up = _gauge("livekit_up", "1 when every enabled LiveKit API service answered this scrape.")
-    services = tuple(services)
-    up.add_metric([], 1.0 if services and all(snap.up.get(s, False) for s in services) else 0.0)
-    api_up = _gauge("livekit_api_up", "1 when this LiveKit API service answered this scrape.", ["service"])
-    for s in services:
-        api_up.add_metric([s], 1.0 if snap.up.get(s, False) else 0.0)
-    out += [up, api_up]
-    dur = _gauge(
-        "livekit_exporter_scrape_duration_seconds",
-        "Time this scrape spent reading the LiveKit API.",
-    )
-    dur.add_metric([], snap.duration)
-    out.append(dur)
-
-    if snap.rooms is not None:
-        out += _room_families(snap.rooms, cfg.room_size_buckets)
-    if snap.egress is not None:
-        out.append(_egress_family(snap.egress))
-    if snap.ingress is not None:
-        out += _ingress_families(snap.ingress)
-    if snap.inbound_trunks is not None and snap.outbound_trunks is not None and snap.dispatch_rules is not None:
-        trunks = _gauge("livekit_sip_trunks", "SIP trunks configured in LiveKit.", ["direction"])
-        trunks.add_metric(["inbound"], snap.inbound_trunks)
-        trunks.add_metric(["outbound"], snap.outbound_trunks)
-        rules = _gauge("livekit_sip_dispatch_rules", "SIP dispatch rules configured in LiveKit.")
-        rules.add_metric([], snap.dispatch_rules)
-        out += [trunks, rules]
-    if cfg.room_detail.enabled and snap.rooms is not None:
-        rd = _gauge(
-            "livekit_exporter_room_detail_rooms",
-            "Rooms whose per-room detail was read this scrape, and rooms skipped by room_detail.max_rooms.",
-            ["result"],
-        )
-        rd.add_metric(["read"], min(len(snap.rooms), cfg.room_detail.max_rooms))
-        rd.add_metric(["skipped"], snap.detail_skipped_rooms)
-        out.append(rd)
-    if snap.participants is not None:
-        out += _participant_families(snap.participants, folder)
-    if snap.dispatches is not None:
-        out.append(_dispatch_family(snap.dispatches, folder))
-    return out
-
-
-def _room_families(rooms: list[proto_models.Room], bounds: tuple[float, ...]) -> list[Any]:
-    occupied = participants = publishers = recording = full = 0
-    buckets = [0] * (len(bounds) + 1)
-    for r in rooms:
-        n = r.num_participants
-        participants += n
-        publishers += r.num_publishers
-        if n:
-            occupied += 1
-        if r.active_recording:
-            recording += 1
-        if r.max_participants and n >= r.max_participants:
-            full += 1
-        for i, b in enumerate(bounds):
-            if n <= b:
-                buckets[i] += 1
-                break
-        else:
-            buckets[-1] += 1
-    rooms_f = _gauge(
-        "livekit_rooms", "Open rooms, by whether they have participants (agents and egress not counted).", ["occupancy"]
-    )
-    rooms_f.add_metric(["empty"], len(rooms) - occupied)
-    rooms_f.add_metric(["occupied"], occupied)
-    full_f = _gauge("livekit_rooms_full", "Rooms with a participant limit that have reached it.")
-    full_f.add_metric([], full)
-    part_f = _gauge(
-        "livekit_room_participants",
-        "Participants in all rooms, as Room.num_participants counts them: agents and egress are not included.",
-    )
-    part_f.add_metric([], participants)
-    pub_f = _gauge(
-        "livekit_room_publishers",
-        "Participants publishing media, summed over all rooms (Room.num_publishers: agents and egress included).",
-    )
-    pub_f.add_metric([], publishers)
-    rec_f = _gauge("livekit_rooms_recording", "Rooms with an active recording.")
-    rec_f.add_metric([], recording)
-    size_f = GaugeHistogramMetricFamily(
-        "livekit_room_size",
-        "Open rooms by number of participants (as Room.num_participants counts them).",
-    )
-    cumulative, pairs = 0, []
-    for b, c in zip([*list(bounds), float("inf")], buckets, strict=True):
-        cumulative += c
-        pairs.append(("+Inf" if b == float("inf") else _fmt_bound(b), cumulative))
-    size_f.add_metric([], pairs, gsum_value=participants)
-    return [rooms_f, full_f, part_f, pub_f, rec_f, size_f]
-
-
-def _fmt_bound(b: float) -> str:
-    return repr(float(b))
-
-
-def _egress_family(items: list[proto_egress.EgressInfo]) -> GaugeMetricFamily:
-    tally = Tally((lkenums.egress_type(e), lkenums.label(lkenums.EGRESS_STATUS, e.status)) for e in items)
-    f = _gauge(
-        "livekit_egress_active", "Egress jobs that LiveKit lists as active, by type and status.", ["type", "status"]
-    )
-    _zero_filled(f, tally, lkenums.EGRESS_TYPES, lkenums.EGRESS_ACTIVE_STATUSES)
-    return f
-
-
-def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
-    tally: Tally[tuple[str, str]] = Tally()
-    bitrate: Tally[tuple[str, str]] = Tally()
-    publishing = proto_ingress.IngressState.ENDPOINT_PUBLISHING
-    for i in items:
-        it = lkenums.label(lkenums.INGRESS_INPUT, i.input_type)
-        tally[(it, lkenums.label(lkenums.INGRESS_STATUS, i.state.status))] += 1
-        if i.state.status == publishing:
-            bitrate[(it, "audio")] += i.state.audio.average_bitrate
-            bitrate[(it, "video")] += i.state.video.average_bitrate
-    f = _gauge(
-        "livekit_ingress", "Ingress endpoints configured in LiveKit, by input type and state.", ["input_type", "status"]
-    )
-    _zero_filled(f, tally, lkenums.INGRESS_INPUT.values(), lkenums.INGRESS_STATUS.values())
-    b = _gauge(
-        "livekit_ingress_input_bytes_per_second",
-        "Average input rate of publishing ingress (IngressState average_bitrate / 8), summed by input type and media.",
-        ["input_type", "media"],
-    )
-    for it in lkenums.INGRESS_INPUT.values():
-        for media in ("audio", "video"):
-            b.add_metric([it, media], bitrate[(it, media)] / 8)
-    return [f, b]
-
-
-def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]], folder: ScrapeFolder) -> list[Any]:
-    by_kind: Tally[tuple[str, str]] = Tally()
-    tracks: Tally[tuple[str, str]] = Tally()
-    calls: Tally[tuple[str, str]] = Tally()
-    sip_kind = proto_models.ParticipantInfo.Kind.SIP
-    for plist in per_room.values():
-        for p in plist:
-            by_kind[
-                (lkenums.label(lkenums.PARTICIPANT_KIND, p.kind), lkenums.label(lkenums.PARTICIPANT_STATE, p.state))
-            ] += 1
-            for t in p.tracks:
-                tracks[(lkenums.label(lkenums.TRACK_TYPE, t.type), lkenums.label(lkenums.TRACK_SOURCE, t.source))] += 1
-            if p.kind == sip_kind:
-                status = p.attributes.get("sip.callStatus") or lkenums.UNKNOWN
-                trunk = p.attributes.get("sip.trunkID") or "none"
-                calls[(status, trunk)] += 1
-    pf = _gauge(
-        "livekit_participants", "Participants in the rooms read for detail, by kind and state.", ["kind", "state"]
-    )
-    _zero_filled(pf, by_kind, lkenums.PARTICIPANT_KIND.values(), lkenums.PARTICIPANT_STATE.values())
-    tf = _gauge(
-        "livekit_published_tracks",
-        "Tracks published in the rooms read for detail, by type and source.",
-        ["type", "source"],
-    )
-    _zero_filled(tf, tracks, lkenums.TRACK_TYPE.values(), lkenums.TRACK_SOURCE.values())
-    cf = _gauge(
-        "livekit_sip_calls",
-        "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",
-        ["status", "trunk"],
-    )
-    for (status, trunk), n in sorted(folder.fold("livekit_sip_calls", "trunk", calls, 1).items()):
-        cf.add_metric([status, trunk], n)
-    return [pf, tf, cf]
-
-
-def _dispatch_family(
-    per_room: dict[str, list[proto_dispatch.AgentDispatch]], folder: ScrapeFolder
-) -> GaugeMetricFamily:
-    jobs: Tally[tuple[str, str]] = Tally()
-    for dlist in per_room.values():
-        for d in dlist:
-            for j in d.state.jobs:
-                jobs[
-                    (d.agent_name or j.agent_name or "unnamed", lkenums.label(lkenums.JOB_STATUS, j.state.status))
-                ] += 1
-    f = _gauge(
-        "livekit_agent_jobs",
-        "Agent jobs of the dispatches in the rooms read for detail, by agent name and status.",
-        ["agent_name", "status"],
-    )
-    for (name, status), n in sorted(folder.fold("livekit_agent_jobs", "agent_name", jobs, 0).items()):
-        f.add_metric([name, status], n)
-    return f
-
-
-class ScrapeView(Collector):
-    """What one /metrics response renders: the long-lived registry plus this scrape's families."""
-
-    def __init__(self, registry: Any, fresh: list[Any]):
-        self._registry = registry
-        self._fresh = fresh
-
-    def collect(self):
-        yield from self._fresh
-        yield from self._registry.collect()
