@@ -313,15 +313,7 @@ class CallInstrumentation:
 
     def set_outcome(self, outcome: str) -> None:
         """The outcome reported when the session closes (default: the close reason)."""
-        _checked(
-            m.CallEnded(
-                agent=self.agent,
-                call_id=self.call_id,
-                direction=self.direction,  # type: ignore[arg-type]
-                outcome=outcome,
-            ),
-            "outcome",
-        )
+        _checked(self._call_ended(outcome), "outcome")
         self.outcome = outcome
 
     def dependency(self, name: str, up: bool) -> None:
@@ -332,6 +324,16 @@ class CallInstrumentation:
 
     def _emit(self, event: m.Event) -> None:
         self.client.emit(event)
+
+    def _call_ended(self, outcome: str, duration_seconds: float | None = None) -> m.CallEnded:
+        return m.CallEnded(
+            agent=self.agent,
+            call_id=self.call_id,
+            direction=self.direction,  # type: ignore[arg-type]
+            campaign=self.campaign,
+            outcome=outcome,
+            duration_seconds=duration_seconds,
+        )
 
     def _turn(self, user: dict[str, Any], reply: dict[str, Any] | None, interrupted: bool) -> None:
         """One turn: the user's metrics, and its first reply's (None: the user got no reply)."""
@@ -572,16 +574,7 @@ class CallInstrumentation:
             self._turn(self._pending, None, False)
             self._pending = None
         reason = getattr(ev.reason, "value", str(ev.reason))
-        self._emit(
-            m.CallEnded(
-                agent=self.agent,
-                call_id=self.call_id,
-                direction=self.direction,  # type: ignore[arg-type]
-                campaign=self.campaign,
-                outcome=(self.outcome or reason)[:128] or "unknown",
-                duration_seconds=_seconds(self.clock() - self.started),
-            )
-        )
+        self._emit(self._call_ended((self.outcome or reason)[:128] or "unknown", _seconds(self.clock() - self.started)))
         # Kept on self: the loop holds only a weak reference to a task.
         self._flush = asyncio.get_running_loop().create_task(self.client.flush(5.0), name="livekit-exporter-flush")
 
