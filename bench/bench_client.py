@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,7 +38,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_events import TOKEN, start  # noqa: E402
-from common import ListSink  # noqa: E402
+from common import ListSink, free_port, medians  # noqa: E402
 
 
 # Seconds between bursts of 100: 20,000 events a second, far above what an agent process sends (50
@@ -181,10 +179,7 @@ async def once(kind: str, events: list, port: int) -> tuple[dict[str, float], st
         async def settle() -> None:
             await client.flush(60)
     else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dead = s.getsockname()[1]
-        client = EventsClient(f"http://127.0.0.1:{dead}", TOKEN, backoff=0.05, max_backoff=0.2)
+        client = EventsClient(f"http://127.0.0.1:{free_port()}", TOKEN, backoff=0.05, max_backoff=0.2)
 
         async def settle() -> None:
             await asyncio.sleep(1.0)  # a second of retrying against the closed port
@@ -229,7 +224,7 @@ def main() -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
 
-    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in results.items()}
+    med = medians(results)
     base = med["baseline"]["cpu_us_per_event"]
     print(f"\n{args.events:,} events in bursts of 100 every {PACE * 1000:g} ms; medians of {args.rounds} rounds\n")
     print("| run | loop CPU per event | over baseline | emit() p50 | emit() p99 | loop lag p99 | loop lag max |")
@@ -241,7 +236,7 @@ def main() -> None:
         print(f"| {label} | {m['cpu_us_per_event']:.2f} µs | {over} | {m['emit_p50_us']:.2f} µs | "
               f"{m['emit_p99_us']:.2f} µs | {m['lag_p99_ms']:.2f} ms | {m['lag_max_ms']:.1f} ms |")
 
-    hm = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in handlers.items()}
+    hm = medians(handlers)
     hb = hm["handlers baseline"]["cpu_us_per_turn"]
     print(f"\n{args.turns:,} turns of real livekit-agents session events ({per_turn:.2f} a turn); "
           f"medians of {args.rounds} rounds\n")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -29,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import ListSink, free_port, wait_listening  # noqa: E402
+from common import WRK_RESULT_LUA, ListSink, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
 
 TOKEN = "bench-events-token-0123456789abcdef"
 
@@ -40,11 +38,6 @@ wrk.headers["Authorization"] = "Bearer %s"
 local f = io.open("%s", "rb")
 wrk.body = f:read("*a")
 f:close()
-function done(summary, latency, requests)
-  io.write(string.format("RESULT requests=%%d seconds=%%.3f p50_us=%%d p99_us=%%d non2xx=%%d errors=%%d\n",
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
 """
 
 
@@ -96,10 +89,7 @@ def serve(kind: str, port: int) -> None:
 
 
 def start(kind: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port)])
-    wait_listening(port, proc)
-    return proc, port
+    return start_server(__file__, kind)
 
 
 def wrk(port: int, script: str, duration: int, connections: int) -> dict[str, float]:
@@ -107,10 +97,7 @@ def wrk(port: int, script: str, duration: int, connections: int) -> dict[str, fl
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", script, f"http://127.0.0.1:{port}/v1/events"],
         capture_output=True, text=True, check=True,
     ).stdout
-    match = re.search(r"RESULT (.*)", out)
-    if not match:
-        raise SystemExit(f"wrk printed no result:\n{out}")
-    return {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+    return wrk_result(out)
 
 
 def events_applied(port: int) -> float:
@@ -158,19 +145,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
-        return
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed (Debian package: wrk)")
+    args = parse_args(p, serve)
+    require_wrk()
 
     body = batch_of_100()
     tmp = Path(tempfile.mkdtemp(prefix="bench-events-"))
     (tmp / "batch.json").write_bytes(body)
     script = tmp / "post.lua"
-    script.write_text(LUA % (TOKEN, tmp / "batch.json"))
+    script.write_text(LUA % (TOKEN, tmp / "batch.json") + WRK_RESULT_LUA)
     print(f"batch: 100 events, {len(body):,} bytes; wrk -t1 -c{args.connections} -d{args.duration}s, "
           f"{args.rounds} rounds, alternating", flush=True)
 

@@ -18,10 +18,7 @@ import argparse
 import asyncio
 import os
 import random
-import re
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import free_port, wait_listening  # noqa: E402
+from common import WRK_RESULT_LUA, medians, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
 
 API_KEY = "APIbench"
 API_SECRET = "bench-secret-" + "b" * 32
@@ -66,12 +63,7 @@ function request()
   n = n + 1
   return reqs[(n - 1) % #reqs + 1]
 end
-function done(summary, latency, requests)
-  io.write(string.format("RESULT requests=%d seconds=%.3f p50_us=%d p99_us=%d non2xx=%d errors=%d\n",
-    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
+""" + WRK_RESULT_LUA
 
 
 # -- the two servers (each in its own process) ------------------------------------------------
@@ -191,13 +183,12 @@ def run_wrk(port: int, script: Path, requests: Path, offset: int, args: argparse
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "-s", str(script),
            f"http://127.0.0.1:{port}/webhook", "--", str(requests), str(args.threads), str(offset)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 60).stdout
-    m = re.search(r"RESULT requests=(\d+) seconds=([\d.]+) p50_us=(\d+) p99_us=(\d+) non2xx=(\d+) errors=(\d+)", out)
-    if not m:
-        raise SystemExit(f"wrk printed no result:\n{out}")
-    n, secs, p50, p99, non2xx, errors = m.groups()
-    if int(non2xx) or int(errors):
-        raise SystemExit(f"wrk saw {non2xx} non-2xx answers and {errors} socket errors on port {port}:\n{out}")
-    return {"rps": int(n) / float(secs), "p50_ms": int(p50) / 1000, "p99_ms": int(p99) / 1000, "requests": int(n)}
+    r = wrk_result(out)
+    if r["non2xx"] or r["errors"]:
+        raise SystemExit(f"wrk saw {r['non2xx']:.0f} non-2xx answers and {r['errors']:.0f} socket errors on port "
+                         f"{port}:\n{out}")
+    return {"rps": r["requests"] / r["seconds"], "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
+            "requests": int(r["requests"])}
 
 
 def exporter_counts(port: int) -> tuple[float, float, float]:
@@ -223,13 +214,8 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has few cores)")
     p.add_argument("--requests", type=int, default=120_000, help="distinct signed webhooks to replay")
-    p.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
-        return
-    if not shutil.which("wrk"):
-        raise SystemExit("bench_webhooks needs wrk (Debian package: wrk)")
+    args = parse_args(p, serve)
+    require_wrk()
 
     with tempfile.TemporaryDirectory() as tmp:
         script, requests = Path(tmp) / "replay.lua", Path(tmp) / "requests.tsv"
@@ -243,13 +229,9 @@ def main() -> None:
 
         procs = {}
         ports = {}
-        for kind in ("bare", "exporter"):
-            ports[kind] = free_port()
-            procs[kind] = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(ports[kind])],
-                                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            for kind in procs:
-                wait_listening(ports[kind], procs[kind])
+            for kind in ("bare", "exporter"):
+                procs[kind], ports[kind] = start_server(__file__, kind, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             results: dict[str, list[dict[str, float]]] = {"bare": [], "exporter": []}
             sent = 0
             for r in range(args.rounds):
@@ -270,7 +252,7 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50_ms", "p99_ms")} for k, v in results.items()}
+    med = medians(results)
     print()
     print(f"median of {args.rounds} rounds, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, one server process each:")
     print(f"  bare aiohttp handler (no work): {med['bare']['rps']:8.0f} req/s  p99 {med['bare']['p99_ms']:6.2f} ms")

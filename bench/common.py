@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+import shutil
 import socket
+import statistics
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -37,3 +43,55 @@ class ListSink:
     def emit(self, event) -> bool:
         self.events.append(event)
         return True
+
+
+# -- scripts that start their servers as copies of themselves ---------------------------------
+
+
+def parse_args(parser: argparse.ArgumentParser, serve: Callable[[str, int], None]) -> argparse.Namespace:
+    """The script's options; with the hidden `--serve KIND PORT` (how start_server runs the script),
+    serves KIND on PORT instead and exits when the server stops."""
+    parser.add_argument("--serve", nargs=2, metavar=("KIND", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]))
+        sys.exit(0)
+    return args
+
+
+def start_server(script: str, kind: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """Runs `script --serve KIND PORT` on a free port; returns (the process, the port) once it listens."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, script, "--serve", kind, str(port)], env=env)
+    wait_listening(port, proc)
+    return proc, port
+
+
+# -- wrk -----------------------------------------------------------------------------------------
+
+
+def require_wrk() -> None:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (Debian package: wrk)")
+
+
+# The end of every wrk Lua script here: one RESULT line, which wrk_result() reads.
+WRK_RESULT_LUA = r"""function done(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d seconds=%.3f p50_us=%d p99_us=%d non2xx=%d errors=%d\n",
+    summary.requests, summary.duration / 1e6, latency:percentile(50), latency:percentile(99),
+    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_result(out: str) -> dict[str, float]:
+    """wrk's output -> requests, seconds, p50_us, p99_us, non2xx, errors (the RESULT line)."""
+    match = re.search(r"RESULT (.*)", out)
+    if not match:
+        raise SystemExit(f"wrk printed no result:\n{out}")
+    return {k: float(v) for k, v in (kv.split("=") for kv in match.group(1).split())}
+
+
+def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per kind of run, the median of each of its measures over the rounds."""
+    return {kind: {m: statistics.median(r[m] for r in rounds) for m in rounds[0]} for kind, rounds in runs.items()}
