@@ -23,7 +23,6 @@ from livekit.protocol import agent_dispatch as proto_dispatch
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
-from livekit.protocol import sip as proto_sip
 
 from ..config import CollectConfig, LiveKitConfig
 from ..telemetry import Telemetry
@@ -75,6 +74,11 @@ class _CallFailed(Exception):
         self.fields = {"method": method, "code": code, "error": error}
 
 
+def _log_failed(service: str, failure: _CallFailed) -> None:
+    """The one log line of a service that failed this scrape."""
+    log.warning("LiveKit API service failed", extra={"service": service, **failure.fields})
+
+
 def _error_code(exc: BaseException) -> str:
     if isinstance(exc, api.TwirpError):
         return exc.code or "unknown"
@@ -109,7 +113,7 @@ class StateCollector:
 
     @property
     def enabled_services(self) -> tuple[str, ...]:
-        services = list(self.cfg.services)
+        services: list[str] = list(self.cfg.services)
         det = self.cfg.room_detail
         if det.enabled and det.agent_dispatch and "room" in services:
             services.append("agent_dispatch")
@@ -183,7 +187,7 @@ class StateCollector:
                 ok = True
             except _CallFailed as failure:
                 ok = False
-                log.warning("LiveKit API service failed", extra={"service": service, **failure.fields})
+                _log_failed(service, failure)
             except Exception:
                 ok = False
                 log.error("collecting %s failed unexpectedly", service, exc_info=True)
@@ -290,32 +294,17 @@ class StateCollector:
 
     async def _collect_sip(self, deadline: float, snap: Snapshot) -> None:
         sip = self._api().sip
-        inbound, outbound, rules = await asyncio.gather(
-            self._sip_count(
-                "ListSIPInboundTrunk",
-                deadline,
-                sip.list_inbound_trunk,
-                proto_sip.ListSIPInboundTrunkRequest,
-                "sip_trunk_id",
-            ),
-            self._sip_count(
-                "ListSIPOutboundTrunk",
-                deadline,
-                sip.list_outbound_trunk,
-                proto_sip.ListSIPOutboundTrunkRequest,
-                "sip_trunk_id",
-            ),
-            self._sip_count(
-                "ListSIPDispatchRule",
-                deadline,
-                sip.list_dispatch_rule,
-                proto_sip.ListSIPDispatchRuleRequest,
-                "sip_dispatch_rule_id",
-            ),
+        lists = (  # inbound trunks, outbound trunks, dispatch rules: (method, call, request, id field)
+            ("ListSIPInboundTrunk", sip.list_inbound_trunk, api.ListSIPInboundTrunkRequest, "sip_trunk_id"),
+            ("ListSIPOutboundTrunk", sip.list_outbound_trunk, api.ListSIPOutboundTrunkRequest, "sip_trunk_id"),
+            ("ListSIPDispatchRule", sip.list_dispatch_rule, api.ListSIPDispatchRuleRequest, "sip_dispatch_rule_id"),
+        )
+        results = await asyncio.gather(
+            *(self._sip_count(method, deadline, call, request, id_field) for method, call, request, id_field in lists),
             return_exceptions=True,
         )
         counts = []
-        for r in (inbound, outbound, rules):
+        for r in results:
             if isinstance(r, BaseException):
                 raise r
             counts.append(r)
@@ -349,10 +338,7 @@ class StateCollector:
         if det.agent_dispatch:
             snap.up["agent_dispatch"] = "agent_dispatch" not in failures
             if "agent_dispatch" in failures:
-                log.warning(
-                    "LiveKit API service failed",
-                    extra={"service": "agent_dispatch", **failures["agent_dispatch"].fields},
-                )
+                _log_failed("agent_dispatch", failures["agent_dispatch"])
             else:
                 snap.dispatches = verdict.dispatches
         if "room" in failures:

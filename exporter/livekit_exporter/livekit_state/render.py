@@ -35,18 +35,22 @@ if TYPE_CHECKING:
     from .read import Snapshot
 
 
-def _zero_filled(family: GaugeMetricFamily, counts: Mapping[Any, float], *known: Iterable[str]) -> None:
-    """Every combination of the enums' known values, at zero when nothing has it (so a series
-    exists before its first job), in the enums' order; then any value a newer LiveKit reports."""
+def _zero_filled(name: str, doc: str, counts: Mapping[Any, float], /, **known: Iterable[str]) -> GaugeMetricFamily:
+    """A gauge of enum labels, each label named with its enum's known values: every combination of
+    the known values, at zero when nothing has it (so a series exists before its first job), in the
+    enums' order; then any value a newer LiveKit reports."""
+    family = _gauge(name, doc, known)
     left = dict(counts)
-    for combo in itertools.product(*known):
+    for combo in itertools.product(*known.values()):
         family.add_metric(list(combo), left.pop(combo, 0))
     for combo, n in sorted(left.items()):
         family.add_metric(list(combo), n)
+    return family
 
 
-def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels))
+def _gauge(name: str, doc: str, labels: Iterable[str] = (), *, value: float | None = None) -> GaugeMetricFamily:
+    """A gauge family; with `value`, its one sample (a gauge without labels)."""
+    return GaugeMetricFamily(name, doc, value=value, labels=list(labels) or None)
 
 
 class ScrapeFolder:
@@ -74,13 +78,23 @@ class ScrapeFolder:
         self.overflow.labels(metric, label).inc(len(per_value) - len(keep))
         return folded
 
+    def gauge(self, name: str, doc: str, labels: list[str], tally: Mapping[Any, int], label: str) -> GaugeMetricFamily:
+        """A gauge of `tally` (label values -> count) with its `label` folded, in label order."""
+        family = _gauge(name, doc, labels)
+        for key, n in sorted(self.fold(name, label, tally, labels.index(label)).items()):
+            family.add_metric(list(key), n)
+        return family
+
 
 def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], folder: ScrapeFolder) -> list[Any]:
     """Fresh metric families for one snapshot: a family is served when its list was read in full."""
     out: list[Any] = []
-    up = _gauge("livekit_up", "1 when every enabled LiveKit API service answered this scrape.")
     services = tuple(services)
-    up.add_metric([], 1.0 if services and all(snap.up.get(s, False) for s in services) else 0.0)
+    up = _gauge(
+        "livekit_up",
+        "1 when every enabled LiveKit API service answered this scrape.",
+        value=1.0 if services and all(snap.up.get(s, False) for s in services) else 0.0,
+    )
     api_up = _gauge("livekit_api_up", "1 when this LiveKit API service answered this scrape.", ["service"])
     for s in services:
         api_up.add_metric([s], 1.0 if snap.up.get(s, False) else 0.0)
@@ -88,8 +102,8 @@ def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], folder
     dur = _gauge(
         "livekit_exporter_scrape_duration_seconds",
         "Time this scrape spent reading the LiveKit API.",
+        value=snap.duration,
     )
-    dur.add_metric([], snap.duration)
     out.append(dur)
 
     if snap.rooms is not None:
@@ -102,8 +116,9 @@ def families(snap: Snapshot, cfg: CollectConfig, services: Iterable[str], folder
         trunks = _gauge("livekit_sip_trunks", "SIP trunks configured in LiveKit.", ["direction"])
         trunks.add_metric(["inbound"], snap.inbound_trunks)
         trunks.add_metric(["outbound"], snap.outbound_trunks)
-        rules = _gauge("livekit_sip_dispatch_rules", "SIP dispatch rules configured in LiveKit.")
-        rules.add_metric([], snap.dispatch_rules)
+        rules = _gauge(
+            "livekit_sip_dispatch_rules", "SIP dispatch rules configured in LiveKit.", value=snap.dispatch_rules
+        )
         out += [trunks, rules]
     if cfg.room_detail.enabled and snap.rooms is not None:
         rd = _gauge(
@@ -145,20 +160,18 @@ def _room_families(rooms: list[proto_models.Room], bounds: tuple[float, ...]) ->
     )
     rooms_f.add_metric(["empty"], len(rooms) - occupied)
     rooms_f.add_metric(["occupied"], occupied)
-    full_f = _gauge("livekit_rooms_full", "Rooms with a participant limit that have reached it.")
-    full_f.add_metric([], full)
+    full_f = _gauge("livekit_rooms_full", "Rooms with a participant limit that have reached it.", value=full)
     part_f = _gauge(
         "livekit_room_participants",
         "Participants in all rooms, as Room.num_participants counts them: agents and egress are not included.",
+        value=participants,
     )
-    part_f.add_metric([], participants)
     pub_f = _gauge(
         "livekit_room_publishers",
         "Participants publishing media, summed over all rooms (Room.num_publishers: agents and egress included).",
+        value=publishers,
     )
-    pub_f.add_metric([], publishers)
-    rec_f = _gauge("livekit_rooms_recording", "Rooms with an active recording.")
-    rec_f.add_metric([], recording)
+    rec_f = _gauge("livekit_rooms_recording", "Rooms with an active recording.", value=recording)
     size_f = GaugeHistogramMetricFamily(
         "livekit_room_size",
         "Open rooms by number of participants (as Room.num_participants counts them).",
@@ -177,11 +190,13 @@ def _fmt_bound(b: float) -> str:
 
 def _egress_family(items: list[proto_egress.EgressInfo]) -> GaugeMetricFamily:
     tally = Tally((lkenums.egress_type(e), lkenums.label(lkenums.EGRESS_STATUS, e.status)) for e in items)
-    f = _gauge(
-        "livekit_egress_active", "Egress jobs that LiveKit lists as active, by type and status.", ["type", "status"]
+    return _zero_filled(
+        "livekit_egress_active",
+        "Egress jobs that LiveKit lists as active, by type and status.",
+        tally,
+        type=lkenums.EGRESS_TYPES,
+        status=lkenums.EGRESS_ACTIVE_STATUSES,
     )
-    _zero_filled(f, tally, lkenums.EGRESS_TYPES, lkenums.EGRESS_ACTIVE_STATUSES)
-    return f
 
 
 def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
@@ -194,10 +209,13 @@ def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
         if i.state.status == publishing:
             bitrate[(it, "audio")] += i.state.audio.average_bitrate
             bitrate[(it, "video")] += i.state.video.average_bitrate
-    f = _gauge(
-        "livekit_ingress", "Ingress endpoints configured in LiveKit, by input type and state.", ["input_type", "status"]
+    f = _zero_filled(
+        "livekit_ingress",
+        "Ingress endpoints configured in LiveKit, by input type and state.",
+        tally,
+        input_type=lkenums.INGRESS_INPUT.values(),
+        status=lkenums.INGRESS_STATUS.values(),
     )
-    _zero_filled(f, tally, lkenums.INGRESS_INPUT.values(), lkenums.INGRESS_STATUS.values())
     b = _gauge(
         "livekit_ingress_input_bytes_per_second",
         "Average input rate of publishing ingress (IngressState average_bitrate / 8), summed by input type and media.",
@@ -225,23 +243,27 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
                 status = p.attributes.get("sip.callStatus") or lkenums.UNKNOWN
                 trunk = p.attributes.get("sip.trunkID") or "none"
                 calls[(status, trunk)] += 1
-    pf = _gauge(
-        "livekit_participants", "Participants in the rooms read for detail, by kind and state.", ["kind", "state"]
+    pf = _zero_filled(
+        "livekit_participants",
+        "Participants in the rooms read for detail, by kind and state.",
+        by_kind,
+        kind=lkenums.PARTICIPANT_KIND.values(),
+        state=lkenums.PARTICIPANT_STATE.values(),
     )
-    _zero_filled(pf, by_kind, lkenums.PARTICIPANT_KIND.values(), lkenums.PARTICIPANT_STATE.values())
-    tf = _gauge(
+    tf = _zero_filled(
         "livekit_published_tracks",
         "Tracks published in the rooms read for detail, by type and source.",
-        ["type", "source"],
+        tracks,
+        type=lkenums.TRACK_TYPE.values(),
+        source=lkenums.TRACK_SOURCE.values(),
     )
-    _zero_filled(tf, tracks, lkenums.TRACK_TYPE.values(), lkenums.TRACK_SOURCE.values())
-    cf = _gauge(
+    cf = folder.gauge(
         "livekit_sip_calls",
         "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",
         ["status", "trunk"],
+        calls,
+        "trunk",
     )
-    for (status, trunk), n in sorted(folder.fold("livekit_sip_calls", "trunk", calls, 1).items()):
-        cf.add_metric([status, trunk], n)
     return [pf, tf, cf]
 
 
@@ -255,14 +277,13 @@ def _dispatch_family(
                 jobs[
                     (d.agent_name or j.agent_name or "unnamed", lkenums.label(lkenums.JOB_STATUS, j.state.status))
                 ] += 1
-    f = _gauge(
+    return folder.gauge(
         "livekit_agent_jobs",
         "Agent jobs of the dispatches in the rooms read for detail, by agent name and status.",
         ["agent_name", "status"],
+        jobs,
+        "agent_name",
     )
-    for (name, status), n in sorted(folder.fold("livekit_agent_jobs", "agent_name", jobs, 0).items()):
-        f.add_metric([name, status], n)
-    return f
 
 
 class ScrapeView(Collector):
