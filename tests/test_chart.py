@@ -642,8 +642,9 @@ def test_the_config_schema_is_the_exporters_own_made_draft_07_without_the_keys_t
         for key in keys:
             # left open for the templates' fail messages (test_values_that_cannot_make_a_working_exporter...)
             assert set(config["properties"][section]["properties"][key]) == {"description"}
-    # a $ref is inlined with its siblings
-    assert config["properties"]["webhooks"]["properties"]["max_body_bytes"] == {"type": "integer", "minimum": 1}
+    # the constraints, default and description of the exporter's model reach the chart's values schema
+    assert config["properties"]["webhooks"]["properties"]["max_body_bytes"] == {
+        "type": "integer", "minimum": 1, "description": "Larger request bodies get 413.", "default": 1048576}
     # every ci values file's config passes it (lint), and a full config from the repository's example does too
     example = {"collect": {"room_detail": {"enabled": True, "max_rooms": 10}}, "webhooks": {"path": "/hooks"}}
     assert helm.lint(CHART_DIR, values={"config": example}, strict=True, namespace=NAMESPACE)["errors"] == []

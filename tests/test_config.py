@@ -197,3 +197,60 @@ def test_a_binary_file_is_reported_not_a_traceback(tmp_path):
     r = run_check(p)
     assert r.returncode == 2
     assert "not UTF-8 text" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- the contract: model.py is the one source ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_schema_and_the_configuration_doc_are_generated_and_current():
+    r = subprocess.run([sys.executable, "-m", "livekit_exporter.config", "--check"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr + "\nregenerate with: .venv/bin/python -m livekit_exporter.config"
+    from livekit_exporter.config.schema import generated_files
+
+    assert {p.relative_to(ROOT).as_posix() for p in generated_files()} == {
+        "exporter/livekit_exporter/schemas/config.schema.json", "docs/configuration.md"}
+
+
+def test_the_documented_defaults_are_the_defaults(tmp_path):
+    """docs/configuration.md's file of defaults, loaded, is the Config nobody configured."""
+    import re
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    example = re.search(r"## The defaults as a file.*?```yaml\n(.*?)```", doc, re.S).group(1)
+    p = tmp_path / "defaults.yml"
+    p.write_text(example)
+    env = {"LIVEKIT_URL": "http://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": SECRET}
+    assert config.load(str(p), env=env) == config.load(None, env=env).__class__(
+        **{**vars(config.load(None, env=env)), "source": str(p)})
+    assert config.load(None, env=env).events == config.EventsConfig()
+    assert config.load(None, env=env).collect == config.CollectConfig()
+    # every key of the model is in the table of docs/configuration.md, with its default
+    rows = dict(re.findall(r"^\| `([a-z_.\[\]]+)` \| [^|]*(?:\\\|[^|]*)* \| ([^|]+) \|", doc, re.M))
+    assert rows["events.call_ttl"] == "`\"2h\"`" and rows["collect.timeout_margin"] == "`\"500ms\"`"
+    assert rows["labels.max_values"] == "`50`" and rows["livekit.url"] == "none"
+
+
+def test_no_default_is_written_outside_the_model():
+    """load.py converts and resolves; it names no default of its own (issue: literal fallbacks)."""
+    source = (ROOT / "exporter" / "livekit_exporter" / "config" / "load.py").read_text()
+    for literal in ('"10s"', '"2m"', '"500ms"', '"10m"', '"2h"', '"5m"', '"15m"', '"30s"', "100_000", "1 << 20",
+                    '"/webhook"', '"/v1/events"'):
+        assert literal not in source, literal
+
+
+@pytest.mark.parametrize("body,expected", [
+    pytest.param("webhooks:\n  keys:\n    - {api_key: k2}\n", "webhooks.keys[0]: give exactly one of api_secret or api_secret_file", id="key-without-secret"),
+    pytest.param("events:\n  buckets: {voice_agent_nope_seconds: [1]}\n", "events.buckets: must be one of voice_agent_call_duration_seconds", id="unknown-histogram"),
+    pytest.param("events:\n  call_ttl: 0s\n", "events.call_ttl: must be longer than 0 (got '0s'); the default is 2h", id="zero-ttl"),
+    pytest.param("livekit:\n  url: http://user:hunter2-password@x y\n", "must be an http(s):// or ws(s):// URL (got 'http://***@x y')", id="url-credentials-blanked"),
+])
+def test_errors_name_the_line_and_the_key(tmp_path, body, expected):
+    base = "livekit: {url: https://lk.example.com, api_key: k, api_secret: s}\n"
+    text = body if body.startswith("livekit") else base + body
+    r = run_check(write(tmp_path, text))
+    assert r.returncode == 2
+    assert expected in r.stderr, r.stderr
+    assert "livekit-exporter.yml:" in r.stderr and "hunter2" not in r.stderr

@@ -33,7 +33,7 @@ from livekit.protocol import models as proto_models
 
 from conftest import EVENTS_TOKEN, free_port, require_binary
 from livekit_exporter.client import EventsClient
-from livekit_exporter.config import EventsConfig, Price, Secret
+from livekit_exporter.config import EventsConfig, LabelsConfig, Price, Secret
 from livekit_exporter.mixin import DEFAULT_CONFIG, Mixin, generate, load, write
 from livekit_exporter.mixin.dashboards import boards
 from livekit_exporter.server import build_app
@@ -249,7 +249,7 @@ async def drive(scenario, exporter_url: str, stop: asyncio.Event, settle) -> Non
 
 async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario, simulator, make_config, tmp_path):
     prometheus_bin = require_binary("prometheus")
-    config = replace(make_config(detail=True), label_max_values=2,
+    config = replace(make_config(detail=True), labels=LabelsConfig(max_values=2),
                      events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),), prices=tuple(Price(**p) for p in PRICES)))
     runner = web.AppRunner(build_app(config), access_log=None)
     await runner.setup()

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from conftest import AUTH, EVENTS_TOKEN, require_binary, samples, value
 
-from livekit_exporter.config import Price
+from livekit_exporter.config import LabelsConfig, Price
 from livekit_exporter.events import PIPELINE
 from livekit_exporter.events.pipeline import CALL_BUCKETS, REQUEST_BUCKETS, STAGE_BUCKETS, TURN_BUCKETS
 
@@ -541,7 +541,7 @@ async def test_report_gauges_never_write_into_other(events_exporter, make_config
     from livekit_exporter.config import EventsConfig, Secret
     from livekit_exporter.server import build_app
 
-    config = replace(make_config(), label_max_values=2,
+    config = replace(make_config(), labels=LabelsConfig(max_values=2),
                      events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),), dependency_ttl=60.0, campaign_ttl=60.0))
     client = await aiohttp_client(build_app(config))
     pipeline = client.app[PIPELINE]
@@ -601,7 +601,7 @@ async def test_an_agent_is_itself_or_other_in_every_voice_agent_metric(events_ex
     from livekit_exporter.config import EventsConfig, Secret
     from livekit_exporter.server import build_app
 
-    client = await aiohttp_client(build_app(replace(make_config(), label_max_values=2,
+    client = await aiohttp_client(build_app(replace(make_config(), labels=LabelsConfig(max_values=2),
                                                      events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),)))))
     # a1, a2 fill the agent slots through turns; a3 then has a turn, and a tool call.
     await post(client, [{"type": "turn", "agent": a} for a in ("a1", "a2", "a3")])

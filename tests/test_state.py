@@ -16,6 +16,7 @@ from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 
 from conftest import samples, value
+from livekit_exporter.config import LabelsConfig
 from livekit_exporter.simulator import Scenario
 from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
 
@@ -193,7 +194,7 @@ async def test_user_named_labels_pass_the_guard(scenario, simulator, exporter_cl
     scenario.add_room("r")
     for i in range(5):
         scenario.add_dispatch("r", f"agent-{i}", [proto_agent.JS_RUNNING] * (i + 1))
-    cfg = replace(make_config(detail=True), label_max_values=3)
+    cfg = replace(make_config(detail=True), labels=LabelsConfig(max_values=3))
     client = await exporter_client(cfg)
     text = await scrape(client)
     names = {dict(k[1])["agent_name"] for k in samples(text) if k[0] == "livekit_agent_jobs"}

@@ -145,7 +145,7 @@ def build_app(
     telemetry_path: str = DEFAULT_TELEMETRY_PATH,
     web_config: WebConfig | None = None,
 ) -> web.Application:
-    telemetry = telemetry or Telemetry(config.label_max_values)
+    telemetry = telemetry or Telemetry(config.labels.max_values)
     state = StateCollector(config.livekit, config.collect, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
     # Bodies are read by the handlers with their own limits; this is only aiohttp's outer bound.

@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 
 from . import __version__
+from .config import LabelsConfig
 from .guard import LabelGuard
 
 # `_created` series double the output and no query here uses them.
@@ -39,7 +40,7 @@ def _version(dist: str) -> str:
 
 
 class Telemetry:
-    def __init__(self, label_max_values: int = 50):
+    def __init__(self, label_max_values: int = LabelsConfig.max_values):
         self.label_max_values = label_max_values  # the cardinality guard's bound, for every source
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
