@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 from dataclasses import replace
 from typing import Any, Callable
 
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from livekit_exporter.config import CollectConfig, Config, LiveKitConfig, RoomDetailConfig, Secret
@@ -41,6 +43,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serves the app on a free loopback port: (its runner, to clean up; the port)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminates a process the test started, and kills it if it has not exited 10 s later."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """Exposition text -> {(sample name, frozenset(labels)): value}."""
     out = {}
@@ -53,6 +73,19 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 def value(text_or_samples: Any, name: str, **labels: str) -> float | None:
     s = samples(text_or_samples) if isinstance(text_or_samples, str) else text_or_samples
     return s.get((name, frozenset(labels.items())))
+
+
+async def scrape_samples(aiohttp_client: Callable, server: Any) -> dict[tuple[str, frozenset], float]:
+    """The samples a test server's /metrics shows now, read through a new aiohttp test client."""
+    client = await aiohttp_client(server)
+    return samples(await (await client.get("/metrics")).text())
+
+
+def add_rooms(scenario: Scenario, count: int, *, prefix: str = "r", identity: str = "u") -> None:
+    """`count` rooms, {prefix}0, {prefix}1, ..., each with one participant, `identity`."""
+    for i in range(count):
+        scenario.add_room(f"{prefix}{i}")
+        scenario.add_participant(f"{prefix}{i}", identity)
 
 
 @pytest.fixture

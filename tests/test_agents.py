@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import socket
 import time
 
 import aiohttp
 import pytest
-from conftest import EVENTS_TOKEN, require_module, samples, value
+from conftest import EVENTS_TOKEN, free_port, require_module, samples, scrape_samples, value
 
 require_module("livekit.agents")
 
@@ -23,7 +22,7 @@ from livekit.agents.metrics.base import Metadata  # noqa: E402
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS  # noqa: E402
 from livekit.agents.voice import events as lk_events  # noqa: E402
 
-from livekit_exporter.agents import instrument, preferred_mode  # noqa: E402
+from livekit_exporter.agents import CallInstrumentation, instrument, preferred_mode  # noqa: E402
 from livekit_exporter.client import EventsClient  # noqa: E402
 from livekit_exporter.server import build_app  # noqa: E402
 
@@ -127,12 +126,17 @@ def _message(role: str, **metrics) -> lk_events.ConversationItemAddedEvent:
     return lk_events.ConversationItemAddedEvent(item=llm.ChatMessage(role=role, content=["..."], metrics=metrics))
 
 
-async def test_turn_metrics_usage_errors_and_the_timestamp_bugs(exporter):
-    url, scrape = exporter
+def _instrumented(url: str, **kwargs) -> tuple[AgentSession, EventsClient, CallInstrumentation]:
+    """A bare AgentSession, instrument(**kwargs)ed with a client of its own sending to the exporter at url."""
     client = EventsClient(url, EVENTS_TOKEN)
     session = AgentSession()
-    instrument(session, agent="a", direction="outbound", campaign="spring", client=client).answered(
-        "machine", setup_seconds=9.5)
+    return session, client, instrument(session, client=client, **kwargs)
+
+
+async def test_turn_metrics_usage_errors_and_the_timestamp_bugs(exporter):
+    url, scrape = exporter
+    session, client, call = _instrumented(url, agent="a", direction="outbound", campaign="spring")
+    call.answered("machine", setup_seconds=9.5)
     stt_meta = {"model_provider": "deepgram", "model_name": "nova-3"}
     session.emit("conversation_item_added", _message(
         "user", transcription_delay=150.0, end_of_turn_delay=0.4, stt_metadata=stt_meta))  # #6093-style delay
@@ -185,9 +189,7 @@ async def test_turn_metrics_usage_errors_and_the_timestamp_bugs(exporter):
 
 async def test_the_fallback_reads_the_real_metric_classes(exporter, caplog):
     url, scrape = exporter
-    client = EventsClient(url, EVENTS_TOKEN)
-    session = AgentSession()
-    instrument(session, agent="old", client=client, mode="metrics_collected")
+    session, client, _ = _instrumented(url, agent="old", mode="metrics_collected")
     assert "metrics_collected is deprecated" in caplog.text  # livekit-agents 1.8 says so, once
     meta = Metadata(model_provider="api.openai.com", model_name="gpt-4o-mini")  # as the openai plugin says
     now = time.time()
@@ -228,10 +230,7 @@ async def test_the_fallback_reads_the_real_metric_classes(exporter, caplog):
 
 
 async def test_with_the_exporter_down_the_agent_is_never_blocked():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = EventsClient(f"http://127.0.0.1:{port}", EVENTS_TOKEN, backoff=0.05, max_retries=2)
+    client = EventsClient(f"http://127.0.0.1:{free_port()}", EVENTS_TOKEN, backoff=0.05, max_retries=2)
     session = AgentSession(llm=ScriptedLLM())
     instrument(session, agent="offline", client=client)
     await session.start(SupportAgent())
@@ -314,7 +313,7 @@ async def test_greeting_and_a_tool_call_make_one_turn(events_config, aiohttp_ser
     await client.aclose()
     # greeting, the user, "Let me check.", the answer after the tool: one user message, one turn.
     assert items == ["assistant", "user", "assistant", "assistant"]
-    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    s = await scrape_samples(aiohttp_client, server)
     assert value(s, "voice_agent_turns_total", agent="greeter", interrupted="false") == 1
     assert value(s, "voice_agent_turns_total", agent="greeter", interrupted="true") is None
     llm_labels = dict(agent="greeter", provider="openai", model="script-1")
@@ -330,9 +329,7 @@ async def test_greeting_and_a_tool_call_make_one_turn(events_config, aiohttp_ser
 
 async def test_user_turns_without_a_reply_are_counted(exporter):
     url, scrape = exporter
-    client = EventsClient(url, EVENTS_TOKEN)
-    session = AgentSession()
-    instrument(session, agent="b", direction="inbound", client=client)
+    session, client, _ = _instrumented(url, agent="b", direction="inbound")
     # The user speaks; the reply is cut before any audio (no assistant message); the user speaks
     # again and gets an answer; the user speaks a third time and hangs up before the reply.
     session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.5, transcription_delay=0.2))
@@ -353,9 +350,7 @@ async def test_a_reply_cut_by_a_failed_tts_is_a_tts_error_not_an_interruption(ex
     from livekit.agents.tts import TTSError
 
     url, scrape = exporter
-    client = EventsClient(url, EVENTS_TOKEN)
-    session = AgentSession()
-    instrument(session, agent="t", client=client)
+    session, client, _ = _instrumented(url, agent="t")
     session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.4))
     # livekit-agents reports the TTS failure (retries exhausted), then adds the reply as interrupted.
     session.emit("error", lk_events.ErrorEvent(
@@ -399,9 +394,7 @@ async def test_bad_arguments_fail_at_once(kwargs, message):
 
 async def test_absurd_timings_reach_the_exporter_capped_and_are_counted_there(exporter):
     url, scrape = exporter
-    client = EventsClient(url, EVENTS_TOKEN)
-    session = AgentSession()
-    instrument(session, agent="c", client=client)
+    session, client, _ = _instrumented(url, agent="c")
     session.emit("conversation_item_added", _message("user", end_of_turn_delay=5e9))  # a clock jump
     session.emit("conversation_item_added", _message("assistant", e2e_latency=0.8))
     await client.aclose()
@@ -480,9 +473,7 @@ async def test_a_turn_carries_its_call_and_the_agents_trace_as_exemplars(exporte
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     url, _ = exporter
-    client = EventsClient(url, EVENTS_TOKEN)
-    session = AgentSession()
-    instrument(session, agent="a", direction="inbound", call_id="call-77", client=client)
+    session, client, _ = _instrumented(url, agent="a", direction="inbound", call_id="call-77")
     tracer = TracerProvider().get_tracer("test")
     with tracer.start_as_current_span("agent_turn") as span:
         session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.3))

@@ -24,7 +24,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from conftest import EVENTS_TOKEN, free_port, require_binary
+from conftest import EVENTS_TOKEN, add_rooms, free_port, require_binary, serve_on_loopback, stop_process
 from livekit_exporter.client import EventsClient
 from livekit_exporter.mixin import DEFAULT_CONFIG, generate, load, write
 from livekit_exporter.server import build_app
@@ -80,13 +80,10 @@ class Receiver:
         return [(rcv, a) for rcv, p in self.webhooks[since:] for a in p["alerts"]
                 if a["labels"]["alertname"] == alertname and a["status"] == status]
 
-
-async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+    async def notified(self, alertname: str, status: str = "firing", since: int = 0) -> list[tuple[str, dict[str, Any]]]:
+        """Waits until delivered() has alerts of that name and status, and returns them."""
+        what = f"{alertname} {'delivered' if status == 'firing' else status}"
+        return await eventually(what, lambda: self.delivered(alertname, status, since))
 
 
 def alertmanager_config(tmp: Path, receiver_port: int) -> Path:
@@ -117,14 +114,6 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 async def eventually(what: str, check: Callable[[], Any], timeout: float = 45.0) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -149,13 +138,11 @@ async def drive_turns(client: EventsClient, profile: list[AgentProfile], stop_ev
 async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simulator, events_config, tmp_path):
     prometheus_bin = require_binary("prometheus")
     alertmanager_bin = require_binary("alertmanager")
-    for i in range(3):
-        scenario.add_room(f"room-{i}")
-        scenario.add_participant(f"room-{i}", "caller")
+    add_rooms(scenario, 3, prefix="room-", identity="caller")
 
     receiver = Receiver()
-    receiver_runner, receiver_port = await serve(receiver.app)
-    exporter_runner, exporter_port = await serve(build_app(events_config()))
+    receiver_runner, receiver_port = await serve_on_loopback(receiver.app)
+    exporter_runner, exporter_port = await serve_on_loopback(build_app(events_config()))
     am_port, prom_port = free_port(), free_port()
     files = generate(load(ROOT / DEFAULT_CONFIG, {
         **FAST,
@@ -193,8 +180,7 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
 
             # 1. A LiveKit service answers 401; the agents' latency has regressed.
             scenario.set_fault("egress", Fault("unauthorized"))
-            (rcv, alert), *_ = await eventually("LiveKitApiUnauthenticated delivered",
-                                                lambda: receiver.delivered("LiveKitApiUnauthenticated"))
+            (rcv, alert), *_ = await receiver.notified("LiveKitApiUnauthenticated")
             assert rcv == "critical"
             assert alert["labels"] == {"alertname": "LiveKitApiUnauthenticated", "severity": "critical",
                                        "component": "livekit", "job": "livekit-exporter", "service": "egress"}
@@ -214,8 +200,7 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
             held = await eventually("LiveKitApiServiceDown inhibited", lambda: in_alertmanager("LiveKitApiServiceDown"))
             assert held[0]["status"]["state"] == "suppressed" and held[0]["status"]["inhibitedBy"]
 
-            (rcv, alert), *_ = await eventually("LiveKitVoiceAgentLatencyHigh delivered",
-                                                lambda: receiver.delivered("LiveKitVoiceAgentLatencyHigh"))
+            (rcv, alert), *_ = await receiver.notified("LiveKitVoiceAgentLatencyHigh")
             assert rcv == "slack"
             assert alert["labels"] == {"alertname": "LiveKitVoiceAgentLatencyHigh", "severity": "warning",
                                        "component": "voice_agents", "job": "livekit-exporter", "agent": "support-agent"}
@@ -225,10 +210,8 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
             # 2. Both faults clear: both resolve.
             scenario.set_fault("egress", None)
             profile[0] = FAST_AGENT
-            await eventually("LiveKitApiUnauthenticated resolved",
-                             lambda: receiver.delivered("LiveKitApiUnauthenticated", "resolved"))
-            await eventually("LiveKitVoiceAgentLatencyHigh resolved",
-                             lambda: receiver.delivered("LiveKitVoiceAgentLatencyHigh", "resolved"))
+            await receiver.notified("LiveKitApiUnauthenticated", "resolved")
+            await receiver.notified("LiveKitVoiceAgentLatencyHigh", "resolved")
             assert receiver.delivered("LiveKitApiServiceDown") == []
 
             # 3. Every LiveKit service down: LiveKitApiUnreachable only; what depends on it is inhibited.
@@ -236,8 +219,7 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
             since = len(receiver.webhooks)
             for service in ("room", "egress", "ingress", "sip"):
                 scenario.set_fault(service, Fault("reset"))
-            (rcv, alert), *_ = await eventually("LiveKitApiUnreachable delivered",
-                                                lambda: receiver.delivered("LiveKitApiUnreachable", since=since))
+            (rcv, alert), *_ = await receiver.notified("LiveKitApiUnreachable", since=since)
             assert rcv == "critical" and alert["labels"]["job"] == "livekit-exporter"
             for dependent in ("LiveKitApiServiceDown", "LiveKitApiErrorRatioHigh"):
                 await eventually(f"{dependent} firing", lambda d=dependent: firing_in_prometheus(d))
@@ -250,8 +232,7 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
             assert receiver.delivered("LiveKitApiErrorRatioHigh", since=since) == []
             for service in ("room", "egress", "ingress", "sip"):
                 scenario.set_fault(service, None)
-            await eventually("LiveKitApiUnreachable resolved",
-                             lambda: receiver.delivered("LiveKitApiUnreachable", "resolved", since=since))
+            await receiver.notified("LiveKitApiUnreachable", "resolved", since=since)
             # It kept firing (inhibitors.keep_firing_for) until its symptoms had resolved: none of
             # them was delivered on the way out either.
             await asyncio.sleep(2)
@@ -265,7 +246,7 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
         stop_turns.set()
         await turns
         await client.aclose(timeout=1.0)
-        stop(prom_proc)
-        stop(am_proc)
+        stop_process(prom_proc)
+        stop_process(am_proc)
         await exporter_runner.cleanup()
         await receiver_runner.cleanup()

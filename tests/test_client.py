@@ -10,7 +10,7 @@ import time
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import EVENTS_TOKEN, free_port, samples, value
+from conftest import EVENTS_TOKEN, free_port, samples, scrape_samples, value
 
 from livekit_exporter.client import EventsClient
 from livekit_exporter.events import model as m
@@ -192,7 +192,7 @@ async def test_one_invalid_event_never_poisons_a_batch(events_config, aiohttp_se
         assert await client.flush(5)
     assert client.stats.sent == 100 and client.stats.dropped_invalid == len(bad)
     assert client.stats.dropped_rejected == 0
-    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    s = await scrape_samples(aiohttp_client, server)
     assert value(s, "voice_agent_calls_active", agent="poison-test", direction="inbound") == 99
     warnings = [r for r in caplog.records if "invalid event was dropped" in r.getMessage()]
     assert len(warnings) == 1 and "<= 1000000.0" in warnings[0].problem  # rate-limited: once a minute
@@ -252,7 +252,7 @@ async def test_a_retry_after_a_lost_answer_is_applied_once(events_config, aiohtt
             client.emit(turn(i))
         assert await client.flush(5)
     assert client.stats.sent == 10 and client.stats.retries == 1
-    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    s = await scrape_samples(aiohttp_client, server)
     assert value(s, "voice_agent_turns_total", agent="a", interrupted="false") == 10
 
 
@@ -265,5 +265,5 @@ async def test_batches_over_the_exporters_limit_are_split(events_config, aiohttp
         assert await client.flush(5)
     assert client.stats.sent == 250 and client.stats.dropped_rejected == 0
     assert client.batch_size == 25
-    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    s = await scrape_samples(aiohttp_client, server)
     assert value(s, "voice_agent_turns_total", agent="a", interrupted="false") == 250

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import free_port, value
+from conftest import add_rooms, free_port, value
 from livekit_exporter.simulator import Fault
 
 TIMEOUT_HEADER = {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}
@@ -134,9 +134,7 @@ async def test_a_hanging_service_leaves_room_detail_alone(scenario, simulator, e
 
 
 async def test_detail_that_misses_the_deadline_is_one_timeout_not_a_wrong_sum(scenario, simulator, exporter_client):
-    for i in range(30):
-        scenario.add_room(f"r{i}")
-        scenario.add_participant(f"r{i}", "u")
+    add_rooms(scenario, 30)
     client = await exporter_client(detail=True, max_rooms=30, concurrency=2)
     await scrape(client)
     scenario.set_fault("room", Fault(latency=0.1))  # 30 rooms, 2 at a time, 0.2 s a room: ~3 s > 1 s budget

@@ -11,19 +11,15 @@ import subprocess
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from conftest import free_port, require_binary
+from conftest import add_rooms, free_port, require_binary, serve_on_loopback, stop_process
 from livekit_exporter.server import build_app
 from livekit_exporter.simulator import Fault
 
 
 @pytest.fixture
 async def exporter_port(make_config):
-    runner = web.AppRunner(build_app(make_config()), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_on_loopback(build_app(make_config()))
     yield port
     await runner.cleanup()
 
@@ -43,11 +39,7 @@ async def prometheus(exporter_port, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process(proc)
 
 
 async def query(session: aiohttp.ClientSession, base: str, promql: str) -> dict[str, float]:
@@ -72,9 +64,7 @@ async def eventually(session, base, promql, want, timeout: float = 30.0) -> dict
 
 
 async def test_prometheus_scrapes_within_its_timeout_while_a_service_hangs(scenario, simulator, prometheus):
-    for i in range(3):
-        scenario.add_room(f"r{i}")
-        scenario.add_participant(f"r{i}", "u")
+    add_rooms(scenario, 3)
     async with aiohttp.ClientSession() as session:
         await eventually(session, prometheus, "livekit_room_participants", lambda g: g.get("") == 3)
         await eventually(session, prometheus, 'up{job="livekit"}', lambda g: g.get("") == 1)

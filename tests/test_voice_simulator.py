@@ -4,10 +4,9 @@ shows exactly what they sent (their Truth); the demo serves voice_agent_* metric
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
-from conftest import EVENTS_TOKEN, samples, value
+from conftest import EVENTS_TOKEN, free_port, samples, scrape_samples, value
 
 from livekit_exporter.client import EventsClient
 from livekit_exporter.config import Price
@@ -21,7 +20,7 @@ async def test_the_exporter_shows_what_the_fleet_sent(events_config, aiohttp_ser
         fleet = VoiceAgentFleet(client, seed=42)
         fleet.simulate(calls=60, leave_open=3)
     assert client.stats.sent == sum(fleet.truth.events.values())
-    s = samples(await (await (await aiohttp_client(server)).get("/metrics")).text())
+    s = await scrape_samples(aiohttp_client, server)
     t = fleet.truth
 
     assert {o for (_, d, _, o) in t.calls_ended if d == "outbound"} >= {"no_answer", "failed", "voicemail"}
@@ -81,9 +80,7 @@ async def test_the_demo_serves_voice_agent_metrics(aiohttp_client):
 
     from livekit_exporter.demo import run_demo
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     demo = asyncio.create_task(run_demo("127.0.0.1", port))
     try:
         async with aiohttp.ClientSession() as http:
