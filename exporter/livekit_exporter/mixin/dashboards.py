@@ -10,7 +10,6 @@ something goes wrong (errors, rejections); the data test drives the faults for t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,10 +39,6 @@ class P:
     threshold: float | None = None  # a dashed red line (a timeseries' limit: a threshold of the alerts)
     yunit: str = ""  # a heatmap's y axis (its buckets); `unit` formats its cells
     anchor: str = ""  # how an alert's dashboard_url names this panel (rules.ALERT_PANELS)
-
-
-def anchored(anchor: str, *args: Any, **kwargs: Any) -> P:
-    return dataclasses.replace(P(*args, **kwargs), anchor=anchor)
 
 
 def layout(m: Mixin):
@@ -80,6 +75,9 @@ class Board:
     description: str
     variables: tuple[str, ...]
     rows: list[tuple[str, list[P]]] = field(default_factory=list)
+
+    def row(self, title: str, *panels: P) -> None:
+        self.rows.append((title, list(panels)))
 
 
 def boards(m: Mixin) -> list[Board]:
@@ -127,161 +125,140 @@ def boards(m: Mixin) -> list[Board]:
         "LiveKit overview",
         "Every LiveKit API's health and latency, rooms and participants, egress and ingress at a glance, webhooks.",
         ("job",),
-        [
-            (
-                "LiveKit API",
-                [
-                    anchored(
-                        "api-up",
-                        "API services up",
-                        "Does each LiveKit API service answer the exporter right now (1 up, 0 down)?",
-                        "none",
-                        [(state("livekit_api_up", "job, service", op="min"), "{{job}} {{service}}")],
-                        kind="stat",
-                        w=6,
-                    ),
-                    anchored(
-                        "api-latency",
-                        f"API latency p{qname(api['latency'].number('quantile'))[1:]} by service",
-                        "How long do the exporter's calls to each LiveKit service take (failed calls included)?",
-                        "s",
-                        [(f"{api_p}{{{J}}}", "{{service}}")],
-                        w=9,
-                    ),
-                    anchored(
-                        "api-error-ratio",
-                        "API error ratio by service",
-                        "Which share of the calls to each LiveKit service fails?",
-                        "percentunit",
-                        [(f"{api_ratio}{{{J}}}", "{{service}}")],
-                        w=9,
-                    ),
-                    anchored(
-                        "api-errors",
-                        "API errors by code",
-                        "Which errors does LiveKit answer (Twirp code, timeout, connection)?",
-                        "reqps",
-                        [(rate("livekit_api_errors_total", "service, code"), "{{service}} {{code}}")],
-                        fault=True,
-                    ),
-                    P(
-                        "API calls per second",
-                        "How many LiveKit API calls does the exporter make, by service and method?",
-                        "reqps",
-                        [
-                            (
-                                rate("livekit_api_request_duration_seconds_count", "service, method"),
-                                "{{service}} {{method}}",
-                            )
-                        ],
-                    ),
-                ],
-            ),
-            (
-                "Rooms and participants",
-                [
-                    P(
-                        "Rooms",
-                        "How many rooms are open, occupied, empty or full?",
-                        "short",
-                        [
-                            (state("livekit_rooms", "occupancy"), "{{occupancy}}"),
-                            (state("livekit_rooms_full", ""), "full"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Participants",
-                        "How many participants are in LiveKit's rooms (agents and egress excluded), and by kind "
-                        "where per-room detail is on?",
-                        "short",
-                        [
-                            (state("livekit_room_participants", ""), "in rooms"),
-                            (state("livekit_participants", "kind"), "{{kind}}"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Recordings and publishers",
-                        "How many rooms record, and how many participants publish media?",
-                        "short",
-                        [
-                            (state("livekit_rooms_recording", ""), "recording rooms"),
-                            (state("livekit_room_publishers", ""), "publishers"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Room sizes",
-                        "How are open rooms distributed by number of participants (rooms at or under each size)?",
-                        "short",
-                        [(state("livekit_room_size_bucket", "le"), "<= {{le}}")],
-                        w=24,
-                        h=7,
-                    ),
-                ],
-            ),
-            (
-                "Egress and ingress",
-                [
-                    P(
-                        "Egress active",
-                        "How many egress jobs (recordings, streams) run now, by type?",
-                        "short",
-                        [(state("livekit_egress_active", "type"), "{{type}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Ingress publishing",
-                        "How many ingress endpoints publish now, by input type?",
-                        "short",
-                        [(state("livekit_ingress", "input_type", f'{J},status="publishing"'), "{{input_type}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Egress success ratio",
-                        f"Which share of ended egress did not fail, over {egress_w}?",
-                        "percentunit",
-                        [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")],
-                        w=8,
-                        max=1,
-                    ),
-                ],
-            ),
-            (
-                "Webhooks",
-                [
-                    anchored(
-                        "webhook-events",
-                        "Webhook events",
-                        "Which lifecycle events does LiveKit deliver, per second?",
-                        "reqps",
-                        [(rate("livekit_webhook_events_total", "event"), "{{event}}")],
-                        w=8,
-                    ),
-                    anchored(
-                        "webhook-rejections",
-                        "Webhook rejections",
-                        "Which webhook requests are refused, and why (a wrong key, forged or replayed)?",
-                        "reqps",
-                        [(rate("livekit_webhook_rejected_total", "reason"), "{{reason}}")],
-                        w=8,
-                        fault=True,
-                    ),
-                    anchored(
-                        "webhook-delay",
-                        "Webhook delivery delay",
-                        "How late do LiveKit's webhooks arrive (created_at to arrival)?",
-                        "s",
-                        [
-                            (quantile(0.5, "livekit_webhook_delivery_delay_seconds", "job"), "p50"),
-                            (quantile(0.99, "livekit_webhook_delivery_delay_seconds", "job"), "p99"),
-                        ],
-                        w=8,
-                    ),
-                ],
-            ),
-        ],
+    )
+    overview.row(
+        "LiveKit API",
+        P(
+            "API services up",
+            "Does each LiveKit API service answer the exporter right now (1 up, 0 down)?",
+            "none",
+            [(state("livekit_api_up", "job, service", op="min"), "{{job}} {{service}}")],
+            kind="stat",
+            w=6,
+            anchor="api-up",
+        ),
+        P(
+            f"API latency p{qname(api['latency'].number('quantile'))[1:]} by service",
+            "How long do the exporter's calls to each LiveKit service take (failed calls included)?",
+            "s",
+            [(f"{api_p}{{{J}}}", "{{service}}")],
+            w=9,
+            anchor="api-latency",
+        ),
+        P(
+            "API error ratio by service",
+            "Which share of the calls to each LiveKit service fails?",
+            "percentunit",
+            [(f"{api_ratio}{{{J}}}", "{{service}}")],
+            w=9,
+            anchor="api-error-ratio",
+        ),
+        P(
+            "API errors by code",
+            "Which errors does LiveKit answer (Twirp code, timeout, connection)?",
+            "reqps",
+            [(rate("livekit_api_errors_total", "service, code"), "{{service}} {{code}}")],
+            fault=True,
+            anchor="api-errors",
+        ),
+        P(
+            "API calls per second",
+            "How many LiveKit API calls does the exporter make, by service and method?",
+            "reqps",
+            [(rate("livekit_api_request_duration_seconds_count", "service, method"), "{{service}} {{method}}")],
+        ),
+    )
+    overview.row(
+        "Rooms and participants",
+        P(
+            "Rooms",
+            "How many rooms are open, occupied, empty or full?",
+            "short",
+            [(state("livekit_rooms", "occupancy"), "{{occupancy}}"), (state("livekit_rooms_full", ""), "full")],
+            w=8,
+        ),
+        P(
+            "Participants",
+            "How many participants are in LiveKit's rooms (agents and egress excluded), and by kind "
+            "where per-room detail is on?",
+            "short",
+            [(state("livekit_room_participants", ""), "in rooms"), (state("livekit_participants", "kind"), "{{kind}}")],
+            w=8,
+        ),
+        P(
+            "Recordings and publishers",
+            "How many rooms record, and how many participants publish media?",
+            "short",
+            [
+                (state("livekit_rooms_recording", ""), "recording rooms"),
+                (state("livekit_room_publishers", ""), "publishers"),
+            ],
+            w=8,
+        ),
+        P(
+            "Room sizes",
+            "How are open rooms distributed by number of participants (rooms at or under each size)?",
+            "short",
+            [(state("livekit_room_size_bucket", "le"), "<= {{le}}")],
+            w=24,
+            h=7,
+        ),
+    )
+    overview.row(
+        "Egress and ingress",
+        P(
+            "Egress active",
+            "How many egress jobs (recordings, streams) run now, by type?",
+            "short",
+            [(state("livekit_egress_active", "type"), "{{type}}")],
+            w=8,
+        ),
+        P(
+            "Ingress publishing",
+            "How many ingress endpoints publish now, by input type?",
+            "short",
+            [(state("livekit_ingress", "input_type", f'{J},status="publishing"'), "{{input_type}}")],
+            w=8,
+        ),
+        P(
+            "Egress success ratio",
+            f"Which share of ended egress did not fail, over {egress_w}?",
+            "percentunit",
+            [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")],
+            w=8,
+            max=1,
+        ),
+    )
+    overview.row(
+        "Webhooks",
+        P(
+            "Webhook events",
+            "Which lifecycle events does LiveKit deliver, per second?",
+            "reqps",
+            [(rate("livekit_webhook_events_total", "event"), "{{event}}")],
+            w=8,
+            anchor="webhook-events",
+        ),
+        P(
+            "Webhook rejections",
+            "Which webhook requests are refused, and why (a wrong key, forged or replayed)?",
+            "reqps",
+            [(rate("livekit_webhook_rejected_total", "reason"), "{{reason}}")],
+            w=8,
+            fault=True,
+            anchor="webhook-rejections",
+        ),
+        P(
+            "Webhook delivery delay",
+            "How late do LiveKit's webhooks arrive (created_at to arrival)?",
+            "s",
+            [
+                (quantile(0.5, "livekit_webhook_delivery_delay_seconds", "job"), "p50"),
+                (quantile(0.99, "livekit_webhook_delivery_delay_seconds", "job"), "p99"),
+            ],
+            w=8,
+            anchor="webhook-delay",
+        ),
     )
 
     media = Board(
@@ -289,142 +266,126 @@ def boards(m: Mixin) -> list[Board]:
         "LiveKit media and telephony",
         "Egress, ingress and SIP: what runs, what started and ended and how, success and answer ratios.",
         ("job",),
-        [
-            (
-                "Egress",
-                [
-                    P(
-                        "Egress active by type and status",
-                        "Which egress jobs run now?",
-                        "short",
-                        [(state("livekit_egress_active", "type, status"), "{{type}} {{status}}")],
-                        w=8,
-                    ),
-                    anchored(
-                        "egress-ended",
-                        "Egress started and ended",
-                        "How many egress jobs start, and end by status, per second?",
-                        "ops",
-                        [
-                            (rate("livekit_egress_started_total", "type"), "started {{type}}"),
-                            (rate("livekit_egress_ended_total", "type, status"), "ended {{type}} {{status}}"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Egress output",
-                        "How many bytes do ended egress jobs write per second?",
-                        "Bps",
-                        [(rate("livekit_egress_output_bytes_total", "type"), "{{type}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Egress duration",
-                        "How long do egress jobs run (p50 and p90)?",
-                        "s",
-                        [
-                            (quantile(0.5, "livekit_egress_duration_seconds", "type"), "p50 {{type}}"),
-                            (quantile(0.9, "livekit_egress_duration_seconds", "type"), "p90 {{type}}"),
-                        ],
-                    ),
-                    anchored(
-                        "egress-success",
-                        "Egress success ratio",
-                        f"Which share of ended egress did not fail, over {egress_w}?",
-                        "percentunit",
-                        [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")],
-                        max=1,
-                    ),
-                ],
-            ),
-            (
-                "Ingress",
-                [
-                    P(
-                        "Ingress by input type and status",
-                        "Which ingress endpoints exist, and in which state?",
-                        "short",
-                        [(state("livekit_ingress", "input_type, status"), "{{input_type}} {{status}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Ingress input rate",
-                        "How many bytes per second do publishing ingress receive (x 8 for bits)?",
-                        "Bps",
-                        [
-                            (
-                                state("livekit_ingress_input_bytes_per_second", "input_type, media"),
-                                "{{input_type}} {{media}}",
-                            )
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "ingress-ended",
-                        "Ingress started and ended",
-                        "How many ingress start publishing, and end by status, per second?",
-                        "ops",
-                        [
-                            (rate("livekit_ingress_started_total", "input_type"), "started {{input_type}}"),
-                            (
-                                rate("livekit_ingress_ended_total", "input_type, status"),
-                                "ended {{input_type}} {{status}}",
-                            ),
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "ingress-failure",
-                        "Ingress failure ratio",
-                        f"Which share of ingress ends are errors, over {ingress_w}?",
-                        "percentunit",
-                        [(f"input_type:livekit_ingress_failure:ratio_rate{ingress_w}{{{J}}}", "{{input_type}}")],
-                        max=1,
-                    ),
-                ],
-            ),
-            (
-                "SIP",
-                [
-                    P(
-                        "SIP trunks and dispatch rules",
-                        "How many trunks (by direction) and dispatch rules are configured?",
-                        "short",
-                        [
-                            (state("livekit_sip_trunks", "direction"), "{{direction}} trunks"),
-                            (state("livekit_sip_dispatch_rules", ""), "dispatch rules"),
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "sip-calls",
-                        "SIP calls started and ended",
-                        "How many SIP calls start, per trunk, and end, by reason, per second?",
-                        "ops",
-                        [
-                            (rate("livekit_sip_calls_started_total", "trunk"), "started {{trunk}}"),
-                            (rate("livekit_sip_calls_ended_total", "reason"), "ended {{reason}}"),
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "sip-answer",
-                        "SIP answer ratio",
-                        f"Which share of SIP calls was answered (not unavailable or rejected), over {sip_w}?",
-                        "percentunit",
-                        [(f"trunk:livekit_sip_calls_answer:ratio_rate{sip_w}{{{J}}}", "{{trunk}}")],
-                        w=8,
-                        max=1,
-                    ),
-                    P(
-                        "SIP calls in progress",
-                        "How many SIP calls are in the rooms read for detail, by call status?",
-                        "short",
-                        [(state("livekit_sip_calls", "status"), "{{status}}")],
-                    ),
-                ],
-            ),
-        ],
+    )
+    media.row(
+        "Egress",
+        P(
+            "Egress active by type and status",
+            "Which egress jobs run now?",
+            "short",
+            [(state("livekit_egress_active", "type, status"), "{{type}} {{status}}")],
+            w=8,
+        ),
+        P(
+            "Egress started and ended",
+            "How many egress jobs start, and end by status, per second?",
+            "ops",
+            [
+                (rate("livekit_egress_started_total", "type"), "started {{type}}"),
+                (rate("livekit_egress_ended_total", "type, status"), "ended {{type}} {{status}}"),
+            ],
+            w=8,
+            anchor="egress-ended",
+        ),
+        P(
+            "Egress output",
+            "How many bytes do ended egress jobs write per second?",
+            "Bps",
+            [(rate("livekit_egress_output_bytes_total", "type"), "{{type}}")],
+            w=8,
+        ),
+        P(
+            "Egress duration",
+            "How long do egress jobs run (p50 and p90)?",
+            "s",
+            [
+                (quantile(0.5, "livekit_egress_duration_seconds", "type"), "p50 {{type}}"),
+                (quantile(0.9, "livekit_egress_duration_seconds", "type"), "p90 {{type}}"),
+            ],
+        ),
+        P(
+            "Egress success ratio",
+            f"Which share of ended egress did not fail, over {egress_w}?",
+            "percentunit",
+            [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")],
+            max=1,
+            anchor="egress-success",
+        ),
+    )
+    media.row(
+        "Ingress",
+        P(
+            "Ingress by input type and status",
+            "Which ingress endpoints exist, and in which state?",
+            "short",
+            [(state("livekit_ingress", "input_type, status"), "{{input_type}} {{status}}")],
+            w=8,
+        ),
+        P(
+            "Ingress input rate",
+            "How many bytes per second do publishing ingress receive (x 8 for bits)?",
+            "Bps",
+            [(state("livekit_ingress_input_bytes_per_second", "input_type, media"), "{{input_type}} {{media}}")],
+            w=8,
+        ),
+        P(
+            "Ingress started and ended",
+            "How many ingress start publishing, and end by status, per second?",
+            "ops",
+            [
+                (rate("livekit_ingress_started_total", "input_type"), "started {{input_type}}"),
+                (rate("livekit_ingress_ended_total", "input_type, status"), "ended {{input_type}} {{status}}"),
+            ],
+            w=8,
+            anchor="ingress-ended",
+        ),
+        P(
+            "Ingress failure ratio",
+            f"Which share of ingress ends are errors, over {ingress_w}?",
+            "percentunit",
+            [(f"input_type:livekit_ingress_failure:ratio_rate{ingress_w}{{{J}}}", "{{input_type}}")],
+            max=1,
+            anchor="ingress-failure",
+        ),
+    )
+    media.row(
+        "SIP",
+        P(
+            "SIP trunks and dispatch rules",
+            "How many trunks (by direction) and dispatch rules are configured?",
+            "short",
+            [
+                (state("livekit_sip_trunks", "direction"), "{{direction}} trunks"),
+                (state("livekit_sip_dispatch_rules", ""), "dispatch rules"),
+            ],
+            w=8,
+        ),
+        P(
+            "SIP calls started and ended",
+            "How many SIP calls start, per trunk, and end, by reason, per second?",
+            "ops",
+            [
+                (rate("livekit_sip_calls_started_total", "trunk"), "started {{trunk}}"),
+                (rate("livekit_sip_calls_ended_total", "reason"), "ended {{reason}}"),
+            ],
+            w=8,
+            anchor="sip-calls",
+        ),
+        P(
+            "SIP answer ratio",
+            f"Which share of SIP calls was answered (not unavailable or rejected), over {sip_w}?",
+            "percentunit",
+            [(f"trunk:livekit_sip_calls_answer:ratio_rate{sip_w}{{{J}}}", "{{trunk}}")],
+            w=8,
+            max=1,
+            anchor="sip-answer",
+        ),
+        P(
+            "SIP calls in progress",
+            "How many SIP calls are in the rooms read for detail, by call status?",
+            "short",
+            [(state("livekit_sip_calls", "status"), "{{status}}")],
+        ),
     )
 
     agents = Board(
@@ -433,247 +394,219 @@ def boards(m: Mixin) -> list[Board]:
         "Calls and their outcomes, voice-to-voice latency and the stage that ate the budget, tools, errors, "
         "usage and estimated cost.",
         ("job", "agent", "provider", "model"),
-        [
-            (
-                "Calls",
-                [
-                    P(
-                        "Calls started, answered and ended",
-                        "How many calls start, get answered, and end, per second?",
-                        "ops",
-                        [
-                            (rate("voice_agent_calls_started_total", "agent", A), "started {{agent}}"),
-                            (rate("voice_agent_calls_answered_total", "agent", A), "answered {{agent}}"),
-                            (rate("voice_agent_calls_ended_total", "agent", A), "ended {{agent}}"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Calls ended by outcome",
-                        "How do calls end (the agents' own outcomes)?",
-                        "ops",
-                        [(rate("voice_agent_calls_ended_total", "outcome", A), "{{outcome}}")],
-                        w=8,
-                        stack=True,
-                    ),
-                    anchored(
-                        "active-calls",
-                        "Active and queued calls",
-                        "How many calls are in progress, and how many wait to be dialled?",
-                        "short",
-                        [
-                            (f"sum by (agent) (voice_agent_calls_active{{{A}}})", "active {{agent}}"),
-                            (
-                                f"sum by (agent) (max without (instance, pod) (voice_agent_calls_queued{{{A}}}))",
-                                "queued {{agent}}",
-                            ),
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "call-ratios",
-                        "Answer and success ratio",
-                        f"Which share of started calls is answered, and which share of ended calls "
-                        f"does not fail ({calls_w})?",
-                        "percentunit",
-                        [
-                            (
-                                f"{rate('voice_agent_calls_answered_total', 'agent', A)} / {rate('voice_agent_calls_started_total', 'agent', A)}",
-                                "answered {{agent}}",
-                            ),
-                            (f"agent:voice_agent_calls_success:ratio_rate{calls_w}{{{A}}}", "succeeded {{agent}}"),
-                        ],
-                        max=1,
-                    ),
-                    P(
-                        "Call and setup duration",
-                        "How long do calls last, and take from dial to answer (p50)?",
-                        "s",
-                        [
-                            (quantile(0.5, "voice_agent_call_duration_seconds", "agent", A), "call {{agent}}"),
-                            (quantile(0.5, "voice_agent_call_setup_seconds", "agent", A), "setup {{agent}}"),
-                        ],
-                    ),
-                ],
-            ),
-            (
-                "Voice-to-voice latency",
-                [
-                    anchored(
-                        "v2v-latency",
-                        "Voice-to-voice latency",
-                        "How long do users wait from the end of their speech to the agent's first audio "
-                        f"(p{', p'.join(qname(x)[1:] for x in quantiles)} over {lw})?",
-                        "s",
-                        [
-                            (
-                                f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{lw}{{{A}}}",
-                                f"{qname(x)} {{{{agent}}}}",
-                            )
-                            for x in quantiles
-                        ],
-                    ),
-                    P(
-                        "Voice-to-voice latency distribution",
-                        "Where do turns fall between the latency buckets (turns per "
-                        "second in each; each dot an exemplar: one turn, with its call and trace)?",
-                        "ops",
-                        [(f"sum by (le) (rate(voice_agent_turn_latency_seconds_bucket{{{A}}}[{RI}]))", "{{le}}")],
-                        kind="heatmap",
-                        exemplars=True,
-                        yunit="s",
-                    ),
-                    P(
-                        "Which stage eats the budget",
-                        "What does each stage of a turn take on average, stacked as LiveKit adds "
-                        "them up (end of utterance, which includes transcription, then LLM time to first token and TTS time to "
-                        "first byte)?",
-                        "s",
-                        [
-                            (
-                                mean("voice_agent_end_of_utterance_delay_seconds", "agent", A),
-                                "end of utterance {{agent}}",
-                            ),
-                            (mean("voice_agent_llm_time_to_first_token_seconds", "agent", A), "LLM TTFT {{agent}}"),
-                            (mean("voice_agent_tts_time_to_first_byte_seconds", "agent", A), "TTS TTFB {{agent}}"),
-                        ],
-                        stack=True,
-                        w=24,
-                    ),
-                    anchored(
-                        "stage-p95",
-                        f"Stage p{sq[1:]} by provider and model",
-                        f"Which provider or model is slow, per stage ({sw})?",
-                        "s",
-                        [
-                            (
-                                f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{AP}}}",
-                                "STT {{provider}} {{model}}",
-                            ),
-                            (
-                                f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{AP}}}",
-                                "LLM {{provider}} {{model}}",
-                            ),
-                            (
-                                f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{AP}}}",
-                                "TTS {{provider}} {{model}}",
-                            ),
-                            (f"agent:voice_agent_end_of_utterance_delay_seconds:{sq}_{sw}{{{A}}}", "EOU {{agent}}"),
-                        ],
-                        w=24,
-                    ),
-                ],
-            ),
-            (
-                "Turns, tools and errors",
-                [
-                    P(
-                        "Turns and interruptions",
-                        "How many turns per second, and how often do users speak over the agent?",
-                        "ops",
-                        [
-                            (rate("voice_agent_turns_total", "agent", A), "turns {{agent}}"),
-                            (rate("voice_agent_interruptions_total", "agent", A), "interruptions {{agent}}"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Tool calls",
-                        "Which tools do agents call, how often, and how long do the slowest take (p95)?",
-                        "ops",
-                        [
-                            (
-                                f"sum by (tool) (rate(voice_agent_tool_call_duration_seconds_count{{{A}}}[{RI}]))",
-                                "{{tool}}",
-                            ),
-                            (quantile(0.95, "voice_agent_tool_call_duration_seconds", "tool", A), "p95 s {{tool}}"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "Errors by component",
-                        "Which pipeline component fails, retried past or not?",
-                        "ops",
-                        [
-                            (
-                                rate("voice_agent_errors_total", "component, recoverable", A),
-                                "{{component}} recoverable={{recoverable}}",
-                            )
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "error-ratio",
-                        "Error ratio",
-                        f"How many non-recoverable errors per turn ({err_w})?",
-                        "percentunit",
-                        [(f"agent:voice_agent_errors:ratio_rate{err_w}{{{A}}}", "{{agent}}")],
-                    ),
-                    anchored(
-                        "dependencies",
-                        "Dependencies",
-                        "Does each agent report its dependencies up (1) or down (0)?",
-                        "none",
-                        [
-                            (
-                                f"max by (agent, dependency) (voice_agent_dependency_up{{{A}}})",
-                                "{{agent}} {{dependency}}",
-                            )
-                        ],
-                        kind="stat",
-                    ),
-                ],
-            ),
-            (
-                "Usage and cost",
-                [
-                    P(
-                        "LLM tokens",
-                        "How many tokens per second, by model and type?",
-                        "short",
-                        [(rate("voice_agent_llm_tokens_total", "model, type", AP), "{{model}} {{type}}")],
-                        w=8,
-                    ),
-                    P(
-                        "TTS characters and STT audio",
-                        "How many characters are synthesized and audio seconds transcribed, per second?",
-                        "short",
-                        [
-                            (rate("voice_agent_tts_characters_total", "provider", AP), "characters {{provider}}"),
-                            (rate("voice_agent_stt_audio_seconds_total", "provider", AP), "audio s {{provider}}"),
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "cost-per-day",
-                        "Estimated cost per day",
-                        "What would a day cost at the current rate, by component and provider (usage x events.prices)?",
-                        "currencyUSD",
-                        [
-                            (
-                                f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{AP}}}[{RI}])) * 86400",
-                                "{{component}} {{provider}}",
-                            )
-                        ],
-                        w=8,
-                        stack=True,
-                    ),
-                    P(
-                        "Estimated cost per call",
-                        "What does one ended call cost on average, over the dashboard's range?",
-                        "currencyUSD",
-                        [
-                            (
-                                f"sum by (agent) (increase(voice_agent_estimated_cost_dollars_total{{{A}}}[$__range])) / "
-                                f"sum by (agent) (increase(voice_agent_calls_ended_total{{{A}}}[$__range]))",
-                                "{{agent}}",
-                            )
-                        ],
-                        kind="stat",
-                    ),
-                ],
-            ),
-        ],
+    )
+    agents.row(
+        "Calls",
+        P(
+            "Calls started, answered and ended",
+            "How many calls start, get answered, and end, per second?",
+            "ops",
+            [
+                (rate("voice_agent_calls_started_total", "agent", A), "started {{agent}}"),
+                (rate("voice_agent_calls_answered_total", "agent", A), "answered {{agent}}"),
+                (rate("voice_agent_calls_ended_total", "agent", A), "ended {{agent}}"),
+            ],
+            w=8,
+        ),
+        P(
+            "Calls ended by outcome",
+            "How do calls end (the agents' own outcomes)?",
+            "ops",
+            [(rate("voice_agent_calls_ended_total", "outcome", A), "{{outcome}}")],
+            w=8,
+            stack=True,
+        ),
+        P(
+            "Active and queued calls",
+            "How many calls are in progress, and how many wait to be dialled?",
+            "short",
+            [
+                (f"sum by (agent) (voice_agent_calls_active{{{A}}})", "active {{agent}}"),
+                (f"sum by (agent) (max without (instance, pod) (voice_agent_calls_queued{{{A}}}))", "queued {{agent}}"),
+            ],
+            w=8,
+            anchor="active-calls",
+        ),
+        P(
+            "Answer and success ratio",
+            f"Which share of started calls is answered, and which share of ended calls does not fail ({calls_w})?",
+            "percentunit",
+            [
+                (
+                    f"{rate('voice_agent_calls_answered_total', 'agent', A)} / {rate('voice_agent_calls_started_total', 'agent', A)}",
+                    "answered {{agent}}",
+                ),
+                (f"agent:voice_agent_calls_success:ratio_rate{calls_w}{{{A}}}", "succeeded {{agent}}"),
+            ],
+            max=1,
+            anchor="call-ratios",
+        ),
+        P(
+            "Call and setup duration",
+            "How long do calls last, and take from dial to answer (p50)?",
+            "s",
+            [
+                (quantile(0.5, "voice_agent_call_duration_seconds", "agent", A), "call {{agent}}"),
+                (quantile(0.5, "voice_agent_call_setup_seconds", "agent", A), "setup {{agent}}"),
+            ],
+        ),
+    )
+    agents.row(
+        "Voice-to-voice latency",
+        P(
+            "Voice-to-voice latency",
+            "How long do users wait from the end of their speech to the agent's first audio "
+            f"(p{', p'.join(qname(x)[1:] for x in quantiles)} over {lw})?",
+            "s",
+            [
+                (f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{lw}{{{A}}}", f"{qname(x)} {{{{agent}}}}")
+                for x in quantiles
+            ],
+            anchor="v2v-latency",
+        ),
+        P(
+            "Voice-to-voice latency distribution",
+            "Where do turns fall between the latency buckets (turns per "
+            "second in each; each dot an exemplar: one turn, with its call and trace)?",
+            "ops",
+            [(f"sum by (le) (rate(voice_agent_turn_latency_seconds_bucket{{{A}}}[{RI}]))", "{{le}}")],
+            kind="heatmap",
+            exemplars=True,
+            yunit="s",
+        ),
+        P(
+            "Which stage eats the budget",
+            "What does each stage of a turn take on average, stacked as LiveKit adds "
+            "them up (end of utterance, which includes transcription, then LLM time to first token and TTS time to "
+            "first byte)?",
+            "s",
+            [
+                (mean("voice_agent_end_of_utterance_delay_seconds", "agent", A), "end of utterance {{agent}}"),
+                (mean("voice_agent_llm_time_to_first_token_seconds", "agent", A), "LLM TTFT {{agent}}"),
+                (mean("voice_agent_tts_time_to_first_byte_seconds", "agent", A), "TTS TTFB {{agent}}"),
+            ],
+            stack=True,
+            w=24,
+        ),
+        P(
+            f"Stage p{sq[1:]} by provider and model",
+            f"Which provider or model is slow, per stage ({sw})?",
+            "s",
+            [
+                (
+                    f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{AP}}}",
+                    "STT {{provider}} {{model}}",
+                ),
+                (
+                    f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{AP}}}",
+                    "LLM {{provider}} {{model}}",
+                ),
+                (
+                    f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{AP}}}",
+                    "TTS {{provider}} {{model}}",
+                ),
+                (f"agent:voice_agent_end_of_utterance_delay_seconds:{sq}_{sw}{{{A}}}", "EOU {{agent}}"),
+            ],
+            w=24,
+            anchor="stage-p95",
+        ),
+    )
+    agents.row(
+        "Turns, tools and errors",
+        P(
+            "Turns and interruptions",
+            "How many turns per second, and how often do users speak over the agent?",
+            "ops",
+            [
+                (rate("voice_agent_turns_total", "agent", A), "turns {{agent}}"),
+                (rate("voice_agent_interruptions_total", "agent", A), "interruptions {{agent}}"),
+            ],
+            w=8,
+        ),
+        P(
+            "Tool calls",
+            "Which tools do agents call, how often, and how long do the slowest take (p95)?",
+            "ops",
+            [
+                (f"sum by (tool) (rate(voice_agent_tool_call_duration_seconds_count{{{A}}}[{RI}]))", "{{tool}}"),
+                (quantile(0.95, "voice_agent_tool_call_duration_seconds", "tool", A), "p95 s {{tool}}"),
+            ],
+            w=8,
+        ),
+        P(
+            "Errors by component",
+            "Which pipeline component fails, retried past or not?",
+            "ops",
+            [
+                (
+                    rate("voice_agent_errors_total", "component, recoverable", A),
+                    "{{component}} recoverable={{recoverable}}",
+                )
+            ],
+            w=8,
+        ),
+        P(
+            "Error ratio",
+            f"How many non-recoverable errors per turn ({err_w})?",
+            "percentunit",
+            [(f"agent:voice_agent_errors:ratio_rate{err_w}{{{A}}}", "{{agent}}")],
+            anchor="error-ratio",
+        ),
+        P(
+            "Dependencies",
+            "Does each agent report its dependencies up (1) or down (0)?",
+            "none",
+            [(f"max by (agent, dependency) (voice_agent_dependency_up{{{A}}})", "{{agent}} {{dependency}}")],
+            kind="stat",
+            anchor="dependencies",
+        ),
+    )
+    agents.row(
+        "Usage and cost",
+        P(
+            "LLM tokens",
+            "How many tokens per second, by model and type?",
+            "short",
+            [(rate("voice_agent_llm_tokens_total", "model, type", AP), "{{model}} {{type}}")],
+            w=8,
+        ),
+        P(
+            "TTS characters and STT audio",
+            "How many characters are synthesized and audio seconds transcribed, per second?",
+            "short",
+            [
+                (rate("voice_agent_tts_characters_total", "provider", AP), "characters {{provider}}"),
+                (rate("voice_agent_stt_audio_seconds_total", "provider", AP), "audio s {{provider}}"),
+            ],
+            w=8,
+        ),
+        P(
+            "Estimated cost per day",
+            "What would a day cost at the current rate, by component and provider (usage x events.prices)?",
+            "currencyUSD",
+            [
+                (
+                    f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{AP}}}[{RI}])) * 86400",
+                    "{{component}} {{provider}}",
+                )
+            ],
+            w=8,
+            stack=True,
+            anchor="cost-per-day",
+        ),
+        P(
+            "Estimated cost per call",
+            "What does one ended call cost on average, over the dashboard's range?",
+            "currencyUSD",
+            [
+                (
+                    f"sum by (agent) (increase(voice_agent_estimated_cost_dollars_total{{{A}}}[$__range])) / "
+                    f"sum by (agent) (increase(voice_agent_calls_ended_total{{{A}}}[$__range]))",
+                    "{{agent}}",
+                )
+            ],
+            kind="stat",
+        ),
     )
 
     campaigns = Board(
@@ -682,106 +615,84 @@ def boards(m: Mixin) -> list[Board]:
         "Outbound campaigns: running or not, calls placed and queued, answer, qualification and conversion "
         "rates, outcomes.",
         ("job", "campaign"),
-        [
-            (
-                "Campaigns",
-                [
-                    anchored(
-                        "campaign-running",
-                        "Running",
-                        "Does each campaign run (1) or not (0), as its dialer reports?",
-                        "none",
-                        [(f"max by (campaign) (voice_agent_campaign_running{{{C}}})", "{{campaign}}")],
-                        kind="stat",
-                        w=6,
-                    ),
-                    P(
-                        "Calls placed in the range",
-                        "How many calls did each campaign start over the dashboard's range?",
-                        "short",
-                        [
-                            (
-                                f"sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range]))",
-                                "{{campaign}}",
-                            )
-                        ],
-                        kind="stat",
-                        w=6,
-                    ),
-                    P(
-                        "Queued",
-                        "How many calls wait to be dialled, per campaign?",
-                        "short",
-                        [
-                            (
-                                f"sum by (campaign) (max without (instance, pod) (voice_agent_calls_queued{{{C}}}))",
-                                "{{campaign}}",
-                            )
-                        ],
-                        kind="stat",
-                        w=6,
-                    ),
-                    P(
-                        "In progress",
-                        "How many calls started in the range have not ended yet, per campaign?",
-                        "short",
-                        [
-                            (
-                                f"clamp_min(sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range])) - "
-                                f"sum by (campaign) (increase(voice_agent_calls_ended_total{{{C}}}[$__range])), 0)",
-                                "{{campaign}}",
-                            )
-                        ],
-                        kind="stat",
-                        w=6,
-                    ),
-                    P(
-                        "Answer, qualification and conversion",
-                        f"Which share of calls is answered (of started), qualified (of "
-                        f"answered) and converted (of started), over {camp_w}?",
-                        "percentunit",
-                        [
-                            (f"campaign:voice_agent_calls_answer:ratio_rate{camp_w}{{{C}}}", "answer {{campaign}}"),
-                            (
-                                f"campaign:voice_agent_calls_qualification:ratio_rate{camp_w}{{{C}}}",
-                                "qualification {{campaign}}",
-                            ),
-                            (
-                                f"campaign:voice_agent_calls_conversion:ratio_rate{camp_w}{{{C}}}",
-                                "conversion {{campaign}}",
-                            ),
-                        ],
-                        w=24,
-                        max=1,
-                    ),
-                    P(
-                        "Outcomes",
-                        "How do the campaign's calls end, over the dashboard's range?",
-                        "short",
-                        [
-                            (
-                                f"sum by (campaign, outcome) (increase(voice_agent_calls_ended_total{{{C}}}[$__range]))",
-                                "{{campaign}} {{outcome}}",
-                            )
-                        ],
-                        kind="stat",
-                    ),
-                    P(
-                        "Outbound call duration",
-                        "How long do outbound calls last, by outcome (p50)?",
-                        "s",
-                        [
-                            (
-                                quantile(
-                                    0.5, "voice_agent_call_duration_seconds", "outcome", f'{J},direction="outbound"'
-                                ),
-                                "{{outcome}}",
-                            )
-                        ],
-                    ),
-                ],
-            ),
-        ],
+    )
+    campaigns.row(
+        "Campaigns",
+        P(
+            "Running",
+            "Does each campaign run (1) or not (0), as its dialer reports?",
+            "none",
+            [(f"max by (campaign) (voice_agent_campaign_running{{{C}}})", "{{campaign}}")],
+            kind="stat",
+            w=6,
+            anchor="campaign-running",
+        ),
+        P(
+            "Calls placed in the range",
+            "How many calls did each campaign start over the dashboard's range?",
+            "short",
+            [(f"sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range]))", "{{campaign}}")],
+            kind="stat",
+            w=6,
+        ),
+        P(
+            "Queued",
+            "How many calls wait to be dialled, per campaign?",
+            "short",
+            [(f"sum by (campaign) (max without (instance, pod) (voice_agent_calls_queued{{{C}}}))", "{{campaign}}")],
+            kind="stat",
+            w=6,
+        ),
+        P(
+            "In progress",
+            "How many calls started in the range have not ended yet, per campaign?",
+            "short",
+            [
+                (
+                    f"clamp_min(sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range])) - "
+                    f"sum by (campaign) (increase(voice_agent_calls_ended_total{{{C}}}[$__range])), 0)",
+                    "{{campaign}}",
+                )
+            ],
+            kind="stat",
+            w=6,
+        ),
+        P(
+            "Answer, qualification and conversion",
+            f"Which share of calls is answered (of started), qualified (of "
+            f"answered) and converted (of started), over {camp_w}?",
+            "percentunit",
+            [
+                (f"campaign:voice_agent_calls_answer:ratio_rate{camp_w}{{{C}}}", "answer {{campaign}}"),
+                (f"campaign:voice_agent_calls_qualification:ratio_rate{camp_w}{{{C}}}", "qualification {{campaign}}"),
+                (f"campaign:voice_agent_calls_conversion:ratio_rate{camp_w}{{{C}}}", "conversion {{campaign}}"),
+            ],
+            w=24,
+            max=1,
+        ),
+        P(
+            "Outcomes",
+            "How do the campaign's calls end, over the dashboard's range?",
+            "short",
+            [
+                (
+                    f"sum by (campaign, outcome) (increase(voice_agent_calls_ended_total{{{C}}}[$__range]))",
+                    "{{campaign}} {{outcome}}",
+                )
+            ],
+            kind="stat",
+        ),
+        P(
+            "Outbound call duration",
+            "How long do outbound calls last, by outcome (p50)?",
+            "s",
+            [
+                (
+                    quantile(0.5, "voice_agent_call_duration_seconds", "outcome", f'{J},direction="outbound"'),
+                    "{{outcome}}",
+                )
+            ],
+        ),
     )
 
     slo_board = Board(
@@ -790,47 +701,40 @@ def boards(m: Mixin) -> list[Board]:
         "The two objectives of prometheus/mixin.yml (turns within the latency bound, calls that do not "
         "fail): SLI over each burn-rate window, the error budget left, and the burn rate.",
         ("job", "agent"),
-        [
-            (
-                "Objectives",
-                [
-                    P(
-                        "Error budget remaining",
-                        f"How much of the {period} error budget is left (1 = untouched, below 0 = spent)?",
-                        "percentunit",
-                        [(f"slo:error_budget_remaining:ratio{{{A}}}", "{{slo}} {{agent}}")],
-                        kind="stat",
-                        w=24,
-                    ),
-                    P(
-                        "SLI by window",
-                        "Which share of events was good over each burn-rate window?",
-                        "percentunit",
-                        [
-                            (f"1 - slo:sli_error:ratio_rate{w}{{{A}}}", f"{{{{slo}}}} {{{{agent}}}} {w}")
-                            for w in burn_windows
-                        ],
-                        w=24,
-                        max=1,
-                    ),
-                    anchored(
-                        "burn-rate",
-                        "Burn rate (1 h)",
-                        "How fast is the error budget burning (1 = exactly on budget; pages at 14.4 over 1 h)?",
-                        "none",
-                        [
-                            (
-                                f"slo:sli_error:ratio_rate1h{{{A}}} / on (slo) group_left () max by (slo) (1 - slo:objective:ratio)",
-                                "{{slo}} {{agent}}",
-                            )
-                        ]
-                        if "1h" in burn_windows
-                        else [],
-                        w=24,
-                    ),
-                ],
-            ),
-        ],
+    )
+    slo_board.row(
+        "Objectives",
+        P(
+            "Error budget remaining",
+            f"How much of the {period} error budget is left (1 = untouched, below 0 = spent)?",
+            "percentunit",
+            [(f"slo:error_budget_remaining:ratio{{{A}}}", "{{slo}} {{agent}}")],
+            kind="stat",
+            w=24,
+        ),
+        P(
+            "SLI by window",
+            "Which share of events was good over each burn-rate window?",
+            "percentunit",
+            [(f"1 - slo:sli_error:ratio_rate{w}{{{A}}}", f"{{{{slo}}}} {{{{agent}}}} {w}") for w in burn_windows],
+            w=24,
+            max=1,
+        ),
+        P(
+            "Burn rate (1 h)",
+            "How fast is the error budget burning (1 = exactly on budget; pages at 14.4 over 1 h)?",
+            "none",
+            [
+                (
+                    f"slo:sli_error:ratio_rate1h{{{A}}} / on (slo) group_left () max by (slo) (1 - slo:objective:ratio)",
+                    "{{slo}} {{agent}}",
+                )
+            ]
+            if "1h" in burn_windows
+            else [],
+            w=24,
+            anchor="burn-rate",
+        ),
     )
 
     exporter = Board(
@@ -839,180 +743,146 @@ def boards(m: Mixin) -> list[Board]:
         "The exporter itself: scrapes against their timeout, LiveKit API calls and errors, events and "
         "webhooks accepted and refused, the cardinality guard, process resources.",
         ("job", "instance"),
-        [
-            (
-                "Scrapes",
-                [
-                    anchored(
-                        "scrape-duration",
-                        "Scrape duration",
-                        f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?",
-                        "s",
-                        [
-                            (
-                                f'max by (instance) (scrape_duration_seconds{{{J},instance=~"$instance"}})',
-                                "scrape {{instance}}",
-                            ),
-                            (
-                                f'max by (instance) (livekit_exporter_scrape_duration_seconds{{{J},instance=~"$instance"}})',
-                                "LiveKit API part {{instance}}",
-                            ),
-                        ],
-                        w=8,
-                        threshold=seconds(timeout),
+    )
+    exporter.row(
+        "Scrapes",
+        P(
+            "Scrape duration",
+            f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?",
+            "s",
+            [
+                (f'max by (instance) (scrape_duration_seconds{{{J},instance=~"$instance"}})', "scrape {{instance}}"),
+                (
+                    f'max by (instance) (livekit_exporter_scrape_duration_seconds{{{J},instance=~"$instance"}})',
+                    "LiveKit API part {{instance}}",
+                ),
+            ],
+            w=8,
+            threshold=seconds(timeout),
+            anchor="scrape-duration",
+        ),
+        P(
+            "Scrapes per second",
+            "How often is the exporter scraped, and do scrapes share one collection?",
+            "reqps",
+            [
+                (
+                    rate("livekit_exporter_scrapes_total", "instance, collection", f'{J},instance=~"$instance"'),
+                    "{{instance}} {{collection}}",
+                )
+            ],
+            w=8,
+        ),
+        P(
+            "Label overflow",
+            "Which label values does the cardinality guard fold into __other__?",
+            "ops",
+            [
+                (
+                    rate("livekit_exporter_label_overflow_total", "metric, label", f'{J},instance=~"$instance"'),
+                    "{{metric}} {{label}}",
+                )
+            ],
+            w=8,
+            fault=True,
+            anchor="label-overflow",
+        ),
+    )
+    exporter.row(
+        "LiveKit API",
+        P(
+            "API calls per second",
+            "How many LiveKit API calls does each replica make, by service?",
+            "reqps",
+            [
+                (
+                    rate(
+                        "livekit_api_request_duration_seconds_count", "instance, service", f'{J},instance=~"$instance"'
                     ),
-                    P(
-                        "Scrapes per second",
-                        "How often is the exporter scraped, and do scrapes share one collection?",
-                        "reqps",
-                        [
-                            (
-                                rate(
-                                    "livekit_exporter_scrapes_total",
-                                    "instance, collection",
-                                    f'{J},instance=~"$instance"',
-                                ),
-                                "{{instance}} {{collection}}",
-                            )
-                        ],
-                        w=8,
-                    ),
-                    anchored(
-                        "label-overflow",
-                        "Label overflow",
-                        "Which label values does the cardinality guard fold into __other__?",
-                        "ops",
-                        [
-                            (
-                                rate(
-                                    "livekit_exporter_label_overflow_total",
-                                    "metric, label",
-                                    f'{J},instance=~"$instance"',
-                                ),
-                                "{{metric}} {{label}}",
-                            )
-                        ],
-                        w=8,
-                        fault=True,
-                    ),
-                ],
-            ),
-            (
-                "LiveKit API",
-                [
-                    P(
-                        "API calls per second",
-                        "How many LiveKit API calls does each replica make, by service?",
-                        "reqps",
-                        [
-                            (
-                                rate(
-                                    "livekit_api_request_duration_seconds_count",
-                                    "instance, service",
-                                    f'{J},instance=~"$instance"',
-                                ),
-                                "{{instance}} {{service}}",
-                            )
-                        ],
-                        w=12,
-                    ),
-                    P(
-                        "API errors by code",
-                        "Which errors do each replica's LiveKit calls get (Twirp code, timeout, connection)?",
-                        "reqps",
-                        [
-                            (
-                                rate(
-                                    "livekit_api_errors_total", "instance, service, code", f'{J},instance=~"$instance"'
-                                ),
-                                "{{instance}} {{service}} {{code}}",
-                            )
-                        ],
-                        w=12,
-                        fault=True,
-                    ),
-                ],
-            ),
-            (
-                "Inputs",
-                [
-                    P(
-                        "Events accepted",
-                        "Which voice-agent events does the events API accept, per second?",
-                        "ops",
-                        [(rate("livekit_exporter_events_total", "type", f'{J},instance=~"$instance"'), "{{type}}")],
-                        w=8,
-                    ),
-                    anchored(
-                        "events-refused",
-                        "Event requests refused",
-                        "Which requests to the events API are refused whole, and why?",
-                        "reqps",
-                        [
-                            (
-                                rate(
-                                    "livekit_exporter_event_requests_rejected_total",
-                                    "reason",
-                                    f'{J},instance=~"$instance"',
-                                ),
-                                "{{reason}}",
-                            )
-                        ],
-                        w=8,
-                        fault=True,
-                    ),
-                    P(
-                        "Webhooks accepted and refused",
-                        "How many webhooks are accepted, deduplicated and refused?",
-                        "reqps",
-                        [
-                            (
-                                rate("livekit_webhook_events_total", "instance", f'{J},instance=~"$instance"'),
-                                "accepted {{instance}}",
-                            ),
-                            (
-                                rate("livekit_webhook_duplicates_total", "instance", f'{J},instance=~"$instance"'),
-                                "duplicates {{instance}}",
-                            ),
-                            (
-                                rate("livekit_webhook_rejected_total", "instance", f'{J},instance=~"$instance"'),
-                                "refused {{instance}}",
-                            ),
-                        ],
-                        w=8,
-                    ),
-                ],
-            ),
-            (
-                "Process",
-                [
-                    P(
-                        "Memory",
-                        "How much memory does each replica hold?",
-                        "bytes",
-                        [
-                            (
-                                f'max by (instance) (process_resident_memory_bytes{{{J},instance=~"$instance"}})',
-                                "{{instance}}",
-                            )
-                        ],
-                        w=12,
-                    ),
-                    P(
-                        "CPU",
-                        "How much CPU does each replica use (cores)?",
-                        "none",
-                        [
-                            (
-                                f'sum by (instance) (rate(process_cpu_seconds_total{{{J},instance=~"$instance"}}[{RI}]))',
-                                "{{instance}}",
-                            )
-                        ],
-                        w=12,
-                    ),
-                ],
-            ),
-        ],
+                    "{{instance}} {{service}}",
+                )
+            ],
+            w=12,
+        ),
+        P(
+            "API errors by code",
+            "Which errors do each replica's LiveKit calls get (Twirp code, timeout, connection)?",
+            "reqps",
+            [
+                (
+                    rate("livekit_api_errors_total", "instance, service, code", f'{J},instance=~"$instance"'),
+                    "{{instance}} {{service}} {{code}}",
+                )
+            ],
+            w=12,
+            fault=True,
+        ),
+    )
+    exporter.row(
+        "Inputs",
+        P(
+            "Events accepted",
+            "Which voice-agent events does the events API accept, per second?",
+            "ops",
+            [(rate("livekit_exporter_events_total", "type", f'{J},instance=~"$instance"'), "{{type}}")],
+            w=8,
+        ),
+        P(
+            "Event requests refused",
+            "Which requests to the events API are refused whole, and why?",
+            "reqps",
+            [
+                (
+                    rate("livekit_exporter_event_requests_rejected_total", "reason", f'{J},instance=~"$instance"'),
+                    "{{reason}}",
+                )
+            ],
+            w=8,
+            fault=True,
+            anchor="events-refused",
+        ),
+        P(
+            "Webhooks accepted and refused",
+            "How many webhooks are accepted, deduplicated and refused?",
+            "reqps",
+            [
+                (
+                    rate("livekit_webhook_events_total", "instance", f'{J},instance=~"$instance"'),
+                    "accepted {{instance}}",
+                ),
+                (
+                    rate("livekit_webhook_duplicates_total", "instance", f'{J},instance=~"$instance"'),
+                    "duplicates {{instance}}",
+                ),
+                (
+                    rate("livekit_webhook_rejected_total", "instance", f'{J},instance=~"$instance"'),
+                    "refused {{instance}}",
+                ),
+            ],
+            w=8,
+        ),
+    )
+    exporter.row(
+        "Process",
+        P(
+            "Memory",
+            "How much memory does each replica hold?",
+            "bytes",
+            [(f'max by (instance) (process_resident_memory_bytes{{{J},instance=~"$instance"}})', "{{instance}}")],
+            w=12,
+        ),
+        P(
+            "CPU",
+            "How much CPU does each replica use (cores)?",
+            "none",
+            [
+                (
+                    f'sum by (instance) (rate(process_cpu_seconds_total{{{J},instance=~"$instance"}}[{RI}]))',
+                    "{{instance}}",
+                )
+            ],
+            w=12,
+        ),
     )
     S = f'job="{m.q.jobs["livekit_server"]}",instance=~"$node"'
     W = f'job="{m.q.jobs["agent_workers"]}"'
@@ -1024,210 +894,187 @@ def boards(m: Mixin) -> list[Board]:
         "pkg/telemetry/prometheus): load, connection quality against the 4.0 and 3.5 marks, loss, jitter, "
         "RTT, NACK and PLI, joins.",
         ("node",),
-        [
-            (
-                "Load",
-                [
-                    P(
-                        "Rooms per node",
-                        "How many rooms does each LiveKit node host?",
-                        "short",
-                        [(f"max by (instance) (livekit_room_total{{{S}}})", "{{instance}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Participants per node",
-                        "How many participants does each node serve?",
-                        "short",
-                        [(f"max by (instance) (livekit_participant_total{{{S}}})", "{{instance}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Tracks per node",
-                        "How many tracks are published, and subscribed, on each node?",
-                        "short",
-                        [
-                            (
-                                f"max by (instance, kind) (livekit_track_published_total{{{S}}})",
-                                "published {{kind}} {{instance}}",
-                            ),
-                            (
-                                f"max by (instance, kind) (livekit_track_subscribed_total{{{S}}})",
-                                "subscribed {{kind}} {{instance}}",
-                            ),
-                        ],
-                        w=8,
-                    ),
-                ],
-            ),
-            (
-                "Connection quality",
-                [
-                    P(
-                        "Connection quality score",
-                        "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
-                        "one per participant every 5 s)?",
-                        "ops",
-                        [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")],
-                        kind="heatmap",
-                        yunit="short",
-                    ),
-                    anchored(
-                        "quality-marks",
-                        "Scores below 4.0 and 3.5",
-                        "Which share of connection scores falls at or under the 4.0 (warning) and 3.5 "
-                        "(critical) marks?",
-                        "percentunit",
-                        [
-                            (
-                                f'sum(rate(livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}[{RI}])) / '
-                                f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))",
-                                "at or under 4.0",
-                            ),
-                            (
-                                f'sum(rate(livekit_quality_score_bucket{{{S},le="3.5"}}[{RI}])) / '
-                                f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))",
-                                "at or under 3.5",
-                            ),
-                        ],
-                        max=1,
-                    ),
-                ],
-            ),
-            (
-                "Media",
-                [
-                    anchored(
-                        "packet-loss",
-                        "Packet loss p95",
-                        "How much loss do the worst streams see, by direction (percent)?",
-                        "percent",
-                        [(quantile(0.95, "livekit_packet_loss_percent", "direction", S), "{{direction}}")],
-                        w=8,
-                    ),
-                    anchored(
-                        "jitter",
-                        "Jitter p95",
-                        "How much jitter do the worst streams see, by direction (LiveKit measures microseconds)?",
-                        "µs",
-                        [(quantile(0.95, "livekit_jitter_us", "direction", S), "{{direction}}")],
-                        w=8,
-                    ),
-                    anchored(
-                        "rtt",
-                        "RTT p95",
-                        "How long is the round trip for the worst streams (LiveKit measures milliseconds)?",
-                        "ms",
-                        [(quantile(0.95, "livekit_rtt_ms", "direction", S), "{{direction}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Packets lost",
-                        "Which share of packets is lost, by direction?",
-                        "percentunit",
-                        [
-                            (
-                                f"sum by (direction) (rate(livekit_packet_loss_total{{{S}}}[{RI}])) / "
-                                f"sum by (direction) (rate(livekit_packet_total{{{S}}}[{RI}]))",
-                                "{{direction}}",
-                            )
-                        ],
-                    ),
-                    P(
-                        "NACK and PLI",
-                        "How often do receivers ask for retransmissions (NACK) and key frames (PLI)?",
-                        "ops",
-                        [
-                            (rate("livekit_nack_total", "direction", S), "NACK {{direction}}"),
-                            (rate("livekit_pli_total", "direction", S), "PLI {{direction}}"),
-                        ],
-                    ),
-                ],
-            ),
-            (
-                "SIP service (livekit/sip's own /metrics, when Prometheus scrapes them)",
-                [
-                    P(
-                        "SIP INVITEs",
-                        "How many INVITEs does the SIP service receive and accept, by direction?",
-                        "ops",
-                        [
-                            (rate("livekit_sip_invite_requests", "dir", SIP), "received {{dir}}"),
-                            (rate("livekit_sip_invite_accepted", "dir", SIP), "accepted {{dir}}"),
-                        ],
-                        w=8,
-                    ),
-                    P(
-                        "SIP calls active",
-                        "How many calls does the SIP service carry, by direction (summed over its nodes)?",
-                        "short",
-                        [(f"sum by (dir) (livekit_sip_calls_active{{{SIP}}})", "{{dir}}")],
-                        w=8,
-                    ),
-                    P(
-                        "SIP calls terminated",
-                        "How do SIP calls end, by result?",
-                        "ops",
-                        [(rate("livekit_sip_calls_terminated", "dir, result", SIP), "{{dir}} {{result}}")],
-                        w=8,
-                    ),
-                ],
-            ),
-            (
-                "Agent workers (their own /metrics, when Prometheus scrapes them)",
-                [
-                    anchored(
-                        "worker-load",
-                        "Worker load",
-                        f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
-                        f"{m.cfg['agent_workers'].ratio('load_threshold'):g} in production)?",
-                        "percentunit",
-                        [(f"max by (agent, instance) (lk_agents_worker_load{{{W}}})", "{{agent}} {{instance}}")],
-                        w=8,
-                        max=1,
-                    ),
-                    anchored(
-                        "worker-jobs",
-                        "Active jobs",
-                        "How many jobs (calls) does each worker run?",
-                        "short",
-                        [(f"max by (agent, instance) (lk_agents_active_job_count{{{W}}})", "{{agent}} {{instance}}")],
-                        w=8,
-                    ),
-                    P(
-                        "Child processes",
-                        "How many job processes does each worker keep (running and warm)?",
-                        "short",
-                        [
-                            (
-                                f"max by (agent, instance) (lk_agents_child_process_count{{{W}}})",
-                                "{{agent}} {{instance}}",
-                            )
-                        ],
-                        w=8,
-                    ),
-                ],
-            ),
-            (
-                "Joins",
-                [
-                    P(
-                        "Participant join success",
-                        "Which share of signal connections becomes a working media connection?",
-                        "percentunit",
-                        [
-                            (
-                                f'sum(rate(livekit_participant_join_total{{{S},state="rtc_success"}}[{RI}])) / '
-                                f'sum(rate(livekit_participant_join_total{{{S},state="signal_connected"}}[{RI}]))',
-                                "join success",
-                            )
-                        ],
-                        w=24,
-                        max=1,
-                    ),
-                ],
-            ),
-        ],
+    )
+    nodes.row(
+        "Load",
+        P(
+            "Rooms per node",
+            "How many rooms does each LiveKit node host?",
+            "short",
+            [(f"max by (instance) (livekit_room_total{{{S}}})", "{{instance}}")],
+            w=8,
+        ),
+        P(
+            "Participants per node",
+            "How many participants does each node serve?",
+            "short",
+            [(f"max by (instance) (livekit_participant_total{{{S}}})", "{{instance}}")],
+            w=8,
+        ),
+        P(
+            "Tracks per node",
+            "How many tracks are published, and subscribed, on each node?",
+            "short",
+            [
+                (f"max by (instance, kind) (livekit_track_published_total{{{S}}})", "published {{kind}} {{instance}}"),
+                (
+                    f"max by (instance, kind) (livekit_track_subscribed_total{{{S}}})",
+                    "subscribed {{kind}} {{instance}}",
+                ),
+            ],
+            w=8,
+        ),
+    )
+    nodes.row(
+        "Connection quality",
+        P(
+            "Connection quality score",
+            "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
+            "one per participant every 5 s)?",
+            "ops",
+            [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")],
+            kind="heatmap",
+            yunit="short",
+        ),
+        P(
+            "Scores below 4.0 and 3.5",
+            "Which share of connection scores falls at or under the 4.0 (warning) and 3.5 (critical) marks?",
+            "percentunit",
+            [
+                (
+                    f'sum(rate(livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}[{RI}])) / '
+                    f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))",
+                    "at or under 4.0",
+                ),
+                (
+                    f'sum(rate(livekit_quality_score_bucket{{{S},le="3.5"}}[{RI}])) / '
+                    f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))",
+                    "at or under 3.5",
+                ),
+            ],
+            max=1,
+            anchor="quality-marks",
+        ),
+    )
+    nodes.row(
+        "Media",
+        P(
+            "Packet loss p95",
+            "How much loss do the worst streams see, by direction (percent)?",
+            "percent",
+            [(quantile(0.95, "livekit_packet_loss_percent", "direction", S), "{{direction}}")],
+            w=8,
+            anchor="packet-loss",
+        ),
+        P(
+            "Jitter p95",
+            "How much jitter do the worst streams see, by direction (LiveKit measures microseconds)?",
+            "µs",
+            [(quantile(0.95, "livekit_jitter_us", "direction", S), "{{direction}}")],
+            w=8,
+            anchor="jitter",
+        ),
+        P(
+            "RTT p95",
+            "How long is the round trip for the worst streams (LiveKit measures milliseconds)?",
+            "ms",
+            [(quantile(0.95, "livekit_rtt_ms", "direction", S), "{{direction}}")],
+            w=8,
+            anchor="rtt",
+        ),
+        P(
+            "Packets lost",
+            "Which share of packets is lost, by direction?",
+            "percentunit",
+            [
+                (
+                    f"sum by (direction) (rate(livekit_packet_loss_total{{{S}}}[{RI}])) / "
+                    f"sum by (direction) (rate(livekit_packet_total{{{S}}}[{RI}]))",
+                    "{{direction}}",
+                )
+            ],
+        ),
+        P(
+            "NACK and PLI",
+            "How often do receivers ask for retransmissions (NACK) and key frames (PLI)?",
+            "ops",
+            [
+                (rate("livekit_nack_total", "direction", S), "NACK {{direction}}"),
+                (rate("livekit_pli_total", "direction", S), "PLI {{direction}}"),
+            ],
+        ),
+    )
+    nodes.row(
+        "SIP service (livekit/sip's own /metrics, when Prometheus scrapes them)",
+        P(
+            "SIP INVITEs",
+            "How many INVITEs does the SIP service receive and accept, by direction?",
+            "ops",
+            [
+                (rate("livekit_sip_invite_requests", "dir", SIP), "received {{dir}}"),
+                (rate("livekit_sip_invite_accepted", "dir", SIP), "accepted {{dir}}"),
+            ],
+            w=8,
+        ),
+        P(
+            "SIP calls active",
+            "How many calls does the SIP service carry, by direction (summed over its nodes)?",
+            "short",
+            [(f"sum by (dir) (livekit_sip_calls_active{{{SIP}}})", "{{dir}}")],
+            w=8,
+        ),
+        P(
+            "SIP calls terminated",
+            "How do SIP calls end, by result?",
+            "ops",
+            [(rate("livekit_sip_calls_terminated", "dir, result", SIP), "{{dir}} {{result}}")],
+            w=8,
+        ),
+    )
+    nodes.row(
+        "Agent workers (their own /metrics, when Prometheus scrapes them)",
+        P(
+            "Worker load",
+            f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
+            f"{m.cfg['agent_workers'].ratio('load_threshold'):g} in production)?",
+            "percentunit",
+            [(f"max by (agent, instance) (lk_agents_worker_load{{{W}}})", "{{agent}} {{instance}}")],
+            w=8,
+            max=1,
+            anchor="worker-load",
+        ),
+        P(
+            "Active jobs",
+            "How many jobs (calls) does each worker run?",
+            "short",
+            [(f"max by (agent, instance) (lk_agents_active_job_count{{{W}}})", "{{agent}} {{instance}}")],
+            w=8,
+            anchor="worker-jobs",
+        ),
+        P(
+            "Child processes",
+            "How many job processes does each worker keep (running and warm)?",
+            "short",
+            [(f"max by (agent, instance) (lk_agents_child_process_count{{{W}}})", "{{agent}} {{instance}}")],
+            w=8,
+        ),
+    )
+    nodes.row(
+        "Joins",
+        P(
+            "Participant join success",
+            "Which share of signal connections becomes a working media connection?",
+            "percentunit",
+            [
+                (
+                    f'sum(rate(livekit_participant_join_total{{{S},state="rtc_success"}}[{RI}])) / '
+                    f'sum(rate(livekit_participant_join_total{{{S},state="signal_connected"}}[{RI}]))',
+                    "join success",
+                )
+            ],
+            w=24,
+            max=1,
+        ),
     )
     return [overview, media, agents, campaigns, slo_board, nodes, exporter]
 
