@@ -29,8 +29,29 @@ from livekit_exporter.server import build_app  # noqa: E402
 USAGE = dict(prompt_tokens=120, completion_tokens=8, prompt_cached_tokens=20)
 
 
+class ScriptedStream(llm.LLMStream):
+    """The reply's chunks (_deltas) to the last message, then the request's usage."""
+
+    def _deltas(self, about_an_order: bool) -> list[ChoiceDelta]:
+        if about_an_order:
+            return [ChoiceDelta(role="assistant", tool_calls=[
+                FunctionToolCall(name="lookup_order", arguments='{"order_id": "A17"}', call_id="call-1")])]
+        return [ChoiceDelta(role="assistant", content="Happy to help.")]
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0.01)
+        last = self._chat_ctx.items[-1]
+        about_an_order = getattr(last, "role", None) == "user" and "order" in (last.text_content or "")
+        for delta in self._deltas(about_an_order):
+            self._event_ch.send_nowait(ChatChunk(id="r", delta=delta))
+        self._event_ch.send_nowait(ChatChunk(id="r", usage=CompletionUsage(
+            total_tokens=USAGE["prompt_tokens"] + USAGE["completion_tokens"], **USAGE)))
+
+
 class ScriptedLLM(llm.LLM):
     """An LLM provider that answers from a script: a tool call when asked to look up an order."""
+
+    stream_class: type[ScriptedStream] = ScriptedStream
 
     @property
     def model(self) -> str:
@@ -41,21 +62,7 @@ class ScriptedLLM(llm.LLM):
         return "scripted"
 
     def chat(self, *, chat_ctx, tools=None, conn_options=DEFAULT_API_CONNECT_OPTIONS, **kwargs):
-        return ScriptedStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
-
-
-class ScriptedStream(llm.LLMStream):
-    async def _run(self) -> None:
-        await asyncio.sleep(0.01)
-        last = self._chat_ctx.items[-1]
-        if getattr(last, "role", None) == "user" and "order" in (last.text_content or ""):
-            delta = ChoiceDelta(role="assistant", tool_calls=[
-                FunctionToolCall(name="lookup_order", arguments='{"order_id": "A17"}', call_id="call-1")])
-        else:
-            delta = ChoiceDelta(role="assistant", content="Happy to help.")
-        self._event_ch.send_nowait(ChatChunk(id="r", delta=delta))
-        self._event_ch.send_nowait(ChatChunk(id="r", usage=CompletionUsage(
-            total_tokens=USAGE["prompt_tokens"] + USAGE["completion_tokens"], **USAGE)))
+        return self.stream_class(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
 
 class SupportAgent(Agent):
@@ -261,29 +268,21 @@ async def test_with_the_exporter_down_the_agent_is_never_blocked():
 # -- turns: a user message completed by its first reply ---------------------------------------------
 
 
-class TalkativeStream(llm.LLMStream):
+class TalkativeStream(ScriptedStream):
     """Says something before calling the tool, as real LLMs often do ("Let me check...")."""
 
-    async def _run(self) -> None:
-        await asyncio.sleep(0.01)
-        last = self._chat_ctx.items[-1]
-        if getattr(last, "role", None) == "user" and "order" in (last.text_content or ""):
-            self._event_ch.send_nowait(ChatChunk(id="r", delta=ChoiceDelta(role="assistant", content="Let me check.")))
-            self._event_ch.send_nowait(ChatChunk(id="r", delta=ChoiceDelta(role="assistant", tool_calls=[
-                FunctionToolCall(name="lookup_order", arguments='{"order_id": "A17"}', call_id="call-1")])))
-        else:
-            self._event_ch.send_nowait(ChatChunk(id="r", delta=ChoiceDelta(role="assistant", content="Hello!")))
-        self._event_ch.send_nowait(ChatChunk(id="r", usage=CompletionUsage(
-            total_tokens=USAGE["prompt_tokens"] + USAGE["completion_tokens"], **USAGE)))
+    def _deltas(self, about_an_order: bool) -> list[ChoiceDelta]:
+        if about_an_order:
+            return [ChoiceDelta(role="assistant", content="Let me check."), *super()._deltas(True)]
+        return [ChoiceDelta(role="assistant", content="Hello!")]
 
 
 class TalkativeLLM(ScriptedLLM):
+    stream_class = TalkativeStream
+
     @property
     def provider(self) -> str:
         return "api.openai.com"  # what livekit-plugins-openai reports
-
-    def chat(self, *, chat_ctx, tools=None, conn_options=DEFAULT_API_CONNECT_OPTIONS, **kwargs):
-        return TalkativeStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
 
 class GreetingAgent(SupportAgent):
