@@ -446,18 +446,10 @@ class Scenario:
                 status=proto_ingress.IngressState.Status.Name(i.state.status).removeprefix("ENDPOINT_").lower(),
             )
             if i.state.status == proto_ingress.IngressState.ENDPOINT_PUBLISHING:
-                put(
-                    "livekit_ingress_input_bytes_per_second",
-                    i.state.audio.average_bitrate / 8,
-                    input_type=it,
-                    media="audio",
-                )
-                put(
-                    "livekit_ingress_input_bytes_per_second",
-                    i.state.video.average_bitrate / 8,
-                    input_type=it,
-                    media="video",
-                )
+                for media, stream in (("audio", i.state.audio), ("video", i.state.video)):
+                    put(
+                        "livekit_ingress_input_bytes_per_second", stream.average_bitrate / 8, input_type=it, media=media
+                    )
         put("livekit_sip_trunks", len(self.inbound_trunks), direction="inbound")
         put("livekit_sip_trunks", len(self.outbound_trunks), direction="outbound")
         put("livekit_sip_dispatch_rules", len(self.dispatch_rules))
