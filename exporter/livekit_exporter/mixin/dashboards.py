@@ -104,9 +104,10 @@ def boards(m: Mixin) -> list[Board]:
     A = f'{J},agent=~"$agent"'
     AP = f'{A},provider=~"$provider",model=~"$model"'
     C = f'{J},campaign=~"$campaign",campaign!=""'
+    JI = f'{J},instance=~"$instance"'  # the exporter board: one replica or all
 
     def state(metric: str, by: str, sel: str = J, op: str = "sum") -> str:
-        """A LiveKit-state gauge: one replica's reading (max across replicas), then summed by `by`."""
+        """A LiveKit-state or report gauge: one replica's reading (max across replicas), then summed by `by`."""
         return f"{op} by ({by}) (max without (instance, pod) ({metric}{{{sel}}}))"
 
     def rate(metric: str, by: str, sel: str = J) -> str:
@@ -116,9 +117,19 @@ def boards(m: Mixin) -> list[Board]:
         return f"histogram_quantile({q:g}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))"
 
     def mean(metric: str, by: str, sel: str) -> str:
-        return (
-            f"sum by ({by}) (rate({metric}_sum{{{sel}}}[{RI}])) / sum by ({by}) (rate({metric}_count{{{sel}}}[{RI}]))"
-        )
+        return f"{rate(metric + '_sum', by, sel)} / {rate(metric + '_count', by, sel)}"
+
+    def gauge(op: str, by: str, metric: str, sel: str = J) -> str:
+        """`op` by `by` of a gauge over all its series: the sum of per-target counts, or the max of a reading."""
+        return f"{op} by ({by}) ({metric}{{{sel}}})"
+
+    def over_range(metric: str, by: str, sel: str) -> str:
+        """How much a counter went up over the dashboard's time range."""
+        return f"sum by ({by}) (increase({metric}{{{sel}}}[$__range]))"
+
+    def share(part: str, whole: str) -> str:
+        """part / whole of two counter selectors, each rate summed over every series."""
+        return f"sum(rate({part}[{RI}])) / sum(rate({whole}[{RI}]))"
 
     overview = Board(
         "overview",
@@ -421,8 +432,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many calls are in progress, and how many wait to be dialled?",
             "short",
             [
-                (f"sum by (agent) (voice_agent_calls_active{{{A}}})", "active {{agent}}"),
-                (f"sum by (agent) (max without (instance, pod) (voice_agent_calls_queued{{{A}}}))", "queued {{agent}}"),
+                (gauge("sum", "agent", "voice_agent_calls_active", A), "active {{agent}}"),
+                (state("voice_agent_calls_queued", "agent", A), "queued {{agent}}"),
             ],
             w=8,
             anchor="active-calls",
@@ -469,7 +480,7 @@ def boards(m: Mixin) -> list[Board]:
             "Where do turns fall between the latency buckets (turns per "
             "second in each; each dot an exemplar: one turn, with its call and trace)?",
             "ops",
-            [(f"sum by (le) (rate(voice_agent_turn_latency_seconds_bucket{{{A}}}[{RI}]))", "{{le}}")],
+            [(rate("voice_agent_turn_latency_seconds_bucket", "le", A), "{{le}}")],
             kind="heatmap",
             exemplars=True,
             yunit="s",
@@ -493,20 +504,14 @@ def boards(m: Mixin) -> list[Board]:
             f"Which provider or model is slow, per stage ({sw})?",
             "s",
             [
-                (
-                    f"agent_provider_model:voice_agent_transcription_delay_seconds:{sq}_{sw}{{{AP}}}",
-                    "STT {{provider}} {{model}}",
-                ),
-                (
-                    f"agent_provider_model:voice_agent_llm_time_to_first_token_seconds:{sq}_{sw}{{{AP}}}",
-                    "LLM {{provider}} {{model}}",
-                ),
-                (
-                    f"agent_provider_model:voice_agent_tts_time_to_first_byte_seconds:{sq}_{sw}{{{AP}}}",
-                    "TTS {{provider}} {{model}}",
-                ),
-                (f"agent:voice_agent_end_of_utterance_delay_seconds:{sq}_{sw}{{{A}}}", "EOU {{agent}}"),
-            ],
+                (f"agent_provider_model:{metric}:{sq}_{sw}{{{AP}}}", stage + " {{provider}} {{model}}")
+                for stage, metric in (
+                    ("STT", "voice_agent_transcription_delay_seconds"),
+                    ("LLM", "voice_agent_llm_time_to_first_token_seconds"),
+                    ("TTS", "voice_agent_tts_time_to_first_byte_seconds"),
+                )
+            ]
+            + [(f"agent:voice_agent_end_of_utterance_delay_seconds:{sq}_{sw}{{{A}}}", "EOU {{agent}}")],
             w=24,
             anchor="stage-p95",
         ),
@@ -528,7 +533,7 @@ def boards(m: Mixin) -> list[Board]:
             "Which tools do agents call, how often, and how long do the slowest take (p95)?",
             "ops",
             [
-                (f"sum by (tool) (rate(voice_agent_tool_call_duration_seconds_count{{{A}}}[{RI}]))", "{{tool}}"),
+                (rate("voice_agent_tool_call_duration_seconds_count", "tool", A), "{{tool}}"),
                 (quantile(0.95, "voice_agent_tool_call_duration_seconds", "tool", A), "p95 s {{tool}}"),
             ],
             w=8,
@@ -556,7 +561,7 @@ def boards(m: Mixin) -> list[Board]:
             "Dependencies",
             "Does each agent report its dependencies up (1) or down (0)?",
             "none",
-            [(f"max by (agent, dependency) (voice_agent_dependency_up{{{A}}})", "{{agent}} {{dependency}}")],
+            [(gauge("max", "agent, dependency", "voice_agent_dependency_up", A), "{{agent}} {{dependency}}")],
             kind="stat",
             anchor="dependencies",
         ),
@@ -586,7 +591,7 @@ def boards(m: Mixin) -> list[Board]:
             "currencyUSD",
             [
                 (
-                    f"sum by (component, provider) (rate(voice_agent_estimated_cost_dollars_total{{{AP}}}[{RI}])) * 86400",
+                    rate("voice_agent_estimated_cost_dollars_total", "component, provider", AP) + " * 86400",
                     "{{component}} {{provider}}",
                 )
             ],
@@ -600,8 +605,9 @@ def boards(m: Mixin) -> list[Board]:
             "currencyUSD",
             [
                 (
-                    f"sum by (agent) (increase(voice_agent_estimated_cost_dollars_total{{{A}}}[$__range])) / "
-                    f"sum by (agent) (increase(voice_agent_calls_ended_total{{{A}}}[$__range]))",
+                    over_range("voice_agent_estimated_cost_dollars_total", "agent", A)
+                    + " / "
+                    + over_range("voice_agent_calls_ended_total", "agent", A),
                     "{{agent}}",
                 )
             ],
@@ -622,7 +628,7 @@ def boards(m: Mixin) -> list[Board]:
             "Running",
             "Does each campaign run (1) or not (0), as its dialer reports?",
             "none",
-            [(f"max by (campaign) (voice_agent_campaign_running{{{C}}})", "{{campaign}}")],
+            [(gauge("max", "campaign", "voice_agent_campaign_running", C), "{{campaign}}")],
             kind="stat",
             w=6,
             anchor="campaign-running",
@@ -631,7 +637,7 @@ def boards(m: Mixin) -> list[Board]:
             "Calls placed in the range",
             "How many calls did each campaign start over the dashboard's range?",
             "short",
-            [(f"sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range]))", "{{campaign}}")],
+            [(over_range("voice_agent_calls_started_total", "campaign", C), "{{campaign}}")],
             kind="stat",
             w=6,
         ),
@@ -639,7 +645,7 @@ def boards(m: Mixin) -> list[Board]:
             "Queued",
             "How many calls wait to be dialled, per campaign?",
             "short",
-            [(f"sum by (campaign) (max without (instance, pod) (voice_agent_calls_queued{{{C}}}))", "{{campaign}}")],
+            [(state("voice_agent_calls_queued", "campaign", C), "{{campaign}}")],
             kind="stat",
             w=6,
         ),
@@ -649,8 +655,8 @@ def boards(m: Mixin) -> list[Board]:
             "short",
             [
                 (
-                    f"clamp_min(sum by (campaign) (increase(voice_agent_calls_started_total{{{C}}}[$__range])) - "
-                    f"sum by (campaign) (increase(voice_agent_calls_ended_total{{{C}}}[$__range])), 0)",
+                    f"clamp_min({over_range('voice_agent_calls_started_total', 'campaign', C)} - "
+                    f"{over_range('voice_agent_calls_ended_total', 'campaign', C)}, 0)",
                     "{{campaign}}",
                 )
             ],
@@ -663,9 +669,8 @@ def boards(m: Mixin) -> list[Board]:
             f"answered) and converted (of started), over {camp_w}?",
             "percentunit",
             [
-                (f"campaign:voice_agent_calls_answer:ratio_rate{camp_w}{{{C}}}", "answer {{campaign}}"),
-                (f"campaign:voice_agent_calls_qualification:ratio_rate{camp_w}{{{C}}}", "qualification {{campaign}}"),
-                (f"campaign:voice_agent_calls_conversion:ratio_rate{camp_w}{{{C}}}", "conversion {{campaign}}"),
+                (f"campaign:voice_agent_calls_{ratio}:ratio_rate{camp_w}{{{C}}}", ratio + " {{campaign}}")
+                for ratio in ("answer", "qualification", "conversion")
             ],
             w=24,
             max=1,
@@ -674,12 +679,7 @@ def boards(m: Mixin) -> list[Board]:
             "Outcomes",
             "How do the campaign's calls end, over the dashboard's range?",
             "short",
-            [
-                (
-                    f"sum by (campaign, outcome) (increase(voice_agent_calls_ended_total{{{C}}}[$__range]))",
-                    "{{campaign}} {{outcome}}",
-                )
-            ],
+            [(over_range("voice_agent_calls_ended_total", "campaign, outcome", C), "{{campaign}} {{outcome}}")],
             kind="stat",
         ),
         P(
@@ -751,9 +751,9 @@ def boards(m: Mixin) -> list[Board]:
             f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?",
             "s",
             [
-                (f'max by (instance) (scrape_duration_seconds{{{J},instance=~"$instance"}})', "scrape {{instance}}"),
+                (gauge("max", "instance", "scrape_duration_seconds", JI), "scrape {{instance}}"),
                 (
-                    f'max by (instance) (livekit_exporter_scrape_duration_seconds{{{J},instance=~"$instance"}})',
+                    gauge("max", "instance", "livekit_exporter_scrape_duration_seconds", JI),
                     "LiveKit API part {{instance}}",
                 ),
             ],
@@ -765,24 +765,14 @@ def boards(m: Mixin) -> list[Board]:
             "Scrapes per second",
             "How often is the exporter scraped, and do scrapes share one collection?",
             "reqps",
-            [
-                (
-                    rate("livekit_exporter_scrapes_total", "instance, collection", f'{J},instance=~"$instance"'),
-                    "{{instance}} {{collection}}",
-                )
-            ],
+            [(rate("livekit_exporter_scrapes_total", "instance, collection", JI), "{{instance}} {{collection}}")],
             w=8,
         ),
         P(
             "Label overflow",
             "Which label values does the cardinality guard fold into __other__?",
             "ops",
-            [
-                (
-                    rate("livekit_exporter_label_overflow_total", "metric, label", f'{J},instance=~"$instance"'),
-                    "{{metric}} {{label}}",
-                )
-            ],
+            [(rate("livekit_exporter_label_overflow_total", "metric, label", JI), "{{metric}} {{label}}")],
             w=8,
             fault=True,
             anchor="label-overflow",
@@ -794,26 +784,14 @@ def boards(m: Mixin) -> list[Board]:
             "API calls per second",
             "How many LiveKit API calls does each replica make, by service?",
             "reqps",
-            [
-                (
-                    rate(
-                        "livekit_api_request_duration_seconds_count", "instance, service", f'{J},instance=~"$instance"'
-                    ),
-                    "{{instance}} {{service}}",
-                )
-            ],
+            [(rate("livekit_api_request_duration_seconds_count", "instance, service", JI), "{{instance}} {{service}}")],
             w=12,
         ),
         P(
             "API errors by code",
             "Which errors do each replica's LiveKit calls get (Twirp code, timeout, connection)?",
             "reqps",
-            [
-                (
-                    rate("livekit_api_errors_total", "instance, service, code", f'{J},instance=~"$instance"'),
-                    "{{instance}} {{service}} {{code}}",
-                )
-            ],
+            [(rate("livekit_api_errors_total", "instance, service, code", JI), "{{instance}} {{service}} {{code}}")],
             w=12,
             fault=True,
         ),
@@ -824,19 +802,14 @@ def boards(m: Mixin) -> list[Board]:
             "Events accepted",
             "Which voice-agent events does the events API accept, per second?",
             "ops",
-            [(rate("livekit_exporter_events_total", "type", f'{J},instance=~"$instance"'), "{{type}}")],
+            [(rate("livekit_exporter_events_total", "type", JI), "{{type}}")],
             w=8,
         ),
         P(
             "Event requests refused",
             "Which requests to the events API are refused whole, and why?",
             "reqps",
-            [
-                (
-                    rate("livekit_exporter_event_requests_rejected_total", "reason", f'{J},instance=~"$instance"'),
-                    "{{reason}}",
-                )
-            ],
+            [(rate("livekit_exporter_event_requests_rejected_total", "reason", JI), "{{reason}}")],
             w=8,
             fault=True,
             anchor="events-refused",
@@ -846,18 +819,9 @@ def boards(m: Mixin) -> list[Board]:
             "How many webhooks are accepted, deduplicated and refused?",
             "reqps",
             [
-                (
-                    rate("livekit_webhook_events_total", "instance", f'{J},instance=~"$instance"'),
-                    "accepted {{instance}}",
-                ),
-                (
-                    rate("livekit_webhook_duplicates_total", "instance", f'{J},instance=~"$instance"'),
-                    "duplicates {{instance}}",
-                ),
-                (
-                    rate("livekit_webhook_rejected_total", "instance", f'{J},instance=~"$instance"'),
-                    "refused {{instance}}",
-                ),
+                (rate("livekit_webhook_events_total", "instance", JI), "accepted {{instance}}"),
+                (rate("livekit_webhook_duplicates_total", "instance", JI), "duplicates {{instance}}"),
+                (rate("livekit_webhook_rejected_total", "instance", JI), "refused {{instance}}"),
             ],
             w=8,
         ),
@@ -868,25 +832,27 @@ def boards(m: Mixin) -> list[Board]:
             "Memory",
             "How much memory does each replica hold?",
             "bytes",
-            [(f'max by (instance) (process_resident_memory_bytes{{{J},instance=~"$instance"}})', "{{instance}}")],
+            [(gauge("max", "instance", "process_resident_memory_bytes", JI), "{{instance}}")],
             w=12,
         ),
         P(
             "CPU",
             "How much CPU does each replica use (cores)?",
             "none",
-            [
-                (
-                    f'sum by (instance) (rate(process_cpu_seconds_total{{{J},instance=~"$instance"}}[{RI}]))',
-                    "{{instance}}",
-                )
-            ],
+            [(rate("process_cpu_seconds_total", "instance", JI), "{{instance}}")],
             w=12,
         ),
     )
     S = f'job="{m.q.jobs["livekit_server"]}",instance=~"$node"'
     W = f'job="{m.q.jobs["agent_workers"]}"'
     SIP = f'job="{m.q.jobs["livekit_sip"]}"'
+
+    def worst_streams(anchor: str, title: str, question: str, unit: str, histogram: str) -> P:
+        """The p95 of one of LiveKit's per-stream histograms, by direction."""
+        return P(
+            title, question, unit, [(quantile(0.95, histogram, "direction", S), "{{direction}}")], w=8, anchor=anchor
+        )
+
     nodes = Board(
         "nodes",
         "LiveKit server nodes",
@@ -901,14 +867,14 @@ def boards(m: Mixin) -> list[Board]:
             "Rooms per node",
             "How many rooms does each LiveKit node host?",
             "short",
-            [(f"max by (instance) (livekit_room_total{{{S}}})", "{{instance}}")],
+            [(gauge("max", "instance", "livekit_room_total", S), "{{instance}}")],
             w=8,
         ),
         P(
             "Participants per node",
             "How many participants does each node serve?",
             "short",
-            [(f"max by (instance) (livekit_participant_total{{{S}}})", "{{instance}}")],
+            [(gauge("max", "instance", "livekit_participant_total", S), "{{instance}}")],
             w=8,
         ),
         P(
@@ -916,9 +882,9 @@ def boards(m: Mixin) -> list[Board]:
             "How many tracks are published, and subscribed, on each node?",
             "short",
             [
-                (f"max by (instance, kind) (livekit_track_published_total{{{S}}})", "published {{kind}} {{instance}}"),
+                (gauge("max", "instance, kind", "livekit_track_published_total", S), "published {{kind}} {{instance}}"),
                 (
-                    f"max by (instance, kind) (livekit_track_subscribed_total{{{S}}})",
+                    gauge("max", "instance, kind", "livekit_track_subscribed_total", S),
                     "subscribed {{kind}} {{instance}}",
                 ),
             ],
@@ -932,7 +898,7 @@ def boards(m: Mixin) -> list[Board]:
             "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
             "one per participant every 5 s)?",
             "ops",
-            [(f"sum by (le) (rate(livekit_quality_score_bucket{{{S}}}[{RI}]))", "{{le}}")],
+            [(rate("livekit_quality_score_bucket", "le", S), "{{le}}")],
             kind="heatmap",
             yunit="short",
         ),
@@ -942,13 +908,13 @@ def boards(m: Mixin) -> list[Board]:
             "percentunit",
             [
                 (
-                    f'sum(rate(livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}[{RI}])) / '
-                    f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))",
+                    share(
+                        f'livekit_quality_score_bucket{{{S},le=~"4(\\\\.0)?"}}', f"livekit_quality_score_count{{{S}}}"
+                    ),
                     "at or under 4.0",
                 ),
                 (
-                    f'sum(rate(livekit_quality_score_bucket{{{S},le="3.5"}}[{RI}])) / '
-                    f"sum(rate(livekit_quality_score_count{{{S}}}[{RI}]))",
+                    share(f'livekit_quality_score_bucket{{{S},le="3.5"}}', f"livekit_quality_score_count{{{S}}}"),
                     "at or under 3.5",
                 ),
             ],
@@ -958,29 +924,26 @@ def boards(m: Mixin) -> list[Board]:
     )
     nodes.row(
         "Media",
-        P(
+        worst_streams(
+            "packet-loss",
             "Packet loss p95",
             "How much loss do the worst streams see, by direction (percent)?",
             "percent",
-            [(quantile(0.95, "livekit_packet_loss_percent", "direction", S), "{{direction}}")],
-            w=8,
-            anchor="packet-loss",
+            "livekit_packet_loss_percent",
         ),
-        P(
+        worst_streams(
+            "jitter",
             "Jitter p95",
             "How much jitter do the worst streams see, by direction (LiveKit measures microseconds)?",
             "µs",
-            [(quantile(0.95, "livekit_jitter_us", "direction", S), "{{direction}}")],
-            w=8,
-            anchor="jitter",
+            "livekit_jitter_us",
         ),
-        P(
+        worst_streams(
+            "rtt",
             "RTT p95",
             "How long is the round trip for the worst streams (LiveKit measures milliseconds)?",
             "ms",
-            [(quantile(0.95, "livekit_rtt_ms", "direction", S), "{{direction}}")],
-            w=8,
-            anchor="rtt",
+            "livekit_rtt_ms",
         ),
         P(
             "Packets lost",
@@ -988,8 +951,7 @@ def boards(m: Mixin) -> list[Board]:
             "percentunit",
             [
                 (
-                    f"sum by (direction) (rate(livekit_packet_loss_total{{{S}}}[{RI}])) / "
-                    f"sum by (direction) (rate(livekit_packet_total{{{S}}}[{RI}]))",
+                    f"{rate('livekit_packet_loss_total', 'direction', S)} / {rate('livekit_packet_total', 'direction', S)}",
                     "{{direction}}",
                 )
             ],
@@ -1020,7 +982,7 @@ def boards(m: Mixin) -> list[Board]:
             "SIP calls active",
             "How many calls does the SIP service carry, by direction (summed over its nodes)?",
             "short",
-            [(f"sum by (dir) (livekit_sip_calls_active{{{SIP}}})", "{{dir}}")],
+            [(gauge("sum", "dir", "livekit_sip_calls_active", SIP), "{{dir}}")],
             w=8,
         ),
         P(
@@ -1038,7 +1000,7 @@ def boards(m: Mixin) -> list[Board]:
             f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
             f"{m.cfg['agent_workers'].ratio('load_threshold'):g} in production)?",
             "percentunit",
-            [(f"max by (agent, instance) (lk_agents_worker_load{{{W}}})", "{{agent}} {{instance}}")],
+            [(gauge("max", "agent, instance", "lk_agents_worker_load", W), "{{agent}} {{instance}}")],
             w=8,
             max=1,
             anchor="worker-load",
@@ -1047,7 +1009,7 @@ def boards(m: Mixin) -> list[Board]:
             "Active jobs",
             "How many jobs (calls) does each worker run?",
             "short",
-            [(f"max by (agent, instance) (lk_agents_active_job_count{{{W}}})", "{{agent}} {{instance}}")],
+            [(gauge("max", "agent, instance", "lk_agents_active_job_count", W), "{{agent}} {{instance}}")],
             w=8,
             anchor="worker-jobs",
         ),
@@ -1055,7 +1017,7 @@ def boards(m: Mixin) -> list[Board]:
             "Child processes",
             "How many job processes does each worker keep (running and warm)?",
             "short",
-            [(f"max by (agent, instance) (lk_agents_child_process_count{{{W}}})", "{{agent}} {{instance}}")],
+            [(gauge("max", "agent, instance", "lk_agents_child_process_count", W), "{{agent}} {{instance}}")],
             w=8,
         ),
     )
@@ -1067,8 +1029,10 @@ def boards(m: Mixin) -> list[Board]:
             "percentunit",
             [
                 (
-                    f'sum(rate(livekit_participant_join_total{{{S},state="rtc_success"}}[{RI}])) / '
-                    f'sum(rate(livekit_participant_join_total{{{S},state="signal_connected"}}[{RI}]))',
+                    share(
+                        f'livekit_participant_join_total{{{S},state="rtc_success"}}',
+                        f'livekit_participant_join_total{{{S},state="signal_connected"}}',
+                    ),
                     "join success",
                 )
             ],
