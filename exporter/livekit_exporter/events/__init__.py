@@ -17,7 +17,6 @@ answer, with `Idempotent-Replayed: true`, and is not applied again.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import hmac
@@ -30,6 +29,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from ..config import Config
+from ..expiring import ExpiringMap
 from ..telemetry import Telemetry
 from .decode import JSON_TYPES, NDJSON_TYPES, BadBatch, decode_json, decode_ndjson
 from .pipeline import Pipeline
@@ -48,34 +48,16 @@ _KEY = re.compile(r'^"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?$')
 class _Answer(NamedTuple):
     digest: bytes  # of the request body, to tell a retry from a key reused for other content
     body: bytes
-    expires: float
 
 
-class IdempotencyCache:
+class IdempotencyCache(ExpiringMap[tuple[int, str], _Answer]):
     """(token, key) -> the answer to the applied request, for `ttl` seconds, at most `max_entries`."""
 
     def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
-        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
-        self._answers: collections.OrderedDict[tuple[int, str], _Answer] = collections.OrderedDict()
-
-    def _expire(self, now: float) -> None:
-        while self._answers:
-            key, answer = next(iter(self._answers.items()))
-            if answer.expires > now and len(self._answers) <= self.max_entries:
-                break
-            del self._answers[key]
-
-    def get(self, key: tuple[int, str]) -> _Answer | None:
-        self._expire(self.clock())
-        return self._answers.get(key)
+        super().__init__(max_entries, ttl, timer=clock)
 
     def put(self, key: tuple[int, str], digest: bytes, body: bytes) -> None:
-        now = self.clock()
-        self._answers[key] = _Answer(digest, body, now + self.ttl)  # a new key: the newest, at the end
-        self._expire(now)
-
-    def __len__(self) -> int:
-        return len(self._answers)
+        self[key] = _Answer(digest, body)
 
 
 def _error(

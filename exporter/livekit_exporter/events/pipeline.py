@@ -23,6 +23,7 @@ since one value would hide the others (an __other__ "up" hiding another dependen
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..config import EventsConfig, Price
+from ..expiring import ExpiringMap
 from ..guard import OTHER, LabelGuard
 from ..telemetry import Telemetry
 from . import model as m
@@ -89,8 +91,7 @@ HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
     "voice_agent_tool_call_duration_seconds": (("agent", "tool"), "Duration of function-tool calls.", REQUEST_BUCKETS),
 }
 
-# A bound on the active-call table, whatever the clients send: past it the oldest call is expired
-# early (and counted in voice_agent_calls_expired_total).
+# A bound on the active-call table, whatever the clients send.
 MAX_ACTIVE_CALLS = 100_000
 UNKNOWN = "unknown"
 # The guard scope of every voice_agent_* label (and of the unpriced-usage counter's).
@@ -120,7 +121,6 @@ class Discarded:
 class _ActiveCall:
     labels: tuple[str, str]  # agent (as guarded for voice_agent_calls_active), direction
     gauge: Any  # its child of voice_agent_calls_active
-    deadline: float
 
 
 class PriceTable:
@@ -218,38 +218,42 @@ class Family(Generic[M]):
 
 
 class _Reports:
-    """The series of a report gauge and when each expires (a dict kept in deadline order)."""
+    """The series of a report gauge, each gone `ttl` seconds after its last report."""
 
-    def __init__(self, family: Family[Gauge], ttl: float, forget: tuple[str, ...] = ()):
-        self.family, self.ttl = family, ttl
-        self.deadlines: dict[tuple[str, ...], float] = {}
+    def __init__(
+        self,
+        family: Family[Gauge],
+        ttl: float,
+        guard: LabelGuard,
+        clock: Callable[[], float],
+        forget: tuple[str, ...] = (),
+    ):
+        self.family, self.guard = family, guard
+        # The guard bounds the series (values per label); the map only times them out.
+        self.series: ExpiringMap[tuple[str, ...], None] = ExpiringMap(math.inf, ttl, timer=clock, on_drop=self._drop)
         # Labels used by this gauge only: their values are freed in the guard when no series holds them.
         self._forget = [(i, label) for i, label in enumerate(family.labelnames) if label in forget]
         self._held: dict[tuple[int, str], int] = {}
 
-    def set(self, values: tuple[str, ...], value: float, now: float) -> None:
+    def set(self, values: tuple[str, ...], value: float) -> None:
         labels = self.family.report(*values)
         if labels is None:
             return
         self.family.metric.labels(*labels).set(value)
-        if self.deadlines.pop(labels, None) is None:
+        self.series.expire()  # so that a series past its ttl is dropped (and its labels freed) first
+        if labels not in self.series:
             for i, _ in self._forget:
                 self._held[(i, labels[i])] = self._held.get((i, labels[i]), 0) + 1
-        self.deadlines[labels] = now + self.ttl  # re-inserted at the end: the dict stays in deadline order
+        self.series[labels] = None  # its ttl starts again
 
-    def sweep(self, now: float, guard: LabelGuard) -> None:
-        while self.deadlines:
-            labels = next(iter(self.deadlines))
-            if self.deadlines[labels] > now:
-                break
-            del self.deadlines[labels]
-            self.family.metric.remove(*labels)
-            for i, label in self._forget:
-                n = self._held.pop((i, labels[i])) - 1
-                if n:
-                    self._held[(i, labels[i])] = n
-                else:
-                    guard.forget(SCOPE, label, labels[i])
+    def _drop(self, labels: tuple[str, ...], _: None) -> None:
+        self.family.metric.remove(*labels)
+        for i, label in self._forget:
+            n = self._held.pop((i, labels[i])) - 1
+            if n:
+                self._held[(i, labels[i])] = n
+            else:
+                self.guard.forget(SCOPE, label, labels[i])
 
 
 class Pipeline:
@@ -261,7 +265,11 @@ class Pipeline:
         self.guard = telemetry.guard
         self.prices = PriceTable(config.prices)
         self.max_latency = config.max_latency
-        self._active: dict[str, _ActiveCall] = {}
+        # A bound on the active-call table, whatever the clients send: past it the oldest call is
+        # expired early. Either way it leaves voice_agent_calls_active and counts as expired.
+        self._active: ExpiringMap[str, _ActiveCall] = ExpiringMap(
+            MAX_ACTIVE_CALLS, config.call_ttl, timer=self._now, on_drop=self._expire
+        )
         self._warned_unpriced: set[tuple[str, str, str]] = set()
         r = telemetry.registry
 
@@ -388,9 +396,9 @@ class Pipeline:
             registry=r,
         )
         self._events_total = {t: self.events_total.labels(t) for t in m.TYPE_NAMES}
-        self._queued = _Reports(self.calls_queued, config.campaign_ttl)
-        self._campaigns = _Reports(self.campaign_running, config.campaign_ttl)
-        self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, forget=("dependency",))
+        self._queued = _Reports(self.calls_queued, config.campaign_ttl, guard, self._now)
+        self._campaigns = _Reports(self.campaign_running, config.campaign_ttl, guard, self._now)
+        self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, guard, self._now, ("dependency",))
         self._apply: dict[type, Callable[[Any, int, list[Discarded]], None]] = {
             m.CallStarted: self._call_started,
             m.CallAnswered: self._call_answered,
@@ -435,12 +443,10 @@ class Pipeline:
         self.calls_started(e.agent, e.direction, e.campaign).inc()
         if e.call_id in self._active:
             return  # a retried delivery of the same start: the call is counted active once
-        if len(self._active) >= MAX_ACTIVE_CALLS:
-            self._expire(next(iter(self._active)))
         # The guarded agent also labels voice_agent_calls_expired_total when the call expires.
         agent = self.guard("voice_agent_calls_active", "agent", e.agent, SCOPE)
         gauge = self.calls_active.metric.labels(agent, e.direction)
-        self._active[e.call_id] = _ActiveCall((agent, e.direction), gauge, self.clock() + self.config.call_ttl)
+        self._active[e.call_id] = _ActiveCall((agent, e.direction), gauge)
         gauge.inc()
 
     def _call_answered(self, e: m.CallAnswered, i: int, d: list[Discarded]) -> None:
@@ -457,13 +463,13 @@ class Pipeline:
             call.gauge.dec()
 
     def _calls_queued(self, e: m.CallsQueued, i: int, d: list[Discarded]) -> None:
-        self._queued.set((e.agent, e.campaign), e.queued, self.clock())
+        self._queued.set((e.agent, e.campaign), e.queued)
 
     def _campaign_status(self, e: m.CampaignStatus, i: int, d: list[Discarded]) -> None:
-        self._campaigns.set((e.campaign,), 1 if e.running else 0, self.clock())
+        self._campaigns.set((e.campaign,), 1 if e.running else 0)
 
     def _dependency_status(self, e: m.DependencyStatus, i: int, d: list[Discarded]) -> None:
-        self._dependencies.set((e.agent, e.dependency), 1 if e.up else 0, self.clock())
+        self._dependencies.set((e.agent, e.dependency), 1 if e.up else 0)
 
     def _turn(self, e: m.Turn, i: int, d: list[Discarded]) -> None:
         agent = e.agent
@@ -539,8 +545,11 @@ class Pipeline:
 
     # -- time-to-live ------------------------------------------------------------------------------
 
-    def _expire(self, call_id: str) -> None:
-        call = self._active.pop(call_id)
+    def _now(self) -> float:
+        """The pipeline's clock, read at each call (a test may replace it)."""
+        return self.clock()
+
+    def _expire(self, call_id: str, call: _ActiveCall) -> None:
         call.gauge.dec()
         self.calls_expired.metric.labels(*call.labels).inc()
 
@@ -548,10 +557,5 @@ class Pipeline:
         """Ends calls older than call_ttl; drops dependency reports older than dependency_ttl, and
         queue and campaign reports older than campaign_ttl."""
         now = self.clock()
-        while self._active:
-            call_id = next(iter(self._active))
-            if self._active[call_id].deadline > now:
-                break
-            self._expire(call_id)
-        for reports in (self._dependencies, self._campaigns, self._queued):
-            reports.sweep(now, self.guard)
+        for table in (self._active, self._dependencies.series, self._campaigns.series, self._queued.series):
+            table.expire(now)

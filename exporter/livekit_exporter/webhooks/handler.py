@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import orjson
 from aiohttp import web
 
 from ..config import Config, KeyPair, WebhooksConfig
+from ..expiring import ExpiringMap
 from ..logsetup import RateLimitedLog
 from ..telemetry import Telemetry
 from .decode import UNKNOWN_EVENT, Malformed, decode
@@ -31,40 +31,16 @@ REJECTION_LOG_WINDOW = 60.0
 # -- deduplication ----------------------------------------------------------------------------
 
 
-class RecentIds:
+class RecentIds(ExpiringMap[bytes, bool]):
     """Event ids (their fixed-size digests) seen in the last `ttl` seconds, at most `max_entries`:
-    an id is forgotten when its ttl ends or when max_entries newer ones came, whichever is first.
-
-    The ttl is the same for every id, so insertion order is expiry order: expired ids are dropped
-    from the front on each insert, and memory never exceeds max_entries entries of a fixed size.
-    """
+    an id is forgotten when its ttl ends or when max_entries newer ones came, whichever is first."""
 
     def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._clock = clock
-        self._expiry: OrderedDict[bytes, float] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def __contains__(self, key: bytes) -> bool:
-        until = self._expiry.get(key)
-        return until is not None and until > self._clock()
+        super().__init__(max_entries, ttl, timer=clock)
 
     def add(self, key: bytes) -> None:
         """Remembers `key` for ttl seconds from now."""
-        now = self._clock()
-        expiry = self._expiry
-        while expiry:
-            oldest, until = next(iter(expiry.items()))
-            if until > now:
-                break
-            del expiry[oldest]
-        expiry.pop(key, None)
-        expiry[key] = now + self.ttl
-        if len(expiry) > self.max_entries:
-            expiry.popitem(last=False)
+        self[key] = True
 
 
 # -- the HTTP face ----------------------------------------------------------------------------
