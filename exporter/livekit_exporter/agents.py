@@ -67,7 +67,21 @@ from livekit.agents.metrics import EOUMetrics, LLMMetrics, RealtimeModelMetrics,
 from livekit.agents.voice import events as lk_events
 
 from .client import DisabledClient, EventsClient, validate
-from .events import model as m
+from .events.model import (
+    EXEMPLAR_CALL_ID_PATTERN,
+    MAX_SECONDS,
+    CallAnswered,
+    CallEnded,
+    CallStarted,
+    DependencyStatus,
+    Error,
+    Event,
+    LLMUsage,
+    STTUsage,
+    ToolCall,
+    TTSUsage,
+    Turn,
+)
 
 __all__ = ["CallInstrumentation", "instrument", "provider_name"]
 
@@ -191,12 +205,12 @@ def _safe(handler: Callable[..., None]) -> Callable[..., None]:
 def _seconds(value: Any) -> float | None:
     """A timing livekit-agents reported, or None when it is absent, a sentinel (-1), not a number,
     or above the schema's maximum (which no real call reaches)."""
-    if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= m.MAX_SECONDS:
+    if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_SECONDS:
         return float(value)
     return None
 
 
-_EXEMPLAR_CALL_ID = re.compile(m.EXEMPLAR_CALL_ID_PATTERN.strip("^$"))
+_EXEMPLAR_CALL_ID = re.compile(EXEMPLAR_CALL_ID_PATTERN.strip("^$"))
 
 
 def _trace_id() -> str | None:
@@ -213,7 +227,7 @@ def _stage(value: Any) -> float | None:
     """A turn stage: like _seconds, but an absurd value is capped at the schema's maximum and sent,
     so the exporter discards it and counts the timestamp bug (events.max_latency)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and not math.isnan(value):
-        return float(min(value, m.MAX_SECONDS))
+        return float(min(value, MAX_SECONDS))
     return None
 
 
@@ -226,7 +240,7 @@ def _provider(value: Any) -> str | None:
     return provider_name(name)[:128] if name else None
 
 
-def _checked(event: m.Event, argument: str) -> m.Event:
+def _checked(event: Event, argument: str) -> Event:
     """The event, or ValueError naming the instrument() argument the exporter would refuse."""
     _, problem = validate(event)
     if problem:
@@ -254,7 +268,7 @@ class CallInstrumentation:
         clock: Callable[[], float],
     ):
         started = _checked(
-            m.CallStarted(
+            CallStarted(
                 agent=agent,
                 call_id=call_id,
                 direction=direction,  # type: ignore[arg-type]
@@ -299,7 +313,7 @@ class CallInstrumentation:
         """The callee picked up (outbound calls: when create_sip_participant returns answered)."""
         self._emit(
             _checked(
-                m.CallAnswered(
+                CallAnswered(
                     agent=self.agent,
                     call_id=self.call_id,
                     direction=self.direction,  # type: ignore[arg-type]
@@ -318,15 +332,15 @@ class CallInstrumentation:
 
     def dependency(self, name: str, up: bool) -> None:
         """Reports a dependency's health (voice_agent_dependency_up); re-send it periodically."""
-        self._emit(_checked(m.DependencyStatus(agent=self.agent, dependency=name, up=up), "dependency name"))
+        self._emit(_checked(DependencyStatus(agent=self.agent, dependency=name, up=up), "dependency name"))
 
     # -- session events ---------------------------------------------------------------------------------
 
-    def _emit(self, event: m.Event) -> None:
+    def _emit(self, event: Event) -> None:
         self.client.emit(event)
 
-    def _call_ended(self, outcome: str, duration_seconds: float | None = None) -> m.CallEnded:
-        return m.CallEnded(
+    def _call_ended(self, outcome: str, duration_seconds: float | None = None) -> CallEnded:
+        return CallEnded(
             agent=self.agent,
             call_id=self.call_id,
             direction=self.direction,  # type: ignore[arg-type]
@@ -349,7 +363,7 @@ class CallInstrumentation:
         interruptions = self._interruptions + (1 if interrupted else 0)
         self._interruptions = 0
         self._emit(
-            m.Turn(
+            Turn(
                 agent=self.agent,
                 interrupted=interrupted,
                 interruptions=interruptions,
@@ -407,7 +421,7 @@ class CallInstrumentation:
             return
         tts_failed = self._tts_failed(item)
         if tts_failed and self._tts_errors == 0:
-            self._emit(m.Error(agent=self.agent, component="tts", error_type="tts_failed"))
+            self._emit(Error(agent=self.agent, component="tts", error_type="tts_failed"))
         self._tts_errors = 0
         interrupted = bool(item.interrupted) and not tts_failed
         if self.mode == "usage":
@@ -443,7 +457,7 @@ class CallInstrumentation:
                 )
                 if any(d.values()):
                     self._emit(
-                        m.LLMUsage(
+                        LLMUsage(
                             agent=self.agent,
                             provider=provider,
                             model=model,
@@ -456,23 +470,23 @@ class CallInstrumentation:
                 d = self._delta("stt", provider, model, {"audio": u.audio_duration})
                 if d["audio"] > 0:
                     self._emit(
-                        m.STTUsage(
+                        STTUsage(
                             agent=self.agent,
                             provider=provider,
                             model=model,
-                            audio_seconds=min(d["audio"], m.MAX_SECONDS),
+                            audio_seconds=min(d["audio"], MAX_SECONDS),
                         )
                     )
             elif u.type == "tts_usage":
                 d = self._delta("tts", provider, model, {"chars": u.characters_count, "audio": u.audio_duration})
                 if d["chars"] > 0 or d["audio"] > 0:
                     self._emit(
-                        m.TTSUsage(
+                        TTSUsage(
                             agent=self.agent,
                             provider=provider,
                             model=model,
                             characters=int(d["chars"]),
-                            audio_seconds=min(d["audio"], m.MAX_SECONDS),
+                            audio_seconds=min(d["audio"], MAX_SECONDS),
                         )
                     )
 
@@ -496,7 +510,7 @@ class CallInstrumentation:
             else:
                 inp, out, cached = x.input_tokens, x.output_tokens, x.input_token_details.cached_tokens
             self._emit(
-                m.LLMUsage(
+                LLMUsage(
                     agent=self.agent,
                     provider=provider,
                     model=model,
@@ -511,7 +525,7 @@ class CallInstrumentation:
                 self._stages["llm_metadata"] = stage_meta
         elif isinstance(x, TTSMetrics):
             self._emit(
-                m.TTSUsage(
+                TTSUsage(
                     agent=self.agent,
                     provider=provider,
                     model=model,
@@ -525,11 +539,11 @@ class CallInstrumentation:
         elif isinstance(x, STTMetrics):
             if x.audio_duration > 0:
                 self._emit(
-                    m.STTUsage(
+                    STTUsage(
                         agent=self.agent,
                         provider=provider,
                         model=model,
-                        audio_seconds=min(x.audio_duration, m.MAX_SECONDS),
+                        audio_seconds=min(x.audio_duration, MAX_SECONDS),
                     )
                 )
             self._stages["stt_metadata"] = stage_meta
@@ -539,9 +553,9 @@ class CallInstrumentation:
         for call, output in ev.zipped():
             duration = _seconds(output.created_at - call.created_at)
             if duration is not None:
-                self._emit(m.ToolCall(agent=self.agent, tool=_name(call.name) or "unknown", duration_seconds=duration))
+                self._emit(ToolCall(agent=self.agent, tool=_name(call.name) or "unknown", duration_seconds=duration))
             if output.is_error:
-                self._emit(m.Error(agent=self.agent, component="tool", error_type="tool_error"))
+                self._emit(Error(agent=self.agent, component="tool", error_type="tool_error"))
 
     @_safe
     def _on_false_interruption(self, ev: Any) -> None:
@@ -557,7 +571,7 @@ class CallInstrumentation:
             self._tts_errors += 1
         cause = getattr(err, "error", err)
         self._emit(
-            m.Error(
+            Error(
                 agent=self.agent,
                 component=component,  # type: ignore[arg-type]
                 error_type=type(cause).__name__[:128],

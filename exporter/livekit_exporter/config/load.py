@@ -217,7 +217,7 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
     raw, root = _parse(path) if path else ({}, None)
     at = _Located(path or "<environment>", root)
     problems = []
-    for err in sorted(_validator().iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
+    for err in sorted(_validator().iter_errors(raw), key=lambda error: list(map(str, error.absolute_path))):
         yaml_path = list(err.absolute_path)
         located = yaml_path
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):

@@ -16,13 +16,20 @@ from dataclasses import dataclass
 
 import msgspec
 
-from . import model as m
+from .model import (
+    TYPE_NAMES,
+    Batch,
+    Event,
+    LLMUsage,
+    Turn,
+    schema,
+)
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
-_batch = msgspec.json.Decoder(m.Batch)
-_event = msgspec.json.Decoder(m.Event)
+_batch = msgspec.json.Decoder(Batch)
+_event = msgspec.json.Decoder(Event)
 
 
 class _RawBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -33,11 +40,11 @@ _raw_batch = msgspec.json.Decoder(_RawBatch)
 # field -> the values it may take, for answers that say what is expected.
 _ENUMS: dict[str, tuple[str, ...]] = {
     name: tuple(prop["enum"])
-    for d in m.schema()["$defs"].values()
+    for d in schema()["$defs"].values()
     for name, prop in d.get("properties", {}).items()
     if "enum" in prop and name != "type"
 }
-_ENUMS["type"] = m.TYPE_NAMES
+_ENUMS["type"] = TYPE_NAMES
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
 _BYTE = re.compile(r"\(byte (\d+)\)")
 BOM = b"\xef\xbb\xbf"
@@ -86,15 +93,15 @@ def _too_many(n: int, limit: int) -> BadBatch:
     )
 
 
-def check(e: m.Event) -> tuple[str, str] | None:
+def check(event: Event) -> tuple[str, str] | None:
     """(field, reason) when a decoded event is inconsistent in a way the schema cannot express."""
-    if isinstance(e, m.LLMUsage) and e.cached_tokens > e.input_tokens:
+    if isinstance(event, LLMUsage) and event.cached_tokens > event.input_tokens:
         return (
             "cached_tokens",
-            f"cached_tokens ({e.cached_tokens}) exceeds input_tokens "
-            f"({e.input_tokens}); input_tokens counts cached tokens too",
+            f"cached_tokens ({event.cached_tokens}) exceeds input_tokens "
+            f"({event.input_tokens}); input_tokens counts cached tokens too",
         )
-    if isinstance(e, m.Turn) and e.interrupted and e.interruptions == 0:
+    if isinstance(event, Turn) and event.interrupted and event.interruptions == 0:
         return (
             "interruptions",
             "interruptions is 0 but interrupted is true; a turn the user cut short "
@@ -117,7 +124,7 @@ def _malformed(err: Exception, body: bytes) -> str:
 
 def _decode_each(
     items: Sequence[bytes | msgspec.Raw], path: Callable[[int], str], lines: list[int] | None
-) -> list[m.Event]:
+) -> list[Event]:
     """Decodes and checks every event on its own; raises BadBatch listing every bad one."""
     events, problems = [], []
     for i, item in enumerate(items):
@@ -139,7 +146,7 @@ def _decode_each(
     return events
 
 
-def decode_json(body: bytes, max_events: int) -> tuple[list[m.Event], None]:
+def decode_json(body: bytes, max_events: int) -> tuple[list[Event], None]:
     """`{"events": [...]}` -> (events, None). Raises BadBatch."""
     if body.startswith(BOM):
         body = body[3:]
@@ -171,7 +178,7 @@ def decode_json(body: bytes, max_events: int) -> tuple[list[m.Event], None]:
     return _decode_each(raw, lambda i: f"$.events[{i}]", None), None
 
 
-def decode_ndjson(body: bytes, max_events: int) -> tuple[list[m.Event], list[int]]:
+def decode_ndjson(body: bytes, max_events: int) -> tuple[list[Event], list[int]]:
     """One event per line (blank lines ignored) -> (events, their line numbers). Raises BadBatch."""
     if body.startswith(BOM):
         body = body[3:]

@@ -35,7 +35,22 @@ from ..config import EventsConfig, Price
 from ..expiring import ExpiringMap
 from ..guard import OTHER, LabelGuard
 from ..telemetry import Telemetry
-from . import model as m
+from .model import (
+    TYPE_NAMES,
+    CallAnswered,
+    CallEnded,
+    CallsQueued,
+    CallStarted,
+    CampaignStatus,
+    DependencyStatus,
+    Error,
+    Event,
+    LLMUsage,
+    STTUsage,
+    ToolCall,
+    TTSUsage,
+    Turn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,29 +154,29 @@ class PriceTable:
         return self._exact.get((provider, model.lower())) or self._any.get(provider)
 
     @staticmethod
-    def llm_cost(p: Price, e: m.LLMUsage) -> float | None:
-        if p.usd_per_million_input_tokens is None and p.usd_per_million_output_tokens is None:
+    def llm_cost(price: Price, usage: LLMUsage) -> float | None:
+        if price.usd_per_million_input_tokens is None and price.usd_per_million_output_tokens is None:
             return None
-        inp = p.usd_per_million_input_tokens or 0.0
-        cached_price = inp if p.usd_per_million_cached_tokens is None else p.usd_per_million_cached_tokens
+        inp = price.usd_per_million_input_tokens or 0.0
+        cached_price = inp if price.usd_per_million_cached_tokens is None else price.usd_per_million_cached_tokens
         return (
-            (e.input_tokens - e.cached_tokens) * inp
-            + e.cached_tokens * cached_price
-            + e.output_tokens * (p.usd_per_million_output_tokens or 0.0)
+            (usage.input_tokens - usage.cached_tokens) * inp
+            + usage.cached_tokens * cached_price
+            + usage.output_tokens * (price.usd_per_million_output_tokens or 0.0)
         ) / 1e6
 
     @staticmethod
-    def stt_cost(p: Price, e: m.STTUsage) -> float | None:
-        if p.usd_per_stt_audio_minute is None:
+    def stt_cost(price: Price, usage: STTUsage) -> float | None:
+        if price.usd_per_stt_audio_minute is None:
             return None
-        return e.audio_seconds / 60 * p.usd_per_stt_audio_minute
+        return usage.audio_seconds / 60 * price.usd_per_stt_audio_minute
 
     @staticmethod
-    def tts_cost(p: Price, e: m.TTSUsage) -> float | None:
-        if p.usd_per_million_characters is None and p.usd_per_tts_audio_minute is None:
+    def tts_cost(price: Price, usage: TTSUsage) -> float | None:
+        if price.usd_per_million_characters is None and price.usd_per_tts_audio_minute is None:
             return None
-        return e.characters / 1e6 * (p.usd_per_million_characters or 0.0) + e.audio_seconds / 60 * (
-            p.usd_per_tts_audio_minute or 0.0
+        return usage.characters / 1e6 * (price.usd_per_million_characters or 0.0) + usage.audio_seconds / 60 * (
+            price.usd_per_tts_audio_minute or 0.0
         )
 
 
@@ -395,39 +410,39 @@ class Pipeline:
             ("reason",),
             registry=r,
         )
-        self._events_total = {t: self.events_total.labels(t) for t in m.TYPE_NAMES}
+        self._events_total = {t: self.events_total.labels(t) for t in TYPE_NAMES}
         self._queued = _Reports(self.calls_queued, config.campaign_ttl, guard, self._now)
         self._campaigns = _Reports(self.campaign_running, config.campaign_ttl, guard, self._now)
         self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, guard, self._now, ("dependency",))
         self._apply: dict[type, Callable[[Any, int, list[Discarded]], None]] = {
-            m.CallStarted: self._call_started,
-            m.CallAnswered: self._call_answered,
-            m.CallEnded: self._call_ended,
-            m.CallsQueued: self._calls_queued,
-            m.CampaignStatus: self._campaign_status,
-            m.DependencyStatus: self._dependency_status,
-            m.Turn: self._turn,
-            m.STTUsage: self._stt,
-            m.LLMUsage: self._llm,
-            m.TTSUsage: self._tts,
-            m.ToolCall: self._tool_call,
-            m.Error: self._error,
+            CallStarted: self._call_started,
+            CallAnswered: self._call_answered,
+            CallEnded: self._call_ended,
+            CallsQueued: self._calls_queued,
+            CampaignStatus: self._campaign_status,
+            DependencyStatus: self._dependency_status,
+            Turn: self._turn,
+            STTUsage: self._stt,
+            LLMUsage: self._llm,
+            TTSUsage: self._tts,
+            ToolCall: self._tool_call,
+            Error: self._error,
         }
 
     # -- applying ----------------------------------------------------------------------------------
 
-    def apply(self, events: list[m.Event]) -> list[Discarded]:
+    def apply(self, events: list[Event]) -> list[Discarded]:
         """Applies a validated batch; returns the timings that were discarded by the sanity rule."""
         discarded: list[Discarded] = []
         counts: dict[str, int] = {}
-        for i, e in enumerate(events):
-            self._apply[type(e)](e, i, discarded)
-            tag = str(e.__struct_config__.tag)
+        for index, event in enumerate(events):
+            self._apply[type(event)](event, index, discarded)
+            tag = str(event.__struct_config__.tag)
             counts[tag] = counts.get(tag, 0) + 1
         for tag, n in counts.items():
             self._events_total[tag].inc(n)
-        for d in discarded:
-            self.latencies_discarded.labels(events[d.index].__struct_config__.tag, d.field).inc()
+        for timing in discarded:
+            self.latencies_discarded.labels(events[timing.index].__struct_config__.tag, timing.field).inc()
         return discarded
 
     def _latency(self, value: float | None, name: str, index: int, discarded: list[Discarded]) -> bool:
@@ -439,68 +454,72 @@ class Pipeline:
             return False
         return True
 
-    def _call_started(self, e: m.CallStarted, i: int, d: list[Discarded]) -> None:
-        self.calls_started(e.agent, e.direction, e.campaign).inc()
-        if e.call_id in self._active:
+    def _call_started(self, event: CallStarted, index: int, discarded: list[Discarded]) -> None:
+        self.calls_started(event.agent, event.direction, event.campaign).inc()
+        if event.call_id in self._active:
             return  # a retried delivery of the same start: the call is counted active once
         # The guarded agent also labels voice_agent_calls_expired_total when the call expires.
-        agent = self.guard("voice_agent_calls_active", "agent", e.agent, SCOPE)
-        gauge = self.calls_active.metric.labels(agent, e.direction)
-        self._active[e.call_id] = _ActiveCall((agent, e.direction), gauge)
+        agent = self.guard("voice_agent_calls_active", "agent", event.agent, SCOPE)
+        gauge = self.calls_active.metric.labels(agent, event.direction)
+        self._active[event.call_id] = _ActiveCall((agent, event.direction), gauge)
         gauge.inc()
 
-    def _call_answered(self, e: m.CallAnswered, i: int, d: list[Discarded]) -> None:
-        self.calls_answered(e.agent, e.direction, e.campaign, e.answered_by).inc()
-        if e.setup_seconds is not None:
-            self.call_setup(e.agent, e.direction).observe(e.setup_seconds)
+    def _call_answered(self, event: CallAnswered, index: int, discarded: list[Discarded]) -> None:
+        self.calls_answered(event.agent, event.direction, event.campaign, event.answered_by).inc()
+        if event.setup_seconds is not None:
+            self.call_setup(event.agent, event.direction).observe(event.setup_seconds)
 
-    def _call_ended(self, e: m.CallEnded, i: int, d: list[Discarded]) -> None:
-        self.calls_ended(e.agent, e.direction, e.campaign, e.outcome).inc()
-        if e.duration_seconds is not None:
-            self.call_duration(e.agent, e.direction, e.outcome).observe(e.duration_seconds)
-        call = self._active.pop(e.call_id, None)
+    def _call_ended(self, event: CallEnded, index: int, discarded: list[Discarded]) -> None:
+        self.calls_ended(event.agent, event.direction, event.campaign, event.outcome).inc()
+        if event.duration_seconds is not None:
+            self.call_duration(event.agent, event.direction, event.outcome).observe(event.duration_seconds)
+        call = self._active.pop(event.call_id, None)
         if call is not None:
             call.gauge.dec()
 
-    def _calls_queued(self, e: m.CallsQueued, i: int, d: list[Discarded]) -> None:
-        self._queued.set((e.agent, e.campaign), e.queued)
+    def _calls_queued(self, event: CallsQueued, index: int, discarded: list[Discarded]) -> None:
+        self._queued.set((event.agent, event.campaign), event.queued)
 
-    def _campaign_status(self, e: m.CampaignStatus, i: int, d: list[Discarded]) -> None:
-        self._campaigns.set((e.campaign,), 1 if e.running else 0)
+    def _campaign_status(self, event: CampaignStatus, index: int, discarded: list[Discarded]) -> None:
+        self._campaigns.set((event.campaign,), 1 if event.running else 0)
 
-    def _dependency_status(self, e: m.DependencyStatus, i: int, d: list[Discarded]) -> None:
-        self._dependencies.set((e.agent, e.dependency), 1 if e.up else 0)
+    def _dependency_status(self, event: DependencyStatus, index: int, discarded: list[Discarded]) -> None:
+        self._dependencies.set((event.agent, event.dependency), 1 if event.up else 0)
 
-    def _turn(self, e: m.Turn, i: int, d: list[Discarded]) -> None:
-        agent = e.agent
-        self.turns(agent, "true" if e.interrupted else "false").inc()
-        interruptions = e.interruptions if e.interruptions is not None else int(e.interrupted)
+    def _turn(self, event: Turn, index: int, discarded: list[Discarded]) -> None:
+        agent = event.agent
+        self.turns(agent, "true" if event.interrupted else "false").inc()
+        interruptions = event.interruptions if event.interruptions is not None else int(event.interrupted)
         if interruptions:
             self.interruptions(agent).inc(interruptions)
         # call_id / trace_id become exemplars of the latency observations (OpenMetrics only; never labels)
-        ex = {k: v for k, v in (("call_id", e.call_id), ("trace_id", e.trace_id)) if v} or None
-        if self._latency(e.e2e_latency_seconds, "e2e_latency_seconds", i, d):
-            self.turn_latency(agent).observe(e.e2e_latency_seconds, ex)
-        if self._latency(e.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", i, d):
-            self.eou_delay(agent).observe(e.end_of_utterance_delay_seconds, ex)
-        if self._latency(e.transcription_delay_seconds, "transcription_delay_seconds", i, d):
-            self.transcription_delay(agent, e.stt_provider or UNKNOWN, e.stt_model or UNKNOWN).observe(
-                e.transcription_delay_seconds, ex
+        exemplar = {k: v for k, v in (("call_id", event.call_id), ("trace_id", event.trace_id)) if v} or None
+        if self._latency(event.e2e_latency_seconds, "e2e_latency_seconds", index, discarded):
+            self.turn_latency(agent).observe(event.e2e_latency_seconds, exemplar)
+        if self._latency(event.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", index, discarded):
+            self.eou_delay(agent).observe(event.end_of_utterance_delay_seconds, exemplar)
+        if self._latency(event.transcription_delay_seconds, "transcription_delay_seconds", index, discarded):
+            self.transcription_delay(agent, event.stt_provider or UNKNOWN, event.stt_model or UNKNOWN).observe(
+                event.transcription_delay_seconds, exemplar
             )
-        if self._latency(e.llm_ttft_seconds, "llm_ttft_seconds", i, d):
-            self.llm_ttft(agent, e.llm_provider or UNKNOWN, e.llm_model or UNKNOWN).observe(e.llm_ttft_seconds, ex)
-        if self._latency(e.tts_ttfb_seconds, "tts_ttfb_seconds", i, d):
-            self.tts_ttfb(agent, e.tts_provider or UNKNOWN, e.tts_model or UNKNOWN).observe(e.tts_ttfb_seconds, ex)
+        if self._latency(event.llm_ttft_seconds, "llm_ttft_seconds", index, discarded):
+            self.llm_ttft(agent, event.llm_provider or UNKNOWN, event.llm_model or UNKNOWN).observe(
+                event.llm_ttft_seconds, exemplar
+            )
+        if self._latency(event.tts_ttfb_seconds, "tts_ttfb_seconds", index, discarded):
+            self.tts_ttfb(agent, event.tts_provider or UNKNOWN, event.tts_model or UNKNOWN).observe(
+                event.tts_ttfb_seconds, exemplar
+            )
 
     def _add_cost(
-        self, component: str, e: m.STTUsage | m.LLMUsage | m.TTSUsage, cost: Callable[[Price, Any], float | None]
+        self, component: str, event: STTUsage | LLMUsage | TTSUsage, cost: Callable[[Price, Any], float | None]
     ) -> None:
-        price = self.prices.lookup(e.provider, e.model)
-        amount = None if price is None else cost(price, e)
+        price = self.prices.lookup(event.provider, event.model)
+        amount = None if price is None else cost(price, event)
         if amount is None:
-            self._unpriced(component, e.provider, e.model)
+            self._unpriced(component, event.provider, event.model)
         elif amount > 0:
-            self.cost(e.agent, component, e.provider, e.model).inc(amount)
+            self.cost(event.agent, component, event.provider, event.model).inc(amount)
 
     def _unpriced(self, component: str, provider: str, model: str) -> None:
         self.unpriced(component, provider, model).inc()
@@ -520,28 +539,32 @@ class Pipeline:
             self._warned_unpriced.add(key)
             log.warning(message, extra={"component": component, "provider": provider, "model": model})
 
-    def _stt(self, e: m.STTUsage, i: int, d: list[Discarded]) -> None:
-        self.stt_audio(e.agent, e.provider, e.model).inc(e.audio_seconds)
-        self._add_cost("stt", e, PriceTable.stt_cost)
+    def _stt(self, event: STTUsage, index: int, discarded: list[Discarded]) -> None:
+        self.stt_audio(event.agent, event.provider, event.model).inc(event.audio_seconds)
+        self._add_cost("stt", event, PriceTable.stt_cost)
 
-    def _llm(self, e: m.LLMUsage, i: int, d: list[Discarded]) -> None:
-        for kind, n in (("input", e.input_tokens), ("output", e.output_tokens), ("cached", e.cached_tokens)):
+    def _llm(self, event: LLMUsage, index: int, discarded: list[Discarded]) -> None:
+        for kind, n in (
+            ("input", event.input_tokens),
+            ("output", event.output_tokens),
+            ("cached", event.cached_tokens),
+        ):
             if n:
-                self.llm_tokens(e.agent, e.provider, e.model, kind).inc(n)
-        if e.duration_seconds is not None:  # not a turn stage: bounded by the schema only
-            self.llm_duration(e.agent, e.provider, e.model).observe(e.duration_seconds)
-        self._add_cost("llm", e, PriceTable.llm_cost)
+                self.llm_tokens(event.agent, event.provider, event.model, kind).inc(n)
+        if event.duration_seconds is not None:  # not a turn stage: bounded by the schema only
+            self.llm_duration(event.agent, event.provider, event.model).observe(event.duration_seconds)
+        self._add_cost("llm", event, PriceTable.llm_cost)
 
-    def _tts(self, e: m.TTSUsage, i: int, d: list[Discarded]) -> None:
-        if e.characters:
-            self.tts_characters(e.agent, e.provider, e.model).inc(e.characters)
-        self._add_cost("tts", e, PriceTable.tts_cost)
+    def _tts(self, event: TTSUsage, index: int, discarded: list[Discarded]) -> None:
+        if event.characters:
+            self.tts_characters(event.agent, event.provider, event.model).inc(event.characters)
+        self._add_cost("tts", event, PriceTable.tts_cost)
 
-    def _tool_call(self, e: m.ToolCall, i: int, d: list[Discarded]) -> None:
-        self.tool_duration(e.agent, e.tool).observe(e.duration_seconds)
+    def _tool_call(self, event: ToolCall, index: int, discarded: list[Discarded]) -> None:
+        self.tool_duration(event.agent, event.tool).observe(event.duration_seconds)
 
-    def _error(self, e: m.Error, i: int, d: list[Discarded]) -> None:
-        self.errors(e.agent, e.component, e.error_type, "true" if e.recoverable else "false").inc()
+    def _error(self, event: Error, index: int, discarded: list[Discarded]) -> None:
+        self.errors(event.agent, event.component, event.error_type, "true" if event.recoverable else "false").inc()
 
     # -- time-to-live ------------------------------------------------------------------------------
 

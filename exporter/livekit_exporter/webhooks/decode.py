@@ -133,7 +133,7 @@ class _Enum:
         raise Malformed(f"{where}{self.field.json}: expected an enum name or number")
 
 
-_F = {
+_FIELDS = {
     n: _Field(n)
     for n in (
         "event",
@@ -214,8 +214,8 @@ def decode(body: bytes) -> Event:
         _DUPLICATE_KEYS.decode(body.decode())  # orjson has checked the UTF-8 and the syntax
     except RecursionError:
         raise Malformed("nested too deeply for a webhook event") from None
-    name = _str(doc, _F["event"], "")
-    event_id = _str(doc, _F["id"], "")
+    name = _str(doc, _FIELDS["event"], "")
+    event_id = _str(doc, _FIELDS["id"], "")
     if not name:
         raise Malformed("no event name (the `event` field)")
     if not event_id:
@@ -224,12 +224,12 @@ def decode(body: bytes) -> Event:
         name=name if name in _DECODERS else UNKNOWN_EVENT,
         id=event_id,
         key=hashlib.sha256(event_id.encode()).digest()[:16],
-        created_at=float(_int(doc, _F["created_at"], "")),
+        created_at=float(_int(doc, _FIELDS["created_at"], "")),
         raw_name=name,
     )
     decoder = _DECODERS.get(name)
     if decoder is not None:
-        field = _F[_SUBJECT[name.split("_", 1)[0]]]
+        field = _FIELDS[_SUBJECT[name.split("_", 1)[0]]]
         subject = _obj(doc, field, "")
         if subject is None:
             raise Malformed(f"a {name} event without its `{field.json}` object")
@@ -246,13 +246,13 @@ def _since(ev: Event, start: int) -> float | None:
 
 def _room_finished(ev: Event, doc: dict, room: dict, where: str) -> None:
     ev.reason = _END_REASON.label(doc, "")
-    ev.duration = _since(ev, _int(room, _F["creation_time"], where))
+    ev.duration = _since(ev, _int(room, _FIELDS["creation_time"], where))
 
 
 def _participant(ev: Event, doc: dict, p: dict, where: str) -> None:
     ev.kind = _KIND.label(p, where)
     if ev.kind == "sip":
-        attrs = _obj(p, _F["attributes"], where) or {}
+        attrs = _obj(p, _FIELDS["attributes"], where) or {}
         trunk = attrs.get("sip.trunkID")
         ev.trunk = trunk if isinstance(trunk, str) and trunk else "none"
 
@@ -260,7 +260,7 @@ def _participant(ev: Event, doc: dict, p: dict, where: str) -> None:
 def _participant_ended(ev: Event, doc: dict, p: dict, where: str) -> None:
     _participant(ev, doc, p, where)
     ev.reason = _DISCONNECT.label(p, where)
-    ev.duration = _since(ev, _int(p, _F["joined_at"], where))
+    ev.duration = _since(ev, _int(p, _FIELDS["joined_at"], where))
 
 
 def _track(ev: Event, doc: dict, t: dict, where: str) -> None:
@@ -275,13 +275,13 @@ def _egress(ev: Event, doc: dict, info: dict, where: str) -> None:
 
 def _egress_ended(ev: Event, doc: dict, info: dict, where: str) -> None:
     _egress(ev, doc, info, where)
-    started, ended = _int(info, _F["started_at"], where), _int(info, _F["ended_at"], where)
+    started, ended = _int(info, _FIELDS["started_at"], where), _int(info, _FIELDS["ended_at"], where)
     if started > 0 and ended >= started:
         ev.duration = (ended - started) / 1e9  # EgressInfo times are nanoseconds
     # LiveKit fills the repeated results and, for one output, the deprecated `file` / `segments`
     # too: count the repeated ones, and the deprecated ones only when alone.
     results = []
-    for f in (_F["file_results"], _F["segment_results"]):
+    for f in (_FIELDS["file_results"], _FIELDS["segment_results"]):
         items = f.get(info)
         if items is None:
             continue
@@ -289,18 +289,18 @@ def _egress_ended(ev: Event, doc: dict, info: dict, where: str) -> None:
             raise Malformed(f"{where}{f.json}: expected a list of objects")
         results.extend(items)
     if not results:
-        results = [r for r in (_obj(info, _F["file"], where), _obj(info, _F["segments"], where)) if r]
-    ev.output_bytes = float(sum(_int(r, _F["size"], where + "results.") for r in results))
+        results = [r for r in (_obj(info, _FIELDS["file"], where), _obj(info, _FIELDS["segments"], where)) if r]
+    ev.output_bytes = float(sum(_int(r, _FIELDS["size"], where + "results.") for r in results))
 
 
 def _ingress(ev: Event, doc: dict, info: dict, where: str) -> None:
     ev.type = _INGRESS_INPUT.label(info, where)
-    ev.status = _INGRESS_STATUS.label(_obj(info, _F["state"], where) or {}, where + "state.")
+    ev.status = _INGRESS_STATUS.label(_obj(info, _FIELDS["state"], where) or {}, where + "state.")
 
 
 def _job(ev: Event, doc: dict, job: dict, where: str) -> None:
-    ev.agent_name = _str(job, _F["agent_name"], where) or "unnamed"
-    ev.status = _JOB_STATUS.label(_obj(job, _F["state"], where) or {}, where + "state.")
+    ev.agent_name = _str(job, _FIELDS["agent_name"], where) or "unnamed"
+    ev.status = _JOB_STATUS.label(_obj(job, _FIELDS["state"], where) or {}, where + "state.")
 
 
 def _nothing(ev: Event, doc: dict, subject: dict, where: str) -> None:
