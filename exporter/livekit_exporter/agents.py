@@ -67,21 +67,7 @@ from livekit.agents.metrics import EOUMetrics, LLMMetrics, RealtimeModelMetrics,
 from livekit.agents.voice import events as lk_events
 
 from .client import DisabledClient, EventsClient, validate
-from .events.model import (
-    EXEMPLAR_CALL_ID_PATTERN,
-    MAX_SECONDS,
-    CallAnswered,
-    CallEnded,
-    CallStarted,
-    DependencyStatus,
-    Error,
-    Event,
-    LLMUsage,
-    STTUsage,
-    ToolCall,
-    TTSUsage,
-    Turn,
-)
+from .events import model as contract
 
 __all__ = ["CallInstrumentation", "instrument", "provider_name"]
 
@@ -205,12 +191,12 @@ def _safe(handler: Callable[..., None]) -> Callable[..., None]:
 def _seconds(value: Any) -> float | None:
     """A timing livekit-agents reported, or None when it is absent, a sentinel (-1), not a number,
     or above the schema's maximum (which no real call reaches)."""
-    if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_SECONDS:
+    if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= contract.MAX_SECONDS:
         return float(value)
     return None
 
 
-_EXEMPLAR_CALL_ID = re.compile(EXEMPLAR_CALL_ID_PATTERN.strip("^$"))
+_EXEMPLAR_CALL_ID = re.compile(contract.EXEMPLAR_CALL_ID_PATTERN.strip("^$"))
 
 
 def _trace_id() -> str | None:
@@ -227,7 +213,7 @@ def _stage(value: Any) -> float | None:
     """A turn stage: like _seconds, but an absurd value is capped at the schema's maximum and sent,
     so the exporter discards it and counts the timestamp bug (events.max_latency)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 and not math.isnan(value):
-        return float(min(value, MAX_SECONDS))
+        return float(min(value, contract.MAX_SECONDS))
     return None
 
 
@@ -240,7 +226,7 @@ def _provider(value: Any) -> str | None:
     return provider_name(name)[:128] if name else None
 
 
-def _checked(event: Event, argument: str) -> Event:
+def _checked(event: contract.Event, argument: str) -> contract.Event:
     """The event, or ValueError naming the instrument() argument the exporter would refuse."""
     _, problem = validate(event)
     if problem:
@@ -268,7 +254,7 @@ class CallInstrumentation:
         clock: Callable[[], float],
     ):
         started = _checked(
-            CallStarted(
+            contract.CallStarted(
                 agent=agent,
                 call_id=call_id,
                 direction=direction,  # type: ignore[arg-type]
@@ -313,7 +299,7 @@ class CallInstrumentation:
         """The callee picked up (outbound calls: when create_sip_participant returns answered)."""
         self._emit(
             _checked(
-                CallAnswered(
+                contract.CallAnswered(
                     agent=self.agent,
                     call_id=self.call_id,
                     direction=self.direction,  # type: ignore[arg-type]
@@ -332,15 +318,15 @@ class CallInstrumentation:
 
     def dependency(self, name: str, up: bool) -> None:
         """Reports a dependency's health (voice_agent_dependency_up); re-send it periodically."""
-        self._emit(_checked(DependencyStatus(agent=self.agent, dependency=name, up=up), "dependency name"))
+        self._emit(_checked(contract.DependencyStatus(agent=self.agent, dependency=name, up=up), "dependency name"))
 
     # -- session events ---------------------------------------------------------------------------------
 
-    def _emit(self, event: Event) -> None:
+    def _emit(self, event: contract.Event) -> None:
         self.client.emit(event)
 
-    def _call_ended(self, outcome: str, duration_seconds: float | None = None) -> CallEnded:
-        return CallEnded(
+    def _call_ended(self, outcome: str, duration_seconds: float | None = None) -> contract.CallEnded:
+        return contract.CallEnded(
             agent=self.agent,
             call_id=self.call_id,
             direction=self.direction,  # type: ignore[arg-type]
@@ -363,7 +349,7 @@ class CallInstrumentation:
         interruptions = self._interruptions + (1 if interrupted else 0)
         self._interruptions = 0
         self._emit(
-            Turn(
+            contract.Turn(
                 agent=self.agent,
                 interrupted=interrupted,
                 interruptions=interruptions,
@@ -421,7 +407,7 @@ class CallInstrumentation:
             return
         tts_failed = self._tts_failed(item)
         if tts_failed and self._tts_errors == 0:
-            self._emit(Error(agent=self.agent, component="tts", error_type="tts_failed"))
+            self._emit(contract.Error(agent=self.agent, component="tts", error_type="tts_failed"))
         self._tts_errors = 0
         interrupted = bool(item.interrupted) and not tts_failed
         if self.mode == "usage":
@@ -457,7 +443,7 @@ class CallInstrumentation:
                 )
                 if any(d.values()):
                     self._emit(
-                        LLMUsage(
+                        contract.LLMUsage(
                             agent=self.agent,
                             provider=provider,
                             model=model,
@@ -470,23 +456,23 @@ class CallInstrumentation:
                 d = self._delta("stt", provider, model, {"audio": u.audio_duration})
                 if d["audio"] > 0:
                     self._emit(
-                        STTUsage(
+                        contract.STTUsage(
                             agent=self.agent,
                             provider=provider,
                             model=model,
-                            audio_seconds=min(d["audio"], MAX_SECONDS),
+                            audio_seconds=min(d["audio"], contract.MAX_SECONDS),
                         )
                     )
             elif u.type == "tts_usage":
                 d = self._delta("tts", provider, model, {"chars": u.characters_count, "audio": u.audio_duration})
                 if d["chars"] > 0 or d["audio"] > 0:
                     self._emit(
-                        TTSUsage(
+                        contract.TTSUsage(
                             agent=self.agent,
                             provider=provider,
                             model=model,
                             characters=int(d["chars"]),
-                            audio_seconds=min(d["audio"], MAX_SECONDS),
+                            audio_seconds=min(d["audio"], contract.MAX_SECONDS),
                         )
                     )
 
@@ -510,7 +496,7 @@ class CallInstrumentation:
             else:
                 inp, out, cached = x.input_tokens, x.output_tokens, x.input_token_details.cached_tokens
             self._emit(
-                LLMUsage(
+                contract.LLMUsage(
                     agent=self.agent,
                     provider=provider,
                     model=model,
@@ -525,7 +511,7 @@ class CallInstrumentation:
                 self._stages["llm_metadata"] = stage_meta
         elif isinstance(x, TTSMetrics):
             self._emit(
-                TTSUsage(
+                contract.TTSUsage(
                     agent=self.agent,
                     provider=provider,
                     model=model,
@@ -539,11 +525,11 @@ class CallInstrumentation:
         elif isinstance(x, STTMetrics):
             if x.audio_duration > 0:
                 self._emit(
-                    STTUsage(
+                    contract.STTUsage(
                         agent=self.agent,
                         provider=provider,
                         model=model,
-                        audio_seconds=min(x.audio_duration, MAX_SECONDS),
+                        audio_seconds=min(x.audio_duration, contract.MAX_SECONDS),
                     )
                 )
             self._stages["stt_metadata"] = stage_meta
@@ -553,9 +539,11 @@ class CallInstrumentation:
         for call, output in ev.zipped():
             duration = _seconds(output.created_at - call.created_at)
             if duration is not None:
-                self._emit(ToolCall(agent=self.agent, tool=_name(call.name) or "unknown", duration_seconds=duration))
+                self._emit(
+                    contract.ToolCall(agent=self.agent, tool=_name(call.name) or "unknown", duration_seconds=duration)
+                )
             if output.is_error:
-                self._emit(Error(agent=self.agent, component="tool", error_type="tool_error"))
+                self._emit(contract.Error(agent=self.agent, component="tool", error_type="tool_error"))
 
     @_safe
     def _on_false_interruption(self, ev: Any) -> None:
@@ -571,7 +559,7 @@ class CallInstrumentation:
             self._tts_errors += 1
         cause = getattr(err, "error", err)
         self._emit(
-            Error(
+            contract.Error(
                 agent=self.agent,
                 component=component,  # type: ignore[arg-type]
                 error_type=type(cause).__name__[:128],

@@ -16,20 +16,13 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .model import (
-    TYPE_NAMES,
-    Batch,
-    Event,
-    LLMUsage,
-    Turn,
-    schema,
-)
+from . import model as contract
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
-_batch = msgspec.json.Decoder(Batch)
-_event = msgspec.json.Decoder(Event)
+_batch = msgspec.json.Decoder(contract.Batch)
+_event = msgspec.json.Decoder(contract.Event)
 
 
 class _RawBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -40,11 +33,11 @@ _raw_batch = msgspec.json.Decoder(_RawBatch)
 # field -> the values it may take, for answers that say what is expected.
 _ENUMS: dict[str, tuple[str, ...]] = {
     name: tuple(prop["enum"])
-    for d in schema()["$defs"].values()
+    for d in contract.schema()["$defs"].values()
     for name, prop in d.get("properties", {}).items()
     if "enum" in prop and name != "type"
 }
-_ENUMS["type"] = TYPE_NAMES
+_ENUMS["type"] = contract.TYPE_NAMES
 _AT = re.compile(r"^(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
 _BYTE = re.compile(r"\(byte (\d+)\)")
 BOM = b"\xef\xbb\xbf"
@@ -93,15 +86,15 @@ def _too_many(n: int, limit: int) -> BadBatch:
     )
 
 
-def check(event: Event) -> tuple[str, str] | None:
+def check(event: contract.Event) -> tuple[str, str] | None:
     """(field, reason) when a decoded event is inconsistent in a way the schema cannot express."""
-    if isinstance(event, LLMUsage) and event.cached_tokens > event.input_tokens:
+    if isinstance(event, contract.LLMUsage) and event.cached_tokens > event.input_tokens:
         return (
             "cached_tokens",
             f"cached_tokens ({event.cached_tokens}) exceeds input_tokens "
             f"({event.input_tokens}); input_tokens counts cached tokens too",
         )
-    if isinstance(event, Turn) and event.interrupted and event.interruptions == 0:
+    if isinstance(event, contract.Turn) and event.interrupted and event.interruptions == 0:
         return (
             "interruptions",
             "interruptions is 0 but interrupted is true; a turn the user cut short "
@@ -124,7 +117,7 @@ def _malformed(err: Exception, body: bytes) -> str:
 
 def _decode_each(
     items: Sequence[bytes | msgspec.Raw], path: Callable[[int], str], lines: list[int] | None
-) -> list[Event]:
+) -> list[contract.Event]:
     """Decodes and checks every event on its own; raises BadBatch listing every bad one."""
     events, problems = [], []
     for i, item in enumerate(items):
@@ -146,7 +139,7 @@ def _decode_each(
     return events
 
 
-def decode_json(body: bytes, max_events: int) -> tuple[list[Event], None]:
+def decode_json(body: bytes, max_events: int) -> tuple[list[contract.Event], None]:
     """`{"events": [...]}` -> (events, None). Raises BadBatch."""
     if body.startswith(BOM):
         body = body[3:]
@@ -178,7 +171,7 @@ def decode_json(body: bytes, max_events: int) -> tuple[list[Event], None]:
     return _decode_each(raw, lambda i: f"$.events[{i}]", None), None
 
 
-def decode_ndjson(body: bytes, max_events: int) -> tuple[list[Event], list[int]]:
+def decode_ndjson(body: bytes, max_events: int) -> tuple[list[contract.Event], list[int]]:
     """One event per line (blank lines ignored) -> (events, their line numbers). Raises BadBatch."""
     if body.startswith(BOM):
         body = body[3:]

@@ -35,22 +35,7 @@ from ..config import EventsConfig, Price
 from ..expiring import ExpiringMap
 from ..guard import OTHER, LabelGuard
 from ..telemetry import Telemetry
-from .model import (
-    TYPE_NAMES,
-    CallAnswered,
-    CallEnded,
-    CallsQueued,
-    CallStarted,
-    CampaignStatus,
-    DependencyStatus,
-    Error,
-    Event,
-    LLMUsage,
-    STTUsage,
-    ToolCall,
-    TTSUsage,
-    Turn,
-)
+from . import model as contract
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +139,7 @@ class PriceTable:
         return self._exact.get((provider, model.lower())) or self._any.get(provider)
 
     @staticmethod
-    def llm_cost(price: Price, usage: LLMUsage) -> float | None:
+    def llm_cost(price: Price, usage: contract.LLMUsage) -> float | None:
         if price.usd_per_million_input_tokens is None and price.usd_per_million_output_tokens is None:
             return None
         inp = price.usd_per_million_input_tokens or 0.0
@@ -166,13 +151,13 @@ class PriceTable:
         ) / 1e6
 
     @staticmethod
-    def stt_cost(price: Price, usage: STTUsage) -> float | None:
+    def stt_cost(price: Price, usage: contract.STTUsage) -> float | None:
         if price.usd_per_stt_audio_minute is None:
             return None
         return usage.audio_seconds / 60 * price.usd_per_stt_audio_minute
 
     @staticmethod
-    def tts_cost(price: Price, usage: TTSUsage) -> float | None:
+    def tts_cost(price: Price, usage: contract.TTSUsage) -> float | None:
         if price.usd_per_million_characters is None and price.usd_per_tts_audio_minute is None:
             return None
         return usage.characters / 1e6 * (price.usd_per_million_characters or 0.0) + usage.audio_seconds / 60 * (
@@ -410,28 +395,28 @@ class Pipeline:
             ("reason",),
             registry=r,
         )
-        self._events_total = {t: self.events_total.labels(t) for t in TYPE_NAMES}
+        self._events_total = {t: self.events_total.labels(t) for t in contract.TYPE_NAMES}
         self._queued = _Reports(self.calls_queued, config.campaign_ttl, guard, self._now)
         self._campaigns = _Reports(self.campaign_running, config.campaign_ttl, guard, self._now)
         self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, guard, self._now, ("dependency",))
         self._apply: dict[type, Callable[[Any, int, list[Discarded]], None]] = {
-            CallStarted: self._call_started,
-            CallAnswered: self._call_answered,
-            CallEnded: self._call_ended,
-            CallsQueued: self._calls_queued,
-            CampaignStatus: self._campaign_status,
-            DependencyStatus: self._dependency_status,
-            Turn: self._turn,
-            STTUsage: self._stt,
-            LLMUsage: self._llm,
-            TTSUsage: self._tts,
-            ToolCall: self._tool_call,
-            Error: self._error,
+            contract.CallStarted: self._call_started,
+            contract.CallAnswered: self._call_answered,
+            contract.CallEnded: self._call_ended,
+            contract.CallsQueued: self._calls_queued,
+            contract.CampaignStatus: self._campaign_status,
+            contract.DependencyStatus: self._dependency_status,
+            contract.Turn: self._turn,
+            contract.STTUsage: self._stt,
+            contract.LLMUsage: self._llm,
+            contract.TTSUsage: self._tts,
+            contract.ToolCall: self._tool_call,
+            contract.Error: self._error,
         }
 
     # -- applying ----------------------------------------------------------------------------------
 
-    def apply(self, events: list[Event]) -> list[Discarded]:
+    def apply(self, events: list[contract.Event]) -> list[Discarded]:
         """Applies a validated batch; returns the timings that were discarded by the sanity rule."""
         discarded: list[Discarded] = []
         counts: dict[str, int] = {}
@@ -454,7 +439,7 @@ class Pipeline:
             return False
         return True
 
-    def _call_started(self, event: CallStarted, index: int, discarded: list[Discarded]) -> None:
+    def _call_started(self, event: contract.CallStarted, index: int, discarded: list[Discarded]) -> None:
         self.calls_started(event.agent, event.direction, event.campaign).inc()
         if event.call_id in self._active:
             return  # a retried delivery of the same start: the call is counted active once
@@ -464,12 +449,12 @@ class Pipeline:
         self._active[event.call_id] = _ActiveCall((agent, event.direction), gauge)
         gauge.inc()
 
-    def _call_answered(self, event: CallAnswered, index: int, discarded: list[Discarded]) -> None:
+    def _call_answered(self, event: contract.CallAnswered, index: int, discarded: list[Discarded]) -> None:
         self.calls_answered(event.agent, event.direction, event.campaign, event.answered_by).inc()
         if event.setup_seconds is not None:
             self.call_setup(event.agent, event.direction).observe(event.setup_seconds)
 
-    def _call_ended(self, event: CallEnded, index: int, discarded: list[Discarded]) -> None:
+    def _call_ended(self, event: contract.CallEnded, index: int, discarded: list[Discarded]) -> None:
         self.calls_ended(event.agent, event.direction, event.campaign, event.outcome).inc()
         if event.duration_seconds is not None:
             self.call_duration(event.agent, event.direction, event.outcome).observe(event.duration_seconds)
@@ -477,16 +462,16 @@ class Pipeline:
         if call is not None:
             call.gauge.dec()
 
-    def _calls_queued(self, event: CallsQueued, index: int, discarded: list[Discarded]) -> None:
+    def _calls_queued(self, event: contract.CallsQueued, index: int, discarded: list[Discarded]) -> None:
         self._queued.set((event.agent, event.campaign), event.queued)
 
-    def _campaign_status(self, event: CampaignStatus, index: int, discarded: list[Discarded]) -> None:
+    def _campaign_status(self, event: contract.CampaignStatus, index: int, discarded: list[Discarded]) -> None:
         self._campaigns.set((event.campaign,), 1 if event.running else 0)
 
-    def _dependency_status(self, event: DependencyStatus, index: int, discarded: list[Discarded]) -> None:
+    def _dependency_status(self, event: contract.DependencyStatus, index: int, discarded: list[Discarded]) -> None:
         self._dependencies.set((event.agent, event.dependency), 1 if event.up else 0)
 
-    def _turn(self, event: Turn, index: int, discarded: list[Discarded]) -> None:
+    def _turn(self, event: contract.Turn, index: int, discarded: list[Discarded]) -> None:
         agent = event.agent
         self.turns(agent, "true" if event.interrupted else "false").inc()
         interruptions = event.interruptions if event.interruptions is not None else int(event.interrupted)
@@ -512,7 +497,10 @@ class Pipeline:
             )
 
     def _add_cost(
-        self, component: str, event: STTUsage | LLMUsage | TTSUsage, cost: Callable[[Price, Any], float | None]
+        self,
+        component: str,
+        event: contract.STTUsage | contract.LLMUsage | contract.TTSUsage,
+        cost: Callable[[Price, Any], float | None],
     ) -> None:
         price = self.prices.lookup(event.provider, event.model)
         amount = None if price is None else cost(price, event)
@@ -539,11 +527,11 @@ class Pipeline:
             self._warned_unpriced.add(key)
             log.warning(message, extra={"component": component, "provider": provider, "model": model})
 
-    def _stt(self, event: STTUsage, index: int, discarded: list[Discarded]) -> None:
+    def _stt(self, event: contract.STTUsage, index: int, discarded: list[Discarded]) -> None:
         self.stt_audio(event.agent, event.provider, event.model).inc(event.audio_seconds)
         self._add_cost("stt", event, PriceTable.stt_cost)
 
-    def _llm(self, event: LLMUsage, index: int, discarded: list[Discarded]) -> None:
+    def _llm(self, event: contract.LLMUsage, index: int, discarded: list[Discarded]) -> None:
         for kind, n in (
             ("input", event.input_tokens),
             ("output", event.output_tokens),
@@ -555,15 +543,15 @@ class Pipeline:
             self.llm_duration(event.agent, event.provider, event.model).observe(event.duration_seconds)
         self._add_cost("llm", event, PriceTable.llm_cost)
 
-    def _tts(self, event: TTSUsage, index: int, discarded: list[Discarded]) -> None:
+    def _tts(self, event: contract.TTSUsage, index: int, discarded: list[Discarded]) -> None:
         if event.characters:
             self.tts_characters(event.agent, event.provider, event.model).inc(event.characters)
         self._add_cost("tts", event, PriceTable.tts_cost)
 
-    def _tool_call(self, event: ToolCall, index: int, discarded: list[Discarded]) -> None:
+    def _tool_call(self, event: contract.ToolCall, index: int, discarded: list[Discarded]) -> None:
         self.tool_duration(event.agent, event.tool).observe(event.duration_seconds)
 
-    def _error(self, event: Error, index: int, discarded: list[Discarded]) -> None:
+    def _error(self, event: contract.Error, index: int, discarded: list[Discarded]) -> None:
         self.errors(event.agent, event.component, event.error_type, "true" if event.recoverable else "false").inc()
 
     # -- time-to-live ------------------------------------------------------------------------------

@@ -24,22 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..client import EventsClient
-from ..events.model import (
-    CallAnswered,
-    CallEnded,
-    CallsQueued,
-    CallStarted,
-    CampaignStatus,
-    DependencyStatus,
-    Direction,
-    Error,
-    Event,
-    LLMUsage,
-    STTUsage,
-    ToolCall,
-    TTSUsage,
-    Turn,
-)
+from ..events import model as contract
 
 
 @dataclass(frozen=True)
@@ -53,7 +38,7 @@ class Provider:
 @dataclass(frozen=True)
 class AgentProfile:
     name: str
-    direction: Direction
+    direction: contract.Direction
     stt: Provider
     llm: Provider
     tts: Provider
@@ -175,44 +160,44 @@ class VoiceAgentFleet:
 
     # -- sending, and recording what was sent ------------------------------------------------------
 
-    def _send(self, event: Event) -> bool:
+    def _send(self, event: contract.Event) -> bool:
         if not self.client.emit(event):
             return False
         t = self.truth
         t.events[str(event.__struct_config__.tag)] += 1
-        if isinstance(event, CallStarted):
+        if isinstance(event, contract.CallStarted):
             t.calls_started[event.agent, event.direction, event.campaign] += 1
             t.active[event.agent, event.direction] += 1
-        elif isinstance(event, CallAnswered):
+        elif isinstance(event, contract.CallAnswered):
             t.calls_answered[event.agent, event.direction, event.campaign, event.answered_by] += 1
-        elif isinstance(event, CallEnded):
+        elif isinstance(event, contract.CallEnded):
             t.calls_ended[event.agent, event.direction, event.campaign, event.outcome] += 1
             t.active[event.agent, event.direction] -= 1
-        elif isinstance(event, CallsQueued):
+        elif isinstance(event, contract.CallsQueued):
             t.queued[event.agent, event.campaign] = event.queued
-        elif isinstance(event, CampaignStatus):
+        elif isinstance(event, contract.CampaignStatus):
             t.campaign_running[event.campaign] = int(event.running)
-        elif isinstance(event, Turn):
+        elif isinstance(event, contract.Turn):
             t.turns[event.agent, "true" if event.interrupted else "false"] += 1
             t.interruptions[event.agent] += event.interruptions or 0
             if event.e2e_latency_seconds is not None:
                 t.turn_latency[event.agent].append(event.e2e_latency_seconds)
             if event.llm_ttft_seconds is not None and event.llm_provider and event.llm_model:
                 t.llm_ttft[event.agent, event.llm_provider, event.llm_model].append(event.llm_ttft_seconds)
-        elif isinstance(event, LLMUsage):
+        elif isinstance(event, contract.LLMUsage):
             for kind, n in (
                 ("input", event.input_tokens),
                 ("output", event.output_tokens),
                 ("cached", event.cached_tokens),
             ):
                 t.llm_tokens[event.agent, event.provider, event.model, kind] += n
-        elif isinstance(event, TTSUsage):
+        elif isinstance(event, contract.TTSUsage):
             t.tts_characters[event.agent, event.provider, event.model] += event.characters
-        elif isinstance(event, STTUsage):
+        elif isinstance(event, contract.STTUsage):
             t.stt_audio_seconds[event.agent, event.provider, event.model] += event.audio_seconds
-        elif isinstance(event, ToolCall):
+        elif isinstance(event, contract.ToolCall):
             t.tool_calls[event.agent, event.tool] += 1
-        elif isinstance(event, Error):
+        elif isinstance(event, contract.Error):
             t.errors[event.agent, event.component, event.error_type, str(event.recoverable).lower()] += 1
         return True
 
@@ -223,7 +208,7 @@ class VoiceAgentFleet:
 
     def start_call(self, profile: AgentProfile) -> SimCall:
         call = SimCall(profile, f"sim-{next(self._ids):06d}")
-        self._send(CallStarted(**call.labels()))
+        self._send(contract.CallStarted(**call.labels()))
         return call
 
     def connect(self, call: SimCall) -> bool:
@@ -234,13 +219,13 @@ class VoiceAgentFleet:
             if roll < 0.25:
                 return self._end(call, "no_answer", round(rng.uniform(20, 45), 2))
             if roll < 0.30:
-                self._send(Error(agent=p.name, component="transport", error_type="sip_503"))
+                self._send(contract.Error(agent=p.name, component="transport", error_type="sip_503"))
                 return self._end(call, "failed", round(rng.uniform(0.5, 3), 2))
             by: Literal["machine", "human"] = "machine" if roll < 0.42 else "human"
             setup = round(rng.uniform(4, 25), 2)
         else:
             by, setup = "human", round(rng.uniform(0.3, 2.0), 2)
-        self._send(CallAnswered(**call.labels(), answered_by=by, setup_seconds=setup))
+        self._send(contract.CallAnswered(**call.labels(), answered_by=by, setup_seconds=setup))
         if by == "machine":
             return self._end(call, "voicemail", round(rng.uniform(10, 30), 2))
         call.answered = True
@@ -257,12 +242,12 @@ class VoiceAgentFleet:
             kind = rng.choice(ERROR_TYPES[component])
             # Timeouts and rate limits are retried past; the others fail the request.
             self._send(
-                Error(
+                contract.Error(
                     agent=p.name, component=component, error_type=kind, recoverable=kind in ("timeout", "rate_limited")
                 )
             )
         self._send(
-            Turn(
+            contract.Turn(
                 agent=p.name,
                 interrupted=interrupted,
                 interruptions=int(interrupted) + (1 if rng.random() < 0.05 else 0),
@@ -282,10 +267,10 @@ class VoiceAgentFleet:
             )
         )
         speech = round(rng.uniform(1.5, 8), 2)
-        self._send(STTUsage(agent=p.name, provider=p.stt.name, model=p.stt.model, audio_seconds=speech))
+        self._send(contract.STTUsage(agent=p.name, provider=p.stt.name, model=p.stt.model, audio_seconds=speech))
         prompt = rng.randint(400, 3000)
         self._send(
-            LLMUsage(
+            contract.LLMUsage(
                 agent=p.name,
                 provider=p.llm.name,
                 model=p.llm.model,
@@ -297,7 +282,7 @@ class VoiceAgentFleet:
         )
         chars = rng.randint(40, 300)
         self._send(
-            TTSUsage(
+            contract.TTSUsage(
                 agent=p.name,
                 provider=p.tts.name,
                 model=p.tts.model,
@@ -307,7 +292,7 @@ class VoiceAgentFleet:
         )
         if p.tools and rng.random() < 0.3:
             self._send(
-                ToolCall(
+                contract.ToolCall(
                     agent=p.name,
                     tool=rng.choice(p.tools),
                     duration_seconds=round(rng.lognormvariate(math.log(0.3), 0.6), 4),
@@ -321,21 +306,21 @@ class VoiceAgentFleet:
         self._end(call, outcome, round(self.rng.uniform(30, 600), 2))
 
     def _end(self, call: SimCall, outcome: str, duration: float) -> bool:
-        self._send(CallEnded(**call.labels(), outcome=outcome, duration_seconds=duration))
+        self._send(contract.CallEnded(**call.labels(), outcome=outcome, duration_seconds=duration))
         return False
 
     def report_dialers(self, queued: int | None = None) -> None:
         for p in self.agents:
             if p.campaign:
-                self._send(CampaignStatus(campaign=p.campaign, running=True))
+                self._send(contract.CampaignStatus(campaign=p.campaign, running=True))
                 self._send(
-                    CallsQueued(
+                    contract.CallsQueued(
                         agent=p.name, campaign=p.campaign, queued=self.rng.randint(0, 40) if queued is None else queued
                     )
                 )
         for p in self.agents:
             for prov in (p.stt, p.llm, p.tts):
-                self._send(DependencyStatus(agent=p.name, dependency=prov.name, up=self.rng.random() > 0.02))
+                self._send(contract.DependencyStatus(agent=p.name, dependency=prov.name, up=self.rng.random() > 0.02))
 
     # -- whole runs ---------------------------------------------------------------------------------
 
