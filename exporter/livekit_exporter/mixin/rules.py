@@ -206,6 +206,17 @@ class Q:
             f"({m} unless {m} offset {window}) and on (job, instance) {self.m('up')} offset {window})"
         )
 
+    def at_least(self, counter: str, window: str, *labels: str, n: float) -> str:
+        """The counter went up by at least n over the window: a ratio of a handful of events is noise."""
+        return f"{self.rate(counter, window, *labels, fn='increase')} >= {num(n)}"
+
+    def only_failures(self, ended: str, window: str, label: str, failed: str, other: str, n: float) -> str:
+        """At least n ends matching `failed` over the window and none matching `other`: an outage, not noise."""
+        return (
+            f"{self.events(ended, window, label, matchers=failed)} >= {num(n)} unless "
+            f"{self.rate(ended, window, label, matchers=other, fn='increase')} > 0"
+        )
+
     @staticmethod
     def ratio(numerator: str, denominator: str) -> str:
         """numerator / denominator, 0 when the numerator has no series, absent when the denominator is 0."""
@@ -813,7 +824,7 @@ class Mixin:
             Tier(
                 "warning",
                 f"(1 - {success}) > {num(efr['threshold'])} and "
-                f"{q.rate('livekit_egress_ended_total', w, 'type', fn='increase')} >= {num(efr['min_ended'])}",
+                f"{q.at_least('livekit_egress_ended_total', w, 'type', n=efr['min_ended'])}",
                 efr.duration("for"),
                 f"> {pct(efr['threshold'])} failed (of at least {num(efr['min_ended'])} ended)",
                 ("media.egress_failure_ratio.threshold", "media.egress_failed_statuses"),
@@ -834,10 +845,14 @@ class Mixin:
             "Egress jobs fail and none succeeds.",
             Tier(
                 "critical",
-                q.events("livekit_egress_ended_total", w, "type", matchers=f'status=~"{failed}"')
-                + f" >= {num(ef.number('min_failed', low=1))} unless "
-                + q.rate("livekit_egress_ended_total", w, "type", matchers=f'status!~"{failed}"', fn="increase")
-                + " > 0",
+                q.only_failures(
+                    "livekit_egress_ended_total",
+                    w,
+                    "type",
+                    f'status=~"{failed}"',
+                    f'status!~"{failed}"',
+                    ef.number("min_failed", low=1),
+                ),
                 ef.duration("for"),
                 f"at least {num(ef['min_failed'])} failures and no success over {w}",
                 ("media.egress_failing.window", "media.egress_failing.min_failed"),
@@ -855,7 +870,7 @@ class Mixin:
             Tier(
                 "warning",
                 f"{ifail} > {num(ifr.ratio('threshold'))} and "
-                f"{q.rate('livekit_ingress_ended_total', iw, 'input_type', fn='increase')} >= {num(ifr.number('min_ended', low=0))}",
+                f"{q.at_least('livekit_ingress_ended_total', iw, 'input_type', n=ifr.number('min_ended', low=0))}",
                 ifr.duration("for"),
                 f"> {pct(ifr['threshold'])} in error (of at least {num(ifr['min_ended'])} ended)",
                 ("media.ingress_failure_ratio.threshold",),
@@ -876,10 +891,14 @@ class Mixin:
             "Ingress sessions fail and none starts publishing.",
             Tier(
                 "critical",
-                q.events("livekit_ingress_ended_total", w, "input_type", matchers='status="error"')
-                + f" >= {num(inf.number('min_failed', low=1))} unless "
-                + q.rate("livekit_ingress_ended_total", w, "input_type", matchers='status!="error"', fn="increase")
-                + " > 0",
+                q.only_failures(
+                    "livekit_ingress_ended_total",
+                    w,
+                    "input_type",
+                    'status="error"',
+                    'status!="error"',
+                    inf.number("min_failed", low=1),
+                ),
                 inf.duration("for"),
                 f"at least {num(inf['min_failed'])} errors and no other end over {w}",
                 ("media.ingress_failing.window", "media.ingress_failing.min_failed"),
@@ -902,7 +921,6 @@ class Mixin:
         fw, aw = fr.window(), ar.window()
         failures = regex(c.strings("sip_failure_reasons"))
         unanswered = regex(c.strings("sip_unanswered_reasons"))
-        started = lambda w: q.rate("livekit_sip_calls_started_total", w, "trunk", fn="increase")  # noqa: E731
         fail_ratio = f"trunk:livekit_sip_calls_failure:ratio_rate{fw}"
         answer_ratio = f"trunk:livekit_sip_calls_answer:ratio_rate{aw}"
         self.group(
@@ -933,7 +951,7 @@ class Mixin:
             "Too many SIP calls of a trunk fail.",
             Tier(
                 "warning",
-                f"{fail_ratio} > {num(fr.ratio('threshold'))} and {started(fw)} >= {num(fr.number('min_calls', low=0))}",
+                f"{fail_ratio} > {num(fr.ratio('threshold'))} and {q.at_least('livekit_sip_calls_started_total', fw, 'trunk', n=fr.number('min_calls', low=0))}",
                 fr.duration("for"),
                 f"> {pct(fr['threshold'])} failed (of at least {num(fr['min_calls'])})",
                 ("telephony.sip_failure_ratio.threshold", "telephony.sip_failure_reasons"),
@@ -956,7 +974,7 @@ class Mixin:
             Tier(
                 "warning",
                 f"{answer_ratio} < {num(1 - drop)} * avg_over_time({answer_ratio}[{base}]) "
-                f"and {started(aw)} >= {num(ar.number('min_calls', low=0))}",
+                f"and {q.at_least('livekit_sip_calls_started_total', aw, 'trunk', n=ar.number('min_calls', low=0))}",
                 ar.duration("for"),
                 f"answer ratio below {pct(1 - drop)} of its {base} mean",
                 ("telephony.sip_answer_ratio.max_drop", "telephony.sip_answer_ratio.baseline"),
@@ -1108,7 +1126,7 @@ class Mixin:
                 "voice_agents.call_success",
                 lambda x: (
                     f"{success} < {num(x)} and "
-                    f"{q.rate('voice_agent_calls_ended_total', cw, 'agent', fn='increase')} >= {num(cs.number('min_calls', low=0))}",
+                    f"{q.at_least('voice_agent_calls_ended_total', cw, 'agent', n=cs.number('min_calls', low=0))}",
                     f"< {pct(x)} of calls succeed (of at least {num(cs['min_calls'])})",
                     f"Only {PCT} of the calls of {lab('agent')} ended without failing over {cw}, below {pct(x)}.",
                 ),
