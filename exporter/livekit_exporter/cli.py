@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import urllib.parse
 
 from aiohttp import web
 
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.livekit.api_secret.reveal(),
         *(k.api_secret.reveal() for k in cfg.webhooks.keys),
         *(t.reveal() for t in cfg.events.tokens),
+        urllib.parse.urlsplit(cfg.livekit.url).password or "",  # a password in the URL, should one be there
     ]
     logsetup.setup(level, args.log_format, secrets)
     app = build_app(cfg, telemetry_path=args.telemetry_path, web_config=web_cfg)
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={
             "version": __version__,
             "address": f"{host or '*'}:{port}",
-            "livekit": cfg.livekit.url,
+            "livekit": cfg.livekit.shown_url,
             "config": cfg.source,
             "tls": web_cfg.ssl_context is not None,
             "basic_auth": bool(web_cfg.basic_auth_users),

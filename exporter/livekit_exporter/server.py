@@ -132,7 +132,7 @@ async def handle_index(request: web.Request) -> web.Response:
     body = (
         "<!doctype html><html><head><title>LiveKit Exporter</title></head><body>"
         "<h1>LiveKit Exporter</h1>"
-        f"<p>Prometheus metrics for the LiveKit server at {html.escape(ex.config.livekit.url)}.</p>"
+        f"<p>Prometheus metrics for the LiveKit server at {html.escape(ex.config.livekit.shown_url)}.</p>"
         f"<ul>\n{items}\n</ul></body></html>"
     )
     return web.Response(text=body, content_type="text/html")

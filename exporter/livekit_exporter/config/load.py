@@ -36,6 +36,7 @@ from .model import (
     Secret,
     format_duration,
     parse_duration,
+    without_credentials,
 )
 from .schema import schema
 
@@ -44,6 +45,11 @@ SECRET_KEYS = frozenset({"api_secret", "tokens", "secret", "password", "token"})
 # The only values an error may quote: scalars under keys that are not secrets, short ones. Anything
 # else (a whole file that is not a mapping, such as a secret file given as --config.file) is not echoed.
 _MAX_SHOWN = 80
+# What a configuration or secret file may be: the limits of what is read, whatever the file.
+MAX_CONFIG_FILE_BYTES = 1 << 20
+MAX_SECRET_FILE_BYTES = 64 << 10
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
 
 
 class ConfigError(Exception):
@@ -81,10 +87,7 @@ def _may_show(path: list[Any], value: Any) -> bool:
 
 def _shown(value: Any) -> Any:
     """A value as an error may quote it: a URL's credentials (user:password@) blanked."""
-    return _USERINFO.sub("//***@", value) if isinstance(value, str) else value
-
-
-_USERINFO = re.compile(r"//[^/@\s]*@")
+    return without_credentials(value) if isinstance(value, str) else value
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -170,12 +173,31 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"fails the schema rule {v!r}"
 
 
+class UnreadableFile(Exception):
+    """A file that cannot be used as text: missing, unreadable, too large or not UTF-8. The message
+    never quotes the content."""
+
+
+def read_text(path: str, max_bytes: int, kind: str) -> str:
+    """The UTF-8 text of a file of at most `max_bytes` (a device such as /dev/zero is cut there)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as e:
+        raise UnreadableFile(f"cannot read {kind} {path!r}: {e.strerror}") from None
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"{kind} {path!r} is larger than {max_bytes:,} bytes: is it the right file?")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnreadableFile(f"{kind} {path!r} is not UTF-8 text (byte {e.start}): is it the right file?") from None
+
+
 def _read_secret_file(path: str, where: str, problems: list[str]) -> str | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            value = f.read().strip()
-    except OSError as e:
-        problems.append(f"{where}: cannot read secret file {path!r}: {e.strerror}")
+        value = read_text(path, MAX_SECRET_FILE_BYTES, "secret file").strip()
+    except UnreadableFile as e:
+        problems.append(f"{where}: {e}")
         return None
     if not value:
         problems.append(f"{where}: secret file {path!r} is empty")
@@ -192,22 +214,75 @@ def _dec_hook(cls: type, value: Any) -> Any:
     raise NotImplementedError(cls)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """What PyYAML found, without what it quotes (an alias name or a character may be part of a
+    secret: `api_secret: *abc...` is read as an alias)."""
+    problem = str(getattr(e, "problem", None) or "parse error")
+    if problem.startswith("found undefined alias"):
+        return "an alias (*name) that no anchor (&name) defines: quote a value that starts with *"
+    if problem.startswith("key ") and "is given twice" in problem:  # ours (_no_duplicates): a key, not a value
+        return problem
+    if "anchor" in str(getattr(e, "context", "")):
+        return "an anchor (&name) given twice: quote a value that starts with &"
+    return _QUOTED.sub("…", problem)
+
+
+_QUOTED = re.compile(r"'(?!<)[^']*'|\"[^\"]*\"")
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds once every alias is expanded (aliases share nodes, so
+    a small file can stand for billions: "billion laughs"); stops counting past the limit."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(
+                [
+                    f"{node.start_mark.name}:{node.start_mark.line + 1}: nested deeper than "
+                    f"{MAX_YAML_DEPTH} levels: is it the right file?"
+                ]
+            )
+        sizes[id(node)] = MAX_YAML_VALUES + 1  # a node inside itself (a recursive alias) counts as too many
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        total = 1
+        for child in children:
+            total = min(total + size(child, depth + 1), MAX_YAML_VALUES + 1)
+        sizes[id(node)] = total
+        return total
+
+    return size(root, 0)
+
+
 def _parse(path: str) -> tuple[Any, yaml.Node | None]:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text: is this the configuration file?"]) from None
+        text = read_text(path, MAX_CONFIG_FILE_BYTES, "configuration file")
+    except UnreadableFile as e:
+        raise ConfigError([f"{path}: {e}"]) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_size(root) > MAX_YAML_VALUES:
+            line = root.start_mark.line + 1
+            raise ConfigError(
+                [
+                    f"{path}:{line}: holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) "
+                    "are expanded: write the values out, or use fewer aliases"
+                ]
+            )
         raw = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
-        # The problem text may quote the offending line, which could hold a secret.
-        raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', 'parse error')}"]) from None
+        raise ConfigError([f"{where}: not valid YAML: {_yaml_problem(e)}"]) from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError([f"{path}: nested too deeply to be a configuration file"]) from None
     return ({} if raw is None else raw), root
 
 

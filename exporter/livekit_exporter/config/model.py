@@ -53,6 +53,14 @@ def format_duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """A URL (or any text holding one) with its user:password@ blanked, for logs, pages and errors."""
+    return _USERINFO.sub("//***@", text)
+
+
 class Duration(float):
     """Seconds, written in YAML as a Prometheus duration (500ms, 10s, 1m30s, 2h, 1d)."""
 
@@ -152,6 +160,11 @@ class LiveKitConfig:
             "store)."
         ),
     ] = None
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as a page, a log line or an error may show it: credentials blanked."""
+        return without_credentials(self.url)
 
 
 @dataclass(frozen=True)
