@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import events, webhooks
+from . import events, webconfig, webhooks
 from .config import Config
 from .livekit_state import ScrapeView, StateCollector
 from .telemetry import Telemetry
-from .webconfig import WebConfig, basic_auth_middleware
+from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,11 @@ def build_app(
     state = StateCollector(config.livekit, config.collect, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
     # Bodies are read by the handlers with their own limits; this is only aiohttp's outer bound.
-    middlewares = []
-    if web_config and web_config.basic_auth_users:
+    app = web.Application(client_max_size=max_body + 1)
+    if web_config:
         # The webhook and events endpoints authenticate every request themselves.
         exempt = [c.path for c in (config.webhooks, config.events) if c.enabled]
-        middlewares.append(basic_auth_middleware(web_config.basic_auth_users, exempt))
-    app = web.Application(client_max_size=max_body + 1, middlewares=middlewares)
+        webconfig.install(app, web_config, exempt, telemetry.registry)
     app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path)
     app.router.add_get("/", handle_index)
     app.router.add_get(telemetry_path, handle_metrics)
