@@ -41,8 +41,9 @@ def _write(tmp_path: Path, text: str) -> str:
 async def test_basic_auth_guards_everything_but_the_self_authenticating_endpoints(
     aiohttp_client, make_config, tmp_path
 ):
-    wc = webconfig.load(_write(tmp_path, f"basic_auth_users:\n  prometheus: '{_hash(PASSWORD)}'\n"))
-    client = await aiohttp_client(build_app(make_config(), web_config=wc))
+    web_file = _write(tmp_path, f"basic_auth_users:\n  prometheus: '{_hash(PASSWORD)}'\n")
+    promtool_check(web_file, ok=True)
+    client = await aiohttp_client(build_app(make_config(), web_config=webconfig.load(web_file)))
     for path in ("/metrics", "/", "/-/healthy"):
         resp = await client.get(path)
         assert resp.status == 401
@@ -83,7 +84,9 @@ async def test_bad_basic_auth_is_a_counted_401_and_one_log_line_never_a_500(
     latin1 = "caf\xe9".encode("latin-1")  # a password that is not UTF-8: Go's toolkit compares bytes, so do we
     legacy = bcrypt.hashpw(latin1, bcrypt.gensalt(4)).decode()
     users = f"  prometheus: '{_hash(PASSWORD)}'\n  p\u00e4ul: '{_hash(SCHOEN)}'\n  legacy: '{legacy}'\n"
-    wc = webconfig.load(_write(tmp_path, "basic_auth_users:\n" + users))
+    web_file = _write(tmp_path, "basic_auth_users:\n" + users)
+    promtool_check(web_file, ok=True)
+    wc = webconfig.load(web_file)
     client = await aiohttp_client(build_app(make_config(), web_config=wc))
 
     async def get(authorization: str | None) -> int:
@@ -212,6 +215,7 @@ async def test_the_command_serves_tls_and_mutual_tls(scenario, simulator, tmp_pa
         f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {tmp_path / 'ca.pem'}\n"
         f"basic_auth_users:\n  prometheus: '{_hash(PASSWORD)}'\n"
     ))
+    promtool_check(web_file, ok=True)
     port = free_port()
     env = {**os.environ, "LIVEKIT_URL": simulator.url, "LIVEKIT_API_KEY": scenario.api_key,
            "LIVEKIT_API_SECRET": scenario.api_secret}

@@ -277,6 +277,10 @@ EXPORTER_METRICS: dict[str, tuple[str, str]] = {
         "scrapes, by new or joined (shared in-flight) collection",
         "rate(livekit_exporter_scrapes_total[5m])",
     ),
+    "livekit_exporter_basic_auth_rejected_total": (
+        "requests basic auth (--web.config.file basic_auth_users) answered with 401",
+        "sum by (reason) (rate(livekit_exporter_basic_auth_rejected_total[5m])) > 0",
+    ),
     "livekit_exporter_build_info": ("constant", "livekit_exporter_build_info"),
     "livekit_exporter_label_overflow_total": (
         "the cardinality guard",
