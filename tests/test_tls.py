@@ -133,13 +133,15 @@ CLIENT_AUTH_TYPES = {
 
 
 @pytest.mark.parametrize("auth", list(CLIENT_AUTH_TYPES))
-async def test_each_client_auth_type_behaves_as_exporter_toolkit(auth, certs, make_config):
+async def test_each_client_auth_type_behaves_as_exporter_toolkit(auth, certs, make_config, caplog):
     needs_ca, expected = CLIENT_AUTH_TYPES[auth]
     web_file = certs.web_file(auth, needs_ca)
     promtool_accepts(web_file)
     async with serving(make_config, webconfig.load(str(web_file))) as url:
         got = tuple([await status(url, certs.client(c)) == 200 for c in (None, certs.trusted, certs.stranger)])
     assert got == expected, f"{auth}: (no cert, trusted cert, untrusted cert) connected: {got}"
+    # A refused handshake is the client's problem: no error line, no traceback.
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_certificates_are_reloaded_when_their_files_change(certs, make_config, caplog):

@@ -35,6 +35,7 @@ import asyncio
 import base64
 import binascii
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -277,7 +278,7 @@ def _tls(section: object, folder: str, where: str, problems: list[str]) -> TLSSe
 
     cert, key, ca = path("cert_file"), path("key_file"), path("client_ca_file")
     auth = section.get("client_auth_type") or ""
-    auth = _CLIENT_AUTH_ALIASES.get(auth, auth) if isinstance(auth, str) else auth
+    auth = _CLIENT_AUTH_ALIASES.get(auth, auth) if isinstance(auth, str) else "(not a string)"
     if not cert or not key:
         problems.append(f"{at}: cert_file and key_file are both required (relative paths are from {folder})")
     if auth not in CLIENT_AUTH:
@@ -297,7 +298,7 @@ def _tls(section: object, folder: str, where: str, problems: list[str]) -> TLSSe
         value = section.get(name)
         if value is None:
             versions[name] = default
-        elif value in TLS_VERSIONS:
+        elif isinstance(value, str) and value in TLS_VERSIONS:
             versions[name] = TLS_VERSIONS[value]
         else:
             problems.append(f"{at}.{name}: must be one of {', '.join(TLS_VERSIONS)}")
@@ -370,6 +371,7 @@ _ACCEPT_ANY = _VERIFY_CALLBACK(lambda _preverify_ok, _store: 1)
 _SSL_VERIFY_PEER, _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x01, 0x02
 
 
+@functools.cache
 def _libssl() -> Any:
     lib = ctypes.CDLL(_ssl.__file__)  # its symbols resolve through the libssl the ssl module is linked to
     lib.SSL_CTX_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CALLBACK]
