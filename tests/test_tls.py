@@ -127,6 +127,7 @@ CLIENT_AUTH_TYPES = {
     "NoClientCert": (False, (True, True, True)),
     "RequestClientCert": (False, (True, True, True)),  # asked for, never verified
     "RequireAnyClientCert": (False, (False, True, True)),  # required, never verified
+    "RequireClientCert": (False, (False, True, True)),  # the toolkit's old name of RequireAnyClientCert
     "VerifyClientCertIfGiven": (True, (True, True, False)),
     "RequireAndVerifyClientCert": (True, (False, True, False)),
 }
