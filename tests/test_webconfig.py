@@ -163,6 +163,8 @@ BAD_FILES = [
     ("tls_server_config:\n  cert_file: /nope.crt\n", "cert_file and key_file are both required", True),
     ("tls_server_config:\n  cert_file: /nope.crt\n  key_file: /nope.key\n", "cannot load cert_file/key_file", True),
     ("basic_auth_user: {}\n", "basic_auth_user: unknown key", True),
+    ("basic_auth_users: {}\nbasic_auth_users: {}\n", "'basic_auth_users' is given twice", True),
+    ("basic_auth_users: {a: &x [*x]}\n", "once its aliases (*name) are expanded", True),  # a recursive alias
     ("tls_server_config: {cert_file: a, key_file: b, client_auth_type: Sometimes}\n",
      "client_auth_type: must be one of", True),
     ("tls_server_config: {cert_file: s.pem, key_file: s.pem, client_ca_file: ca.pem}\n",

@@ -47,11 +47,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from .config import ConfigError
+from .config.load import _parse as parse_yaml
 from .logsetup import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -163,16 +163,9 @@ class _Problem(Exception):
 def load(path: str, *, reload_interval: float = RELOAD_CHECK_SECONDS) -> WebConfig:
     """Reads and checks a web configuration file; ConfigError lists every problem."""
     where = f"{path}"
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise ConfigError([f"{where}: cannot read the web configuration file: {e.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{where}: not UTF-8 text"]) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError([f"{where}{':' + str(mark.line + 1) if mark else ''}: not valid YAML"]) from None
+    # As the configuration file: at most 1 MiB of UTF-8, aliases and nesting bounded, and a key
+    # given twice refused (the toolkit's yaml.UnmarshalStrict refuses it too).
+    raw, _ = parse_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError([f"{where}: must be a mapping of {', '.join(_TOP_KEYS)}"])
     problems: list[str] = []
