@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -187,3 +188,26 @@ def test_certificate_changes_are_looked_for_at_most_every_interval(certs):
     now[0] = 5.0
     tls.refresh()
     assert tls.reloads == 1 and tls.current is not tls.context
+
+
+async def test_cipher_suites_and_versions_are_the_toolkits_names(certs, make_config):
+    """Go's cipher suite names (TLS 1.2; TLS 1.3 ones accepted without effect) and TLS versions."""
+    web_file = certs.folder / "web.yml"
+    web_file.write_text(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.pem\n  max_version: TLS12\n"
+        "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_AES_128_GCM_SHA256]\n"
+        "  prefer_server_cipher_suites: false\n"
+    )
+    promtool_accepts(web_file)
+    async with serving(make_config, webconfig.load(str(web_file))) as url:
+        port = int(url.split(":")[2].split("/")[0])
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=certs.client())
+        assert writer.get_extra_info("ssl_object").version() == "TLSv1.2"
+        assert writer.get_extra_info("cipher")[0] == "ECDHE-ECDSA-AES256-GCM-SHA384"
+        writer.close()
+        other_cipher = certs.client()
+        other_cipher.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        assert await status(url, other_cipher) is None
+        tls13_only = certs.client()
+        tls13_only.minimum_version = ssl.TLSVersion.TLSv1_3
+        assert await status(url, tls13_only) is None

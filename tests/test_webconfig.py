@@ -182,6 +182,7 @@ BAD_FILES = [
      True),
     ("http_server_config:\n  htt2: false\n", "http_server_config.htt2: unknown key", True),
     # What the toolkit (or a newer one) takes and this exporter refuses, by name:
+    ("tls_server_config: {min_version: TLS12}\n", "cert_file and key_file are both required", False),  # toolkit: HTTP
     ("http_server_config:\n  http2: true\n", "http_server_config.http2: this exporter serves HTTP/1.1 only", False),
     ("tls_server_config: {cert_file: s.pem, key_file: s.pem, curve_preferences: [X25519]}\n",
      "tls_server_config.curve_preferences: not supported", False),
