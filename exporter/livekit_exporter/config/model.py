@@ -322,6 +322,21 @@ class EventsConfig:
     idempotency_max_entries: Annotated[
         Positive, doc("At most this many Idempotency-Keys are remembered (the oldest are forgotten first).")
     ] = 100_000
+    idempotency_max_bytes: Annotated[
+        Annotated[int, Meta(ge=1 << 16)],
+        doc(
+            "At most this many bytes of memory hold the remembered answers with their keys and body digests "
+            "(the least recently used are forgotten first). One takes under 1 KB, 2 KB at most (a long answer "
+            "is kept compressed): the default holds about 70,000, and at least 30,000."
+        ),
+    ] = 64 << 20
+    max_listed_problems: Annotated[
+        Positive,
+        doc(
+            "An answer lists at most this many problems (400) or discarded timings (200); the rest are counted "
+            "by JSON path under `omitted`, so an answer stays small whatever the batch."
+        ),
+    ] = 100
     buckets: Annotated[
         Mapping[str, Buckets],
         doc("Histogram bucket upper bounds (seconds) per voice_agent_* histogram, replacing its default."),

@@ -8,10 +8,17 @@ Answers (JSON bodies, see docs/events-api.md):
     401 no or unknown bearer token; 413 body or event count over the limit; 415 wrong content type
     422 an Idempotency-Key reused with a different body
 
+An answer stays small whatever the batch: at most events.max_listed_problems entries of
+`discarded` or `problems` are listed, the rest are counted by path under
+`omitted: {"count", "by_path"}`. Every refusal is counted by reason in
+livekit_exporter_event_requests_rejected_total and logged at most REJECTION_LOG_LINES times a
+reason per minute.
+
 Idempotency: a request may carry an `Idempotency-Key` header (the push client sends one per batch,
 unchanged across its retries). The answer to an applied request is remembered under (token, key)
-for events.idempotency_ttl (at most events.idempotency_max_entries keys); a repeat gets the same
-answer, with `Idempotent-Replayed: true`, and is not applied again.
+for events.idempotency_ttl (at most events.idempotency_max_entries keys, and
+events.idempotency_max_bytes in all: a digest of the body and the answer, compressed when long); a
+repeat gets the same answer, with `Idempotent-Replayed: true`, and is not applied again.
 """
 
 from __future__ import annotations
@@ -23,18 +30,20 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import NamedTuple
 
 from aiohttp import web
 
 from ..config import Config
 from ..expiring import ExpiringMap
+from ..logsetup import RateLimitedLog
 from ..telemetry import Telemetry
-from .decode import JSON_TYPES, NDJSON_TYPES, BadBatch, decode_json, decode_ndjson
-from .pipeline import Pipeline
+from .decode import JSON_TYPES, NDJSON_TYPES, BadBatch, clip, decode_json, decode_ndjson
+from .pipeline import Discarded, Pipeline
 
-__all__ = ["PIPELINE", "Pipeline", "setup"]
+__all__ = ["HANDLER", "PIPELINE", "EventsHandler", "Pipeline", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -43,45 +52,124 @@ ACCEPTED_TYPES = ", ".join(JSON_TYPES + NDJSON_TYPES)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # Visible ASCII, no quotes or backslashes (what an sf-string holds, quotes optional), up to 255.
 _KEY = re.compile(r'^"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?$')
+# Warnings per rejection reason and minute; the rest are summed up in one line when the minute
+# ends. livekit_exporter_event_requests_rejected_total carries the rate.
+REJECTION_LOG_LINES = 5
+REJECTION_LOG_WINDOW = 60.0
+
+
+# -- idempotency ----------------------------------------------------------------------------------
+
+# Memory of one remembered answer beyond its body, with a key of the longest kind (255
+# characters): the key tuple and string, the answer tuple, the digest, the cache's own links
+# (measured with tracemalloc, rounded up; see test_the_idempotency_cache_stays_within_its_bytes).
+ENTRY_OVERHEAD = 900
+# Answers longer than this are kept compressed (a long `discarded` list repeats itself).
+COMPRESS_OVER = 512
 
 
 class _Answer(NamedTuple):
     digest: bytes  # of the request body, to tell a retry from a key reused for other content
-    body: bytes
+    body: bytes  # as sent, or zlib-compressed
+    compressed: bool
+
+    def size(self) -> int:
+        return len(self.body) + ENTRY_OVERHEAD
+
+    def text(self) -> bytes:
+        return zlib.decompress(self.body) if self.compressed else self.body
 
 
 class IdempotencyCache(ExpiringMap[tuple[int, str], _Answer]):
-    """(token, key) -> the answer to the applied request, for `ttl` seconds, at most `max_entries`."""
+    """(token, key) -> the answer to the applied request, for `ttl` seconds, at most `max_entries`
+    and `max_bytes` (answers and keys together, as getsizeof counts them: currsize); the least
+    recently used go first."""
 
-    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
-        super().__init__(max_entries, ttl, timer=clock)
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = 64 << 20,
+    ):
+        super().__init__(max_bytes, ttl, timer=clock, getsizeof=_Answer.size)
+        self.max_entries = max_entries
+
+    def __setitem__(self, key: tuple[int, str], value: _Answer) -> None:
+        if key not in self:
+            while len(self) >= self.max_entries:
+                self.popitem()
+        super().__setitem__(key, value)
 
     def put(self, key: tuple[int, str], digest: bytes, body: bytes) -> None:
-        self[key] = _Answer(digest, body)
+        compressed = len(body) > COMPRESS_OVER
+        answer = _Answer(digest, zlib.compress(body, 1) if compressed else body, compressed)
+        if answer.size() <= self.maxsize:  # else not remembered: a retry would be applied again
+            self[key] = answer
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+# A path's event index, so that problems of one kind in different events count together.
+_EVENT_INDEX = re.compile(r"^\$\.events\[\d+\]")
+# Kinds of omitted entries counted apart (paths come from the schema's fields; this only bounds it).
+MAX_KINDS = 32
+
+
+def _kind(path: str) -> str:
+    return _EVENT_INDEX.sub("$.events[*]", path, count=1)
+
+
+def _omitted(paths: Iterable[str]) -> dict[str, object]:
+    """{"count", "by_path"} of the entries an answer does not list, by path (event index as *)."""
+    by_path: dict[str, int] = {}
+    count = 0
+    for path in paths:
+        count += 1
+        kind = _kind(path)
+        if kind not in by_path and len(by_path) >= MAX_KINDS:
+            kind = "other"
+        by_path[kind] = by_path.get(kind, 0) + 1
+    return {"count": count, "by_path": by_path}
 
 
 def _error(
-    status: int, message: str, problems: list[dict[str, object]] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    problems: list[dict[str, object]] | None = None,
+    headers: dict[str, str] | None = None,
+    omitted: dict[str, object] | None = None,
 ) -> web.Response:
     body: dict[str, object] = {"error": message}
     if problems is not None:
         body["problems"] = problems
+    if omitted is not None:
+        body["omitted"] = omitted
     return web.json_response(body, status=status, headers=headers)
 
 
 class EventsHandler:
+    """POST <events.path>: auth, limits, decode, apply, answer (and remember it for its key)."""
+
     def __init__(self, config: Config, pipeline: Pipeline):
         self.cfg = config.events
         self.pipeline = pipeline
         self._tokens = [t.reveal().encode() for t in self.cfg.tokens]
-        self.idempotency = IdempotencyCache(self.cfg.idempotency_ttl, self.cfg.idempotency_max_entries)
+        self.idempotency = IdempotencyCache(
+            self.cfg.idempotency_ttl, self.cfg.idempotency_max_entries, max_bytes=self.cfg.idempotency_max_bytes
+        )
+        self._log = RateLimitedLog(
+            log, "events rejections not logged", REJECTION_LOG_LINES, REJECTION_LOG_WINDOW, kind_field="reason"
+        )
 
     def _authorized(self, header: str) -> int | None:
         """The index of the request's token among the configured ones, or None."""
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             return None
-        candidate = given.strip().encode()
+        # The header's bytes as sent: aiohttp decodes them as UTF-8 with surrogateescape, so a
+        # byte that is not UTF-8 comes back as itself (and matches no token) instead of raising.
+        candidate = given.strip().encode("utf-8", "surrogateescape")
         found = None
         for i, token in enumerate(self._tokens):  # every token compared, in constant time each
             if hmac.compare_digest(candidate, token):
@@ -90,15 +178,42 @@ class EventsHandler:
 
     def _reject(
         self,
+        request: web.Request,
         reason: str,
         status: int,
         message: str,
         problems: list[dict[str, object]] | None = None,
         headers: dict[str, str] | None = None,
+        omitted: dict[str, object] | None = None,
     ) -> web.Response:
         self.pipeline.requests_rejected.labels(reason).inc()
-        log.debug("events request rejected", extra={"reason": reason, "status": status})
-        return _error(status, message, problems, headers)
+        self._log.warning(
+            reason, "events request rejected", reason=reason, status=status, detail=message, remote=request.remote
+        )
+        return _error(status, message, problems, headers, omitted)
+
+    def _bad_batch(self, request: web.Request, e: BadBatch) -> web.Response:
+        if not e.problems and e.status != 400:
+            return self._reject(request, e.reason, e.status, e.message)
+        limit = self.cfg.max_listed_problems
+        listed = [p.as_dict() for p in e.problems[:limit]]
+        omitted = None
+        message = e.message
+        if len(e.problems) > limit:
+            omitted = _omitted(p.path for p in e.problems[limit:])
+            message += f"; the first {limit} problems are listed, the other {omitted['count']} counted under omitted"
+        return self._reject(request, e.reason, e.status, message, listed, omitted=omitted)
+
+    def _accepted(self, n: int, discarded: list[Discarded], lines: list[int] | None) -> web.Response:
+        limit = self.cfg.max_listed_problems
+        answer: dict[str, object] = {
+            "accepted": n,
+            "discarded": [d.describe(self.cfg.max_latency, lines) for d in discarded[:limit]],
+        }
+        if len(discarded) > limit:
+            at = "$." if lines is not None else "$.events[*]."
+            answer["omitted"] = _omitted(at + d.field for d in discarded[limit:])
+        return web.json_response(answer)
 
     async def _read(self, request: web.Request) -> bytes | None:
         """The body, or None when it exceeds max_body_bytes (read no further than the limit)."""
@@ -116,6 +231,7 @@ class EventsHandler:
     async def handle(self, request: web.Request) -> web.Response:
         if not self._tokens:
             return self._reject(
+                request,
                 "unauthorized",
                 401,
                 "the events API has no token configured: set events.tokens, events.token_files or "
@@ -125,6 +241,7 @@ class EventsHandler:
         token = self._authorized(request.headers.get("Authorization", ""))
         if token is None:
             return self._reject(
+                request,
                 "unauthorized",
                 401,
                 "missing or unknown bearer token: send 'Authorization: Bearer <token>' with one of "
@@ -134,9 +251,10 @@ class EventsHandler:
         ctype = request.content_type
         if ctype not in JSON_TYPES and ctype not in NDJSON_TYPES:
             return self._reject(
+                request,
                 "unsupported_media_type",
                 415,
-                f"Content-Type {ctype!r} is not accepted; use one of {ACCEPTED_TYPES}",
+                f"Content-Type {clip(ctype, 64)!r} is not accepted; use one of {ACCEPTED_TYPES}",
                 headers={"Accept-Post": ACCEPTED_TYPES},
             )
         key = None
@@ -144,6 +262,7 @@ class EventsHandler:
             match = _KEY.match(raw_key)
             if match is None:
                 return self._reject(
+                    request,
                     "invalid",
                     400,
                     f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 visible ASCII characters (no quotes "
@@ -154,6 +273,7 @@ class EventsHandler:
         body = await self._read(request)
         if body is None:
             return self._reject(
+                request,
                 "too_large",
                 413,
                 f"the body is larger than events.max_body_bytes ({self.cfg.max_body_bytes} bytes); "
@@ -167,38 +287,36 @@ class EventsHandler:
             if seen is not None:
                 if seen.digest != digest:
                     return self._reject(
+                        request,
                         "idempotency_conflict",
                         422,
                         f"this {IDEMPOTENCY_HEADER} was already used for a different batch; nothing was "
                         "applied. Use a new key for each batch, and the same key only to retry the same body",
                     )
                 return web.Response(
-                    body=seen.body, content_type="application/json", headers={"Idempotent-Replayed": "true"}
+                    body=seen.text(), content_type="application/json", headers={"Idempotent-Replayed": "true"}
                 )
         try:
             decode = decode_json if ctype in JSON_TYPES else decode_ndjson
             events, lines = decode(body, self.cfg.max_events)
         except BadBatch as e:
-            problems = [p.as_dict() for p in e.problems] if e.problems or e.status == 400 else None
-            return self._reject(e.reason, e.status, e.message, problems)
-        discarded = self.pipeline.apply(events)
-        answer = web.json_response(
-            {
-                "accepted": len(events),
-                "discarded": [d.describe(self.cfg.max_latency, lines) for d in discarded],
-            }
-        )
+            return self._bad_batch(request, e)
+        answer = self._accepted(len(events), self.pipeline.apply(events), lines)
         if key is not None:
             assert isinstance(answer.body, bytes)
             self.idempotency.put(key, digest, answer.body)
         return answer
 
 
+HANDLER = web.AppKey("events_handler", EventsHandler)
+
+
 def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipeline:
     """Registers POST <events.path> and the TTL sweeper on `app`; returns the pipeline."""
     pipeline = Pipeline(config.events, telemetry)
     app[PIPELINE] = pipeline
-    app.router.add_post(config.events.path, EventsHandler(config, pipeline).handle)
+    handler = app[HANDLER] = EventsHandler(config, pipeline)
+    app.router.add_post(config.events.path, handler.handle)
     if not config.events.tokens:
         log.warning(
             "the events API is enabled without a token: every request to it is refused",
