@@ -150,6 +150,43 @@ async def test_configured_headers_are_on_every_response(aiohttp_client, make_con
         assert resp.headers["X-Frame-Options"] == "deny" and resp.headers["X-Content-Type-Options"] == "nosniff"
 
 
+async def test_users_and_headers_follow_the_file_without_a_restart(aiohttp_client, make_config, tmp_path, caplog):
+    """As the toolkit, which reads the file on every request: here at most every reload interval."""
+    def write(text: str) -> str:
+        path = _write(tmp_path, text)
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))  # a coarse clock
+        return path
+
+    web_file = write(f"http_server_config:\n  headers: {{X-Frame-Options: deny}}\n"
+                     f"basic_auth_users:\n  prometheus: '{_hash(PASSWORD)}'\n")
+    promtool_check(web_file, ok=True)
+    client = await aiohttp_client(build_app(make_config(), web_config=webconfig.load(web_file, reload_interval=0)))
+    resp = await client.get("/-/healthy", headers=basic("prometheus", PASSWORD))
+    assert resp.status == 200 and resp.headers["X-Frame-Options"] == "deny"
+
+    write(f"http_server_config:\n  headers: {{X-Frame-Options: sameorigin}}\n"
+          f"basic_auth_users:\n  prometheus: '{_hash('new password')}'\n")
+    promtool_check(web_file, ok=True)
+    assert (await client.get("/-/healthy", headers=basic("prometheus", PASSWORD))).status == 401  # cached before
+    resp = await client.get("/-/healthy", headers=basic("prometheus", "new password"))
+    assert resp.status == 200 and resp.headers["X-Frame-Options"] == "sameorigin"
+
+    with caplog.at_level(logging.WARNING, logger="livekit_exporter.webconfig"):
+        write("basic_auth_users:\n  prometheus: hunter2\n")  # not usable: the last good file stays
+        assert (await client.get("/-/healthy", headers=basic("prometheus", "new password"))).status == 200
+        assert (await client.get("/-/healthy", headers=basic("prometheus", "hunter2"))).status == 401
+        ca = trustme.CA()
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "s.pem"))
+        write("tls_server_config: {cert_file: s.pem, key_file: s.pem}\n")  # TLS needs a restart; the rest applies
+        promtool_check(web_file, ok=True)
+        resp = await client.get("/-/healthy")
+        assert resp.status == 200 and "X-Frame-Options" not in resp.headers
+    warnings = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "not usable: still using the previous one" in warnings and "must be a bcrypt hash" in warnings
+    assert "tls_server_config changed: restart the exporter" in warnings
+    assert "hunter2" not in warnings
+
+
 def promtool_check(web_file: str, ok: bool) -> None:
     r = subprocess.run([require_binary("promtool"), "check", "web-config", web_file], capture_output=True, text=True,
                        cwd="/")

@@ -19,7 +19,9 @@ never silently ignored. README's "TLS and basic auth" section lists every rule.
 
 Certificates: the certificate, key and client CA files are re-read when they change (checked at
 most every RELOAD_CHECK_SECONDS, on a TLS handshake), so a renewed certificate is served without a
-restart; a renewal that does not load keeps the last good one and says so in the log.
+restart; a renewal that does not load keeps the last good one and says so in the log. The file
+itself is re-read when it changes too (checked at most as often, on a request): basic_auth_users
+and headers apply at once, a changed tls_server_config is logged as needing a restart.
 
 Basic auth guards every endpoint except the webhook and events paths: LiveKit cannot send basic
 auth with its webhooks, and both carry their own stronger authentication (a signed JWT, a bearer
@@ -154,6 +156,7 @@ class WebConfig:
     basic_auth_users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)  # http_server_config.headers, on every response
     tls: ReloadingTLS | None = None
+    file: WebConfigFile | None = None  # the file it was read from: users and headers follow its changes
 
 
 class _Problem(Exception):
@@ -162,6 +165,18 @@ class _Problem(Exception):
 
 def load(path: str, *, reload_interval: float = RELOAD_CHECK_SECONDS) -> WebConfig:
     """Reads and checks a web configuration file; ConfigError lists every problem."""
+    users, headers, settings = _parse_file(path)
+    tls = None
+    if settings is not None:
+        try:
+            tls = ReloadingTLS(settings, reload_interval)
+        except _Problem as e:
+            raise ConfigError([f"{path}: tls_server_config{e}"]) from None
+    source = WebConfigFile(path, reload_interval, users, headers, settings)
+    return WebConfig(tls.context if tls else None, users, headers, tls, source)
+
+
+def _parse_file(path: str) -> tuple[dict[str, bytes], dict[str, str], TLSSettings | None]:
     where = f"{path}"
     # As the configuration file: at most 1 MiB of UTF-8, aliases and nesting bounded, and a key
     # given twice refused (the toolkit's yaml.UnmarshalStrict refuses it too).
@@ -175,15 +190,9 @@ def load(path: str, *, reload_interval: float = RELOAD_CHECK_SECONDS) -> WebConf
     users = _users(raw.get("basic_auth_users"), where, problems)
     headers = _http(raw.get("http_server_config"), where, problems)
     settings = _tls(raw.get("tls_server_config"), folder, where, problems)
-    tls = None
-    if settings is not None and not problems:
-        try:
-            tls = ReloadingTLS(settings, reload_interval)
-        except _Problem as e:
-            problems.append(f"{where}: tls_server_config{e}")
     if problems:
         raise ConfigError(problems)
-    return WebConfig(tls.context if tls else None, users, headers, tls)
+    return users, headers, settings
 
 
 def _check_keys(section: dict[Any, Any], prefix: str, allowed: Iterable[str], where: str, problems: list[str]) -> None:
@@ -396,6 +405,68 @@ def _accept_any_certificate(ctx: ssl.SSLContext, auth: str) -> None:
     lib.SSL_CTX_set_verify(pointer, mode, _ACCEPT_ANY)
 
 
+def _identity(paths: Iterable[str]) -> tuple[tuple[int, int, int] | None, ...]:
+    """What tells a file's change: inode (a file renamed over it), size and change time."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class WebConfigFile:
+    """The web config file as it is now, for what can change without a restart: basic_auth_users
+    and http_server_config.headers. A request looks at the file at most every `interval` seconds
+    (the toolkit reads it on every request); a change that is not a usable file keeps the last good
+    one and is logged, and a changed tls_server_config is logged as needing a restart (the files it
+    names are reloaded by ReloadingTLS)."""
+
+    def __init__(
+        self,
+        path: str,
+        interval: float,
+        users: dict[str, bytes],
+        headers: dict[str, str],
+        tls: TLSSettings | None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.path, self.interval, self._clock = path, interval, clock
+        self.users, self.headers, self._tls = users, headers, tls
+        self._seen = _identity([path])
+        self._checked = clock()
+        self.reloads = 0
+
+    def refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < self.interval:
+            return
+        self._checked = now
+        seen = _identity([self.path])
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            users, headers, tls = _parse_file(self.path)
+        except ConfigError as e:  # the problems never quote a secret
+            log.warning(
+                "web config file changed but is not usable: still using the previous one",
+                extra={"file": self.path, "problems": "; ".join(e.problems)},
+            )
+            return
+        if tls != self._tls:
+            log.warning(
+                "tls_server_config changed: restart the exporter to apply it (the certificate files it "
+                "names are reloaded without one)",
+                extra={"file": self.path},
+            )
+        self.users, self.headers = users, headers
+        self.reloads += 1
+        log.info("web config file changed: basic_auth_users and headers reloaded", extra={"file": self.path})
+
+
 class ReloadingTLS:
     """The server's SSLContext, which follows the certificate files: on a handshake, at most every
     `interval` seconds, the files' identity (inode, size, change time) is compared with the last
@@ -413,14 +484,7 @@ class ReloadingTLS:
         self._checked = clock()
 
     def _identity(self) -> tuple[tuple[int, int, int] | None, ...]:
-        out: list[tuple[int, int, int] | None] = []
-        for path in self.settings.files():
-            try:
-                st = os.stat(path)
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append(None)
-        return tuple(out)
+        return _identity(self.settings.files())
 
     def refresh(self) -> None:
         now = self._clock()
@@ -465,26 +529,53 @@ REASONS = tuple(_ANSWERS)
 
 def install(app: web.Application, config: WebConfig, exempt: Iterable[str], registry: CollectorRegistry) -> None:
     """What the web config asks of the application: basic auth (except on `exempt` paths) and
-    the configured response headers (on every response, as the toolkit sets them)."""
-    if config.headers:
-        headers = dict(config.headers)
+    the configured response headers (on every response, as the toolkit sets them). With the file
+    behind it, both follow the file's changes (an empty basic_auth_users lets every request in)."""
+    source = config.file
+    if source is None and not config.headers and not config.basic_auth_users:
+        return
+    if source is not None:
+        current_users: Callable[[], dict[str, bytes]] = lambda: source.users  # noqa: E731
+        current_headers: Callable[[], dict[str, str]] = lambda: source.headers  # noqa: E731
+    else:
+        current_users, current_headers = lambda: config.basic_auth_users, lambda: config.headers
 
-        async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
-            response.headers.update(headers)
+    async def add_headers(_request: web.Request, response: web.StreamResponse) -> None:
+        if source is not None:
+            source.refresh()
+        response.headers.update(current_headers())
 
-        app.on_response_prepare.append(add_headers)
-    if config.basic_auth_users:
-        app.middlewares.append(basic_auth_middleware(config.basic_auth_users, exempt, registry))
+    app.on_response_prepare.append(add_headers)
+    app.middlewares.append(
+        basic_auth_middleware(current_users, exempt, registry, refresh=source.refresh if source else None)
+    )
 
 
-def basic_auth_middleware(users: dict[str, bytes], exempt: Iterable[str], registry: CollectorRegistry | None = None):
-    """Requires one of `users` on every path but the exempt ones (which authenticate themselves)."""
+def basic_auth_middleware(
+    users: dict[str, bytes] | Callable[[], dict[str, bytes]],
+    exempt: Iterable[str],
+    registry: CollectorRegistry | None = None,
+    refresh: Callable[[], None] | None = None,
+):
+    """Requires one of `users` (a mapping, or what returns the current one) on every path but the
+    exempt ones (which authenticate themselves); no users, no requirement. `refresh` is called
+    first on each request (WebConfigFile.refresh)."""
     import bcrypt
 
+    current = users if callable(users) else lambda: users
     exempt_paths = frozenset(exempt)
-    hashes = {user.encode(): hashed for user, hashed in users.items()}
     dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(10))  # for users that do not exist
-    verified: set[bytes] = set()  # sha256 of user:password pairs bcrypt accepted
+    # sha256 of (user:password, its hash) bcrypt accepted: a changed hash is verified again
+    verified: set[bytes] = set()
+    by_name: list[Any] = [None, {}]  # [the users mapping, its bytes-keyed copy]
+
+    def hashes() -> dict[bytes, bytes]:
+        now = current()
+        if by_name[0] is not now:
+            by_name[:] = [now, {user.encode(): hashed for user, hashed in now.items()}]
+            verified.clear()
+        return by_name[1]
+
     lock = asyncio.Lock()  # one bcrypt at a time, as the toolkit: a flood costs one core, not all
     challenge = {"WWW-Authenticate": 'Basic realm="livekit-exporter", charset="UTF-8"'}
     rejected = Counter(
@@ -497,7 +588,7 @@ def basic_auth_middleware(users: dict[str, bytes], exempt: Iterable[str], regist
         rejected.labels(reason)
     rejections = RateLimitedLog(log, "basic auth rejections not logged", 1, REJECTION_LOG_WINDOW, kind_field="reason")
 
-    async def refusal(header: str) -> str | None:
+    async def refusal(header: str, hashes: dict[bytes, bytes]) -> str | None:
         """None when the header carries a user's password, else the reason it does not."""
         if not header:
             return "missing"
@@ -514,11 +605,11 @@ def basic_auth_middleware(users: dict[str, bytes], exempt: Iterable[str], regist
             return "malformed"
         if len(password) > BCRYPT_MAX_PASSWORD:
             return "password_too_long"
-        digest = hashlib.sha256(pair).digest()  # unambiguous: a user name has no colon
-        if digest in verified:
-            return None
         # An unknown user costs a bcrypt round too, so timing does not tell which users exist.
         hashed = hashes.get(user, dummy)
+        digest = hashlib.sha256(pair + b"\0" + hashed).digest()  # the hash has a fixed length: unambiguous
+        if digest in verified:
+            return None
         async with lock:
             # bcrypt takes tens of milliseconds by design: keep it off the event loop.
             ok = await asyncio.get_running_loop().run_in_executor(None, _bcrypt_matches, password, hashed)
@@ -530,9 +621,12 @@ def basic_auth_middleware(users: dict[str, bytes], exempt: Iterable[str], regist
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in exempt_paths:
+        if refresh is not None:
+            refresh()
+        known = hashes()
+        if not known or request.path in exempt_paths:
             return await handler(request)
-        reason = await refusal(request.headers.get("Authorization", ""))
+        reason = await refusal(request.headers.get("Authorization", ""), known)
         if reason is None:
             return await handler(request)
         rejected.labels(reason).inc()
