@@ -105,7 +105,7 @@ def test_the_openapi_document_is_valid_and_uses_the_event_schema():
             target = target[part]
         assert target
     op = spec["paths"]["/v1/events"]["post"]
-    assert set(op["responses"]) == {"200", "400", "401", "413", "415", "422"}
+    assert set(op["responses"]) == {"200", "400", "401", "413", "415", "422", "429"}
     assert any(p.get("name") == "Idempotency-Key" and p["in"] == "header" for p in op["parameters"])
     example = op["requestBody"]["content"]["application/json"]["example"]
     jsonschema.Draft202012Validator(schema).validate(example)

@@ -322,3 +322,74 @@ def test_the_fast_check_agrees_with_a_full_parse():
                 assert e.reason == "duplicate_key", (text, e.problems)
                 refused = True
             assert refused == expected, text
+
+
+# -- item: a rate limit per token ---------------------------------------------------------------
+
+
+async def test_a_token_over_its_rate_gets_429_and_the_others_do_not(events_exporter, caplog):
+    from livekit_exporter.config import Secret
+
+    caplog.set_level(logging.INFO)
+    other = "another-events-token-0123456789"
+    client = await events_exporter(tokens=(Secret(EVENTS_TOKEN), Secret(other)), rate_limit=0.01,
+                                   rate_limit_burst=3)  # one request per 100 s after a burst of 3
+    statuses = [(await post(client, ONE_OF_EACH[:1])).status for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    for _ in range(4):
+        resp = await post(client, ONE_OF_EACH[:1], headers={**AUTH, "Idempotency-Key": "k-1"})
+        assert resp.status == 429
+        assert 90 <= int(resp.headers["Retry-After"]) <= 100
+        assert "events.rate_limit (0.01) requests a second" in (await resp.json())["error"]
+    assert (await post(client, ONE_OF_EACH[:1], headers={"Authorization": f"Bearer {other}"})).status == 200
+    s = await scrape(client)
+    assert value(s, REJECTED, reason="rate_limited") == 4
+    assert value(s, "livekit_exporter_events_total", type="call_started") == 4
+    assert len(rejection_lines(caplog)) == 4
+    # A refused request is not remembered under its key: nothing was applied.
+    assert client.server.app[HANDLER].idempotency.get((0, "k-1")) is None
+    no_traceback(caplog)
+
+
+async def test_no_rate_limit_by_default(events_exporter):
+    client = await events_exporter()
+    for _ in range(50):
+        assert (await post(client, ONE_OF_EACH[:1])).status == 200
+
+
+def test_the_bucket_refills_at_the_rate_up_to_the_burst():
+    from livekit_exporter.events import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(rate=2, burst=4, tokens=2, clock=lambda: now[0])
+    assert [limiter.wait(0) for _ in range(4)] == [0, 0, 0, 0]
+    assert limiter.wait(0) == pytest.approx(0.5)
+    assert limiter.wait(1) == 0  # each token its own bucket
+    now[0] = 0.5
+    assert limiter.wait(0) == 0 and limiter.wait(0) == pytest.approx(0.5)
+    now[0] = 100.0  # a quiet spell refills no more than the burst
+    assert [limiter.wait(0) for _ in range(5)][-2:] == [0, pytest.approx(0.5)]
+
+
+async def test_summarised_answers_match_the_openapi_document(events_exporter):
+    from importlib import resources
+
+    import jsonschema
+    import yaml
+
+    doc = yaml.safe_load(resources.files("livekit_exporter").joinpath("schemas/openapi.yaml").read_text())
+
+    def check(answer: dict, schema: str) -> None:
+        wrapper = {"$ref": f"#/components/schemas/{schema}", "components": doc["components"]}
+        jsonschema.Draft202012Validator(wrapper).validate(answer)
+
+    client = await events_exporter(max_listed_problems=5, rate_limit=0.01, rate_limit_burst=2)
+    accepted = await (await post(client, absurd_turns(3))).json()
+    assert accepted["omitted"]["count"] == 10
+    check(accepted, "Accepted")
+    refused = await (await post(client, [{"type": "turn", "agent": ""}] * 8)).json()
+    assert refused["omitted"]["count"] == 3
+    check(refused, "Error")
+    limited = await post(client, ONE_OF_EACH[:1])
+    assert limited.status == 429
+    check(await limited.json(), "Error")

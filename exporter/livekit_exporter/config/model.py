@@ -337,6 +337,17 @@ class EventsConfig:
             "by JSON path under `omitted`, so an answer stays small whatever the batch."
         ),
     ] = 100
+    rate_limit: Annotated[
+        Annotated[float, Meta(ge=0)],
+        doc(
+            "Requests a second each token may send (a token bucket per token: every agent process sharing one "
+            "token shares its rate); past it a request gets 429 with Retry-After and is counted as rate_limited. "
+            "0 (the default): no limit."
+        ),
+    ] = 0.0
+    rate_limit_burst: Annotated[
+        Positive, doc("Requests a token may send at once above rate_limit, after a quiet spell.")
+    ] = 20
     buckets: Annotated[
         Mapping[str, Buckets],
         doc("Histogram bucket upper bounds (seconds) per voice_agent_* histogram, replacing its default."),

@@ -7,6 +7,7 @@ Answers (JSON bodies, see docs/events-api.md):
     400 {"error", "problems": [{index, path, reason[, line]}]}   nothing applied
     401 no or unknown bearer token; 413 body or event count over the limit; 415 wrong content type
     422 an Idempotency-Key reused with a different body
+    429 the token sent more than events.rate_limit requests a second (over events.rate_limit_burst)
 
 An answer stays small whatever the batch: at most events.max_listed_problems entries of
 `discarded` or `problems` are listed, the rest are counted by path under
@@ -28,6 +29,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 import zlib
@@ -108,6 +110,30 @@ class IdempotencyCache(ExpiringMap[tuple[int, str], _Answer]):
             self[key] = answer
 
 
+# -- rate limit -----------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """A token bucket per events token: `rate` requests a second each, up to `burst` at once."""
+
+    def __init__(self, rate: float, burst: int, tokens: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self._clock = rate, burst, clock
+        now = clock()
+        self._buckets = [[float(burst), now] for _ in range(tokens)]  # [requests in hand, when]
+
+    def wait(self, token: int) -> float:
+        """0 when a request of `token` may go now (and takes its place), else the seconds until it may."""
+        bucket = self._buckets[token]
+        now = self._clock()
+        level = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if level >= 1:
+            bucket[0] = level - 1
+            return 0.0
+        bucket[0] = level
+        return (1 - level) / self.rate
+
+
 # -- answers --------------------------------------------------------------------------------------
 
 # A path's event index, so that problems of one kind in different events count together.
@@ -160,6 +186,11 @@ class EventsHandler:
         )
         self._log = RateLimitedLog(
             log, "events rejections not logged", REJECTION_LOG_LINES, REJECTION_LOG_WINDOW, kind_field="reason"
+        )
+        self.limiter = (
+            RateLimiter(self.cfg.rate_limit, self.cfg.rate_limit_burst, len(self._tokens))
+            if self.cfg.rate_limit
+            else None
         )
 
     def _authorized(self, header: str) -> int | None:
@@ -247,6 +278,16 @@ class EventsHandler:
                 "missing or unknown bearer token: send 'Authorization: Bearer <token>' with one of "
                 "the exporter's events tokens",
                 headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events", error="invalid_token"'},
+            )
+        if self.limiter is not None and (wait := self.limiter.wait(token)):
+            return self._reject(
+                request,
+                "rate_limited",
+                429,
+                f"this token sent more than events.rate_limit ({self.cfg.rate_limit:g}) requests a second; "
+                "nothing was applied. Retry after Retry-After seconds, with the same Idempotency-Key, or send "
+                "fewer, larger batches",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         ctype = request.content_type
         if ctype not in JSON_TYPES and ctype not in NDJSON_TYPES:
