@@ -286,6 +286,10 @@ EXPORTER_METRICS: dict[str, tuple[str, str]] = {
         "the cardinality guard",
         "sum by (metric, label) (rate(livekit_exporter_label_overflow_total[1h])) > 0",
     ),
+    "livekit_exporter_scrape_render_timeouts_total": (
+        "scrapes whose rendering outlived the scrape budget (answered 503)",
+        "increase(livekit_exporter_scrape_render_timeouts_total[1h]) > 0",
+    ),
 }
 
 DOCS: dict[str, tuple[str, str, str]] = {  # metric -> (section, where the number comes from, example PromQL)
@@ -311,8 +315,15 @@ Label rules: every label has a bounded set of values. Room names, identities, ca
 numbers are never labels. User-named labels (agent, campaign, outcome, provider, model, trunk, tool,
 agent_name) pass a cardinality guard: at most `labels.max_values` (default 50) distinct values per
 label and metric; the rest become `__other__` and are counted in `livekit_exporter_label_overflow_total`.
+Values within that cap still multiply, so each such metric also keeps at most
+`labels.max_series_per_metric` series (default 10,000; a histogram's child counts its buckets, `_sum`
+and `_count`) and all of them together at most `labels.max_series` (default 100,000): a new label
+combination past a budget is folded into `__other__` (its last user-named labels first, then every
+label), so a sum over all series is still what was sent, and each folded label is counted in the same
+counter.
 Gauges rebuilt on every scrape (`livekit_sip_calls`, `livekit_agent_jobs`) keep the label's busiest
-values of that scrape and sum the rest into `__other__`, counting each folded value once per scrape.
+values of that scrape and sum the rest into `__other__`, counting each folded value once per scrape,
+and keep their busiest `labels.max_series_per_metric` series the same way.
 The `voice_agent_*` metrics (and `livekit_exporter_unpriced_usage_events_total`) share one admitted
 set per label, so an agent is itself in all of them or `__other__` in all; their gauges set from
 reports drop an overflowing report rather than set `__other__`.

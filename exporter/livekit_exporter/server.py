@@ -12,7 +12,6 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import gzip
 import html
 import logging
 import math
@@ -74,12 +73,22 @@ async def handle_metrics(request: web.Request) -> web.Response:
         cfg.timeout_margin,
         cfg.max_scrape_timeout,
     )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     fresh = await ex.state.families(budget)
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(ScrapeView(ex.telemetry.registry, fresh))
+    compress = gzip_wanted(request.headers.get("Accept-Encoding", ""))
+    # Rendered off the loop, in what the collection left of the budget (at least half the margin).
+    left = max(budget - (loop.time() - started), cfg.timeout_margin / 2)
+    body = await ex.telemetry.render(ScrapeView(ex.telemetry.registry, fresh), encoder, compress, left)
+    if body is None:
+        return web.Response(
+            status=503,
+            text=f"The metrics were not rendered within this scrape's budget ({budget:g} s: the scrape timeout "
+            "minus collect.timeout_margin). Lower labels.max_series or raise the scrape timeout.\n",
+        )
     headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
-    if gzip_wanted(request.headers.get("Accept-Encoding", "")):
-        body = gzip.compress(body, compresslevel=1)
+    if compress:
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
 
@@ -145,7 +154,7 @@ def build_app(
     telemetry_path: str = DEFAULT_TELEMETRY_PATH,
     web_config: WebConfig | None = None,
 ) -> web.Application:
-    telemetry = telemetry or Telemetry(config.labels.max_values)
+    telemetry = telemetry or Telemetry(config.labels)
     state = StateCollector(config.livekit, config.collect, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
     # Bodies are read by the handlers with their own limits; this is only aiohttp's outer bound.

@@ -212,6 +212,20 @@ class LabelsConfig:
         Positive,
         doc("Distinct values kept per user-named label (agent, campaign, trunk, ...); the rest become __other__."),
     ] = 50
+    max_series_per_metric: Annotated[
+        Annotated[int, Meta(ge=100)],
+        doc(
+            "Series (as Prometheus counts them: a histogram's child is one per bucket, +Inf, _sum and _count) "
+            "kept per metric with user-named labels; a new label combination past it is folded into __other__."
+        ),
+    ] = 10_000
+    max_series: Annotated[
+        Annotated[int, Meta(ge=1000)],
+        doc(
+            "Series kept in total by the long-lived metrics with user-named labels (voice_agent_*, webhook "
+            "trunk and agent counters); a new label combination past it is folded into __other__."
+        ),
+    ] = 100_000
 
 
 @dataclass(frozen=True)

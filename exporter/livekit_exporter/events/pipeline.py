@@ -15,9 +15,13 @@ bounded only by the schema.
 
 Cardinality: every voice_agent_* metric shares one admitted set per label (the guard scope
 "voice_agent"), so an agent, provider or model is either itself everywhere or __other__
-everywhere. Gauges that are *set* from reports (queued calls, campaign running, dependency up) never
-write a report into __other__: a report whose label overflows is dropped (and counted by the guard),
-since one value would hide the others (an __other__ "up" hiding another dependency's outage).
+everywhere. Each metric also keeps at most labels.max_series_per_metric series, and all of them (with
+the webhook families) at most labels.max_series: a new label combination past a budget is folded
+into __other__ (guard.Family), so an agent may be itself in one metric and __other__ in a fuller one.
+Gauges that are *set* from reports (queued calls, campaign running, dependency up) never write a
+report into __other__: a report whose label overflows, or whose series has no room, is dropped (and
+counted by the guard), since one value would hide the others (an __other__ "up" hiding another
+dependency's outage).
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .. import guard as cardinality
 from ..config import EventsConfig, Price
 from ..expiring import ExpiringMap
-from ..guard import OTHER, LabelGuard
+from ..guard import LabelGuard, M
 from ..telemetry import Telemetry
 from . import model as contract
 
@@ -119,7 +124,7 @@ class Discarded:
 
 @dataclass
 class _ActiveCall:
-    labels: tuple[str, str]  # agent (as guarded for voice_agent_calls_active), direction
+    labels: tuple[str, str]  # agent, direction: as guarded for voice_agent_calls_active
     gauge: Any  # its child of voice_agent_calls_active
 
 
@@ -169,18 +174,10 @@ class PriceTable:
 GUARDED = frozenset({"agent", "campaign", "outcome", "provider", "model", "tool", "dependency"})
 
 
-M = TypeVar("M", Counter, Gauge, Histogram)
-
-
-class Family(Generic[M]):
-    """A labelled metric whose children are looked up by the raw label values.
-
-    The guard (scope "voice_agent") runs once per new combination: a combination whose values were
-    all admitted is cached (the guard would admit it again, and count nothing). One that was folded
-    into __other__ is never cached, so every later occurrence is counted as an overflow again.
-    Values a gauge's expiry frees (guard.forget) belong to report gauges, which use `report()`
-    and never this cache.
-    """
+class Family(cardinality.Family[M]):
+    """A voice_agent_* metric under the cardinality guard (scope "voice_agent"): its children are
+    looked up by the raw label values. Values a gauge's expiry frees (guard.forget) belong to report
+    gauges, which use `report()` and never the children cache."""
 
     def __init__(
         self,
@@ -190,31 +187,7 @@ class Family(Generic[M]):
         guard: LabelGuard,
         guarded: frozenset[str] = GUARDED,
     ):
-        self.metric: M = metric
-        self.name, self.labelnames, self._guard = name, labelnames, guard
-        self._labels = tuple((label, label in guarded) for label in labelnames)
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def guarded(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(
-            self._guard(self.name, label, v, SCOPE) if guarded else v
-            for (label, guarded), v in zip(self._labels, values, strict=True)
-        )
-
-    def __call__(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            labels = self.guarded(values)
-            child = self.metric.labels(*labels)
-            if OTHER not in labels:
-                self._children[values] = child
-        return child
-
-    def report(self, *values: str) -> tuple[str, ...] | None:
-        """The label values of a gauge report, or None when one overflowed: the report is dropped
-        (the guard counted it), since setting __other__ would let one report hide the others."""
-        labels = self.guarded(values)
-        return None if OTHER in labels else labels
+        super().__init__(metric, name, labelnames, guard, guarded, SCOPE)
 
 
 class _Reports:
@@ -236,18 +209,18 @@ class _Reports:
         self._held: dict[tuple[int, str], int] = {}
 
     def set(self, values: tuple[str, ...], value: float) -> None:
+        self.series.expire()  # so that a series past its ttl is dropped (its labels and series freed) first
         labels = self.family.report(*values)
         if labels is None:
             return
         self.family.metric.labels(*labels).set(value)
-        self.series.expire()  # so that a series past its ttl is dropped (and its labels freed) first
         if labels not in self.series:
             for i, _ in self._forget:
                 self._held[(i, labels[i])] = self._held.get((i, labels[i]), 0) + 1
         self.series[labels] = None  # its ttl starts again
 
     def _drop(self, labels: tuple[str, ...], _: None) -> None:
-        self.family.metric.remove(*labels)
+        self.family.remove(labels)
         for i, label in self._forget:
             n = self._held.pop((i, labels[i])) - 1
             if n:
@@ -443,10 +416,10 @@ class Pipeline:
         self.calls_started(event.agent, event.direction, event.campaign).inc()
         if event.call_id in self._active:
             return  # a retried delivery of the same start: the call is counted active once
-        # The guarded agent also labels voice_agent_calls_expired_total when the call expires.
-        agent = self.guard("voice_agent_calls_active", "agent", event.agent, SCOPE)
-        gauge = self.calls_active.metric.labels(agent, event.direction)
-        self._active[event.call_id] = _ActiveCall((agent, event.direction), gauge)
+        # The guarded labels also label voice_agent_calls_expired_total when the call expires.
+        labels = self.calls_active.resolve((event.agent, event.direction))
+        gauge = self.calls_active.metric.labels(*labels)
+        self._active[event.call_id] = _ActiveCall((labels[0], labels[1]), gauge)
         gauge.inc()
 
     def _call_answered(self, event: contract.CallAnswered, index: int, discarded: list[Discarded]) -> None:
@@ -562,7 +535,7 @@ class Pipeline:
 
     def _expire(self, call_id: str, call: _ActiveCall) -> None:
         call.gauge.dec()
-        self.calls_expired.metric.labels(*call.labels).inc()
+        self.calls_expired(*call.labels).inc()
 
     def sweep(self) -> None:
         """Ends calls older than call_ttl; drops dependency reports older than dependency_ttl, and

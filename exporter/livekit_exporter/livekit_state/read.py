@@ -98,7 +98,9 @@ class StateCollector:
         self.livekit = livekit
         self.cfg = collect
         self.telemetry = telemetry
-        self.folder = ScrapeFolder(telemetry.label_max_values, telemetry.label_overflow)
+        self.folder = ScrapeFolder(
+            telemetry.label_max_values, telemetry.label_overflow, telemetry.label_max_series_per_metric
+        )
         self._lkapi: api.LiveKitAPI | None = None
         self._session: aiohttp.ClientSession | None = None
         self._inflight: asyncio.Future[Snapshot] | None = None

@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import lkenums
-from ..config import CollectConfig
+from ..config import CollectConfig, LabelsConfig
 from ..guard import OTHER
 
 if TYPE_CHECKING:
@@ -56,13 +56,21 @@ def _gauge(name: str, doc: str, labels: Iterable[str] = (), *, value: float | No
 class ScrapeFolder:
     """The cardinality guard for gauges rebuilt on every scrape: the `max_values` busiest values of a
     label this scrape keep their name, the rest are summed into __other__ (nothing is lost), and each
-    folded value is counted in livekit_exporter_label_overflow_total once per scrape."""
+    folded value is counted in livekit_exporter_label_overflow_total once per scrape. Then the
+    family's series are bounded by `max_series` (labels.max_series_per_metric): the busiest keep
+    their labels, the rest are summed into their series with the label __other__ (into one series
+    with every label __other__ if even those are too many)."""
 
-    def __init__(self, max_values: int, overflow: Counter):
+    def __init__(self, max_values: int, overflow: Counter, max_series: int = LabelsConfig.max_series_per_metric):
         self.max_values = max_values
+        self.max_series = max_series
         self.overflow = overflow
 
-    def fold(self, metric: str, label: str, tally: Mapping[Any, int], index: int) -> Mapping[Any, int]:
+    def fold(self, metric: str, labels: list[str], tally: Mapping[Any, int], label: str) -> Mapping[Any, int]:
+        index = labels.index(label)
+        return self._fold_series(metric, labels, self._fold_values(metric, label, tally, index), index)
+
+    def _fold_values(self, metric: str, label: str, tally: Mapping[Any, int], index: int) -> Mapping[Any, int]:
         per_value: Tally[str] = Tally()
         for key, n in tally.items():
             per_value[key[index]] += n
@@ -78,10 +86,44 @@ class ScrapeFolder:
         self.overflow.labels(metric, label).inc(len(per_value) - len(keep))
         return folded
 
+    def _fold_series(self, metric: str, labels: list[str], tally: Mapping[Any, int], index: int) -> Mapping[Any, int]:
+        if len(tally) <= self.max_series:
+            return tally
+        ranked = sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))
+
+        def other(key: tuple[str, ...]) -> tuple[str, ...]:
+            return (*key[:index], OTHER, *key[index + 1 :])
+
+        # Moving a series from kept to folded adds at most one folded series: shrink until both fit.
+        keep = self.max_series
+        while keep > 0:
+            kept = {key for key, _ in ranked[:keep]}
+            excess = keep + len({other(key) for key, _ in ranked[keep:]} - kept) - self.max_series
+            if excess <= 0:
+                break
+            keep -= excess
+        folded: Tally[tuple[str, ...]] = Tally()
+        keep = max(keep, 0)
+        moved = ranked[keep:]
+        if keep == 0:  # the folded series alone are too many: one series holds everything
+            folded[(OTHER,) * len(labels)] = sum(tally.values())
+            folding = list(enumerate(labels))
+        else:
+            for key, n in ranked[:keep]:
+                folded[key] += n
+            for key, n in moved:
+                folded[other(key)] += n
+            folding = [(index, labels[index])]
+        for i, name in folding:
+            values = {key[i] for key, _ in moved if key[i] != OTHER}
+            if values:
+                self.overflow.labels(metric, name).inc(len(values))
+        return folded
+
     def gauge(self, name: str, doc: str, labels: list[str], tally: Mapping[Any, int], label: str) -> GaugeMetricFamily:
         """A gauge of `tally` (label values -> count) with its `label` folded, in label order."""
         family = _gauge(name, doc, labels)
-        for key, n in sorted(self.fold(name, label, tally, labels.index(label)).items()):
+        for key, n in sorted(self.fold(name, labels, tally, label).items()):
             family.add_metric(list(key), n)
         return family
 

@@ -441,10 +441,12 @@ class Mixin:
                 ("exporter.label_overflow.window",),
                 f"{VAL} values of label {lab('label')} of {lab('metric')} were folded into __other__ over {w}.",
             ),
-            meaning="More distinct values of a user-named label arrived than labels.max_values admits.",
+            meaning="More distinct values of a user-named label arrived than labels.max_values admits, or more "
+            "label combinations of a metric than labels.max_series_per_metric (or, over all of them, labels.max_series) holds.",
             impact="Those values are summed into __other__: per-agent, per-model or per-trunk numbers hide part of the traffic.",
             diagnosis=[f'sum by (metric, label) (increase(livekit_exporter_label_overflow_total{{job="{job}"}}[1h]))'],
-            fix="If the values are legitimate (more agents or models than before), raise labels.max_values in the "
+            fix="If the values are legitimate (more agents or models than before), raise labels.max_values (or the "
+            "series budgets, if the values are within it: the exporter's memory and scrape time grow with them) in the "
             "exporter's configuration; if they are not (ids, phone numbers, free text), fix the sender.",
         )
         eu = c["events_unauthorized"]

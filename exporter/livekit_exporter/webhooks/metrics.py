@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Histogram
 
+from ..guard import Family
 from ..telemetry import Telemetry
 from .decode import EVENTS, Event
 from .verify import REJECTIONS
@@ -24,7 +25,11 @@ class WebhookMetrics:
 
     def __init__(self, telemetry: Telemetry):
         r = telemetry.registry
-        self.guard = telemetry.guard
+
+        def guarded(name: str, doc: str, labels: tuple[str, ...], label: str) -> Family[Counter]:
+            """A counter whose `label` (trunk, agent_name) passes the cardinality guard."""
+            return Family(Counter(name, doc, labels, registry=r), name, labels, telemetry.guard, frozenset({label}))
+
         self.events = Counter(
             "livekit_webhook_events_total",
             "LiveKit webhook events accepted (signature verified, first delivery "
@@ -143,15 +148,15 @@ class WebhookMetrics:
             ["input_type", "status"],
             registry=r,
         )
-        self.sip_started = Counter(
+        self.sip_started = guarded(
             "livekit_sip_calls_started_total",
             "SIP calls whose participant became active (participant_joined "
             "of kind sip), by trunk id (the sip.trunkID attribute). An outbound call's participant joins "
             "before it dials, so for outbound calls this counts dial attempts, answered or not.",
-            ["trunk"],
-            registry=r,
+            ("trunk",),
+            "trunk",
         )
-        self.sip_ended = Counter(
+        self.sip_ended = guarded(
             "livekit_sip_calls_ended_total",
             "SIP calls whose participant left after becoming active "
             "(participant_left of kind sip), by trunk id and disconnect reason. LiveKit gives "
@@ -159,20 +164,20 @@ class WebhookMetrics:
             "rejected the call (busy); an unanswered call may end with another reason "
             "(sip_trunk_failure, ...). SIP participants that never became active are in "
             'livekit_participant_connections_aborted_total{kind="sip"}.',
-            ["trunk", "reason"],
-            registry=r,
+            ("trunk", "reason"),
+            "trunk",
         )
-        self.jobs_started = Counter(
+        self.jobs_started = guarded(
             "livekit_agent_jobs_started_total",
             "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), by agent name.",
-            ["agent_name"],
-            registry=r,
+            ("agent_name",),
+            "agent_name",
         )
-        self.jobs_ended = Counter(
+        self.jobs_ended = guarded(
             "livekit_agent_jobs_ended_total",
             "Agent jobs ended (agent_job_ended webhooks, LiveKit Cloud), by agent name and final status.",
-            ["agent_name", "status"],
-            registry=r,
+            ("agent_name", "status"),
+            "agent_name",
         )
         # Known label values exist from the start, so rate() works from the first event.
         for name in EVENTS:
@@ -217,21 +222,17 @@ class WebhookMetrics:
         if ev.duration is not None:
             steps.append((self.room_duration.observe, ev.duration))
 
-    def _trunk(self, metric: str, ev: Event) -> str:
-        return self.guard(metric, "trunk", ev.trunk or "none")
-
     def _participant_joined(self, ev: Event, steps: list) -> None:
         steps.append((self.participants_started.labels(ev.kind).inc, 1.0))
         if ev.trunk is not None:
-            steps.append((self.sip_started.labels(self._trunk("livekit_sip_calls_started_total", ev)).inc, 1.0))
+            steps.append((self.sip_started(ev.trunk or "none").inc, 1.0))
 
     def _participant_left(self, ev: Event, steps: list) -> None:
         steps.append((self.participants_ended.labels(ev.kind, ev.reason).inc, 1.0))
         if ev.duration is not None:
             steps.append((self.participant_duration.labels(ev.kind).observe, ev.duration))
         if ev.trunk is not None:
-            trunk = self._trunk("livekit_sip_calls_ended_total", ev)
-            steps.append((self.sip_ended.labels(trunk, ev.reason).inc, 1.0))
+            steps.append((self.sip_ended(ev.trunk or "none", ev.reason).inc, 1.0))
 
     def _participant_aborted(self, ev: Event, steps: list) -> None:
         # Not a SIP call ended: it never counted as started (no participant_joined), and
@@ -257,11 +258,8 @@ class WebhookMetrics:
     def _ingress_ended(self, ev: Event, steps: list) -> None:
         steps.append((self.ingress_ended.labels(ev.type, ev.status).inc, 1.0))
 
-    def _agent(self, metric: str, ev: Event) -> str:
-        return self.guard(metric, "agent_name", ev.agent_name)
-
     def _job_started(self, ev: Event, steps: list) -> None:
-        steps.append((self.jobs_started.labels(self._agent("livekit_agent_jobs_started_total", ev)).inc, 1.0))
+        steps.append((self.jobs_started(ev.agent_name).inc, 1.0))
 
     def _job_ended(self, ev: Event, steps: list) -> None:
-        steps.append((self.jobs_ended.labels(self._agent("livekit_agent_jobs_ended_total", ev), ev.status).inc, 1.0))
+        steps.append((self.jobs_ended(ev.agent_name, ev.status).inc, 1.0))

@@ -1,0 +1,234 @@
+"""The series budget (labels.max_series_per_metric, labels.max_series) and a scrape that renders off
+the event loop within its timeout, over real HTTP.
+
+Values within labels.max_values still multiply: 50 agents x 50 providers x 50 models made 2.5 million
+series, and one scrape of them blocked the loop for 21.7 s. These tests push combinations past the
+budgets and check that every family stays within them, that __other__ holds the rest (the sums are
+what was sent) and that livekit_exporter_label_overflow_total counts the folding; then that a long
+rendering neither stops /-/healthy nor outlives the scrape's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+
+from conftest import AUTH, EVENTS_TOKEN, samples, value
+from prometheus_client.core import GaugeMetricFamily
+
+from livekit_exporter.config import EventsConfig, LabelsConfig, Secret
+from livekit_exporter.events.pipeline import REQUEST_BUCKETS
+from livekit_exporter.server import EXPORTER, build_app
+
+OTHER = "__other__"
+OVERFLOW = "livekit_exporter_label_overflow_total"
+TOKENS = "voice_agent_llm_tokens_total"
+DURATION = "voice_agent_llm_request_duration_seconds"
+HISTOGRAM_CHILD = len(REQUEST_BUCKETS) + 3  # its buckets, +Inf, _sum and _count
+
+
+def family(s: dict, name: str) -> dict[frozenset, float]:
+    """The series of one family: {labels: value}, a histogram's _bucket/_sum/_count series included."""
+    return {
+        labels | {("__name__", sample)}: v
+        for (sample, labels), v in s.items()
+        if sample in (name, f"{name}_bucket", f"{name}_sum", f"{name}_count")
+    }
+
+
+def own(labels: frozenset) -> bool:
+    return OTHER not in dict(labels).values()
+
+
+async def budget_exporter(aiohttp_client, make_config, **labels):
+    config = replace(
+        make_config(),
+        labels=LabelsConfig(**labels),
+        events=EventsConfig(tokens=(Secret(EVENTS_TOKEN),), max_events=1000),
+    )
+    return await aiohttp_client(build_app(config))
+
+
+async def push(client, events: list[dict]) -> None:
+    for start in range(0, len(events), 1000):
+        resp = await client.post("/v1/events", json={"events": events[start : start + 1000]}, headers=AUTH)
+        assert resp.status == 200, await resp.text()
+
+
+def llm(agent: str, provider: str, model: str, tokens: int = 1, duration: float | None = None) -> dict:
+    event = {"type": "llm", "agent": agent, "provider": provider, "model": model, "input_tokens": tokens}
+    if duration is not None:
+        event["duration_seconds"] = duration
+    return event
+
+
+async def scrape(client) -> dict:
+    resp = await client.get("/metrics")
+    assert resp.status == 200, await resp.text()
+    return samples(await resp.text())
+
+
+async def test_a_family_keeps_its_series_budget_and_other_holds_the_rest(aiohttp_client, make_config):
+    """10 agents x 10 providers x 10 models, every value within labels.max_values: 1000 combinations
+    of a counter and of a histogram, against 100 series per metric."""
+    client = await budget_exporter(aiohttp_client, make_config, max_values=50, max_series_per_metric=100)
+    combos = [(f"a{a}", f"p{p}", f"m{m}") for a in range(10) for p in range(10) for m in range(10)]
+    await push(client, [llm(*c, tokens=3, duration=0.25) for c in combos])
+    s = await scrape(client)
+
+    tokens = family(s, TOKENS)
+    assert len(tokens) <= 100
+    assert sum(tokens.values()) == 3 * len(combos)  # nothing lost: __other__ holds the rest
+    folded = {dict(labels)["model"] for labels in tokens if not own(labels)}
+    assert folded == {OTHER}
+    kept = sum(1 for labels in tokens if own(labels))
+    assert 0 < kept < 100
+    # Every event that is not in a series of its own had its model folded at least (the last
+    # user-named label goes first), counted once per event.
+    assert value(s, OVERFLOW, metric=TOKENS, label="model") == len(combos) - kept
+    # The agent keeps its own sum while there is room: (agent, __other__, __other__) series exist.
+    assert any(dict(labels)["agent"] != OTHER and not own(labels) for labels in tokens)
+
+    durations = family(s, DURATION)
+    assert len(durations) <= 100 and len(durations) % HISTOGRAM_CHILD == 0
+    counts = {labels: v for labels, v in durations.items() if dict(labels)["__name__"] == f"{DURATION}_count"}
+    assert sum(counts.values()) == len(combos)
+    sums = [v for labels, v in durations.items() if dict(labels)["__name__"] == f"{DURATION}_sum"]
+    assert sum(sums) == 0.25 * len(combos)
+    catch_all = frozenset({("agent", OTHER), ("provider", OTHER), ("model", OTHER), ("__name__", f"{DURATION}_count")})
+    assert counts[catch_all] > 0
+    own_histograms = sum(1 for labels in counts if own(labels))
+    assert value(s, OVERFLOW, metric=DURATION, label="model") == len(combos) - own_histograms
+
+    # The budget holds for later pushes too: old combinations keep counting in their own series.
+    first_own = next(labels for labels in tokens if own(labels))
+    again = dict(first_own)
+    await push(client, [llm(again["agent"], again["provider"], again["model"], tokens=5)] + [
+        llm(f"b{i}", "p0", "m0") for i in range(40)
+    ])
+    s = await scrape(client)
+    tokens = family(s, TOKENS)
+    assert len(tokens) <= 100
+    assert tokens[first_own] == 3 + 5
+    assert sum(tokens.values()) == 3 * len(combos) + 5 + 40
+
+
+async def test_the_families_together_keep_the_total_budget(aiohttp_client, make_config):
+    """Every family has room (max_series_per_metric), but together they may hold labels.max_series."""
+    client = await budget_exporter(
+        aiohttp_client, make_config, max_values=1000, max_series_per_metric=100_000, max_series=1000
+    )
+    events = []
+    for i in range(600):
+        agent, provider, model = f"a{i % 30}", f"p{i % 7}", f"m{i}"
+        events += [
+            llm(agent, provider, model, tokens=2, duration=0.5),
+            {"type": "stt", "agent": agent, "provider": provider, "model": model, "audio_seconds": 1},
+            {"type": "tts", "agent": agent, "provider": provider, "model": model, "characters": 10},
+        ]
+    await push(client, events)
+    s = await scrape(client)
+    guarded = {k: v for k, v in s.items() if k[0].startswith("voice_agent_")}
+    unpriced = {k: v for k, v in s.items() if k[0] == "livekit_exporter_unpriced_usage_events_total"}
+    assert len(guarded) + len(unpriced) <= 1000
+    assert sum(family(s, TOKENS).values()) == 2 * 600
+    assert sum(family(s, "voice_agent_stt_audio_seconds_total").values()) == 600
+    assert sum(family(s, "voice_agent_tts_characters_total").values()) == 10 * 600
+    assert sum(v for (name, _), v in s.items() if name == f"{DURATION}_count") == 600
+    assert sum(unpriced.values()) == 3 * 600  # no price table: every usage event is unpriced
+    assert value(s, OVERFLOW, metric=TOKENS, label="model") > 0
+
+
+async def test_report_gauges_over_the_budget_are_dropped_not_folded(aiohttp_client, make_config):
+    """A dependency report whose series has no room is dropped and counted: an __other__ "up" would
+    hide another dependency's outage."""
+    client = await budget_exporter(aiohttp_client, make_config, max_values=1000, max_series_per_metric=100)
+    reports = [{"type": "dependency_status", "agent": "a", "dependency": f"d{i}", "up": True} for i in range(150)]
+    await push(client, reports)
+    s = await scrape(client)
+    up = family(s, "voice_agent_dependency_up")
+    assert 0 < len(up) <= 100 and all(own(labels) for labels in up)
+    dropped = 150 - len(up)
+    assert value(s, OVERFLOW, metric="voice_agent_dependency_up", label="dependency") == dropped
+
+
+async def test_scrape_time_gauges_keep_the_series_budget(scenario, simulator, exporter_client, make_config):
+    """livekit_sip_calls{status,trunk}, rebuilt on every scrape: 50 trunks x 3 statuses (each within
+    max_values) against 100 series; the busiest keep their labels, the rest are summed."""
+    scenario.add_room("r")
+    for i in range(150):
+        scenario.add_sip_call("r", f"trunk-{i % 50}", status=("active", "ringing", "dialing")[i // 50])
+    for i in range(20):  # trunk-0 "active" is the busiest series
+        scenario.add_sip_call("r", "trunk-0", status="active")
+    cfg = replace(make_config(detail=True), labels=LabelsConfig(max_values=200, max_series_per_metric=100))
+    client = await exporter_client(cfg)
+    s = await scrape(client)
+    calls = family(s, "livekit_sip_calls")
+    assert len(calls) <= 100
+    assert sum(calls.values()) == 170
+    assert calls[frozenset({("status", "active"), ("trunk", "trunk-0"), ("__name__", "livekit_sip_calls")})] == 21
+    assert any(dict(labels)["trunk"] == OTHER for labels in calls)
+    assert value(s, OVERFLOW, metric="livekit_sip_calls", label="trunk") > 0
+
+
+# -- rendering off the loop, within the scrape's timeout --------------------------------------------
+
+
+class BlockingCollector:
+    """A collector of the exporter's registry whose collect() waits until the test releases it: a
+    registry so large that its rendering takes as long as the test wants."""
+
+    def __init__(self, longest: float):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.longest = longest
+
+    def describe(self):
+        return []  # (without it, the registry would collect once when the collector is registered)
+
+    def collect(self):
+        self.entered.set()
+        self.release.wait(self.longest)
+        yield GaugeMetricFamily("test_blocking_collector", "Rendered once released.", value=1)
+
+
+async def blocked_exporter(aiohttp_client, make_config, longest: float):
+    client = await aiohttp_client(build_app(make_config()))
+    await scrape(client)  # the startup collection is over; the next scrapes block in the rendering
+    blocker = BlockingCollector(longest)
+    client.server.app[EXPORTER].telemetry.registry.register(blocker)
+    return client, blocker
+
+
+async def test_healthy_answers_while_a_scrape_renders(aiohttp_client, make_config):
+    client, blocker = await blocked_exporter(aiohttp_client, make_config, longest=5)
+    try:
+        scrape_task = asyncio.ensure_future(client.get("/metrics"))
+        assert await asyncio.to_thread(blocker.entered.wait, 10)
+        healthy = await asyncio.wait_for(client.get("/-/healthy"), 2)
+        assert healthy.status == 200
+        # It answered while the rendering was still held (a blocked loop would answer only after it).
+        assert not scrape_task.done()
+    finally:
+        blocker.release.set()
+    resp = await asyncio.wait_for(scrape_task, 10)
+    assert resp.status == 200
+    assert value(await resp.text(), "test_blocking_collector") == 1
+
+
+async def test_a_scrape_gets_503_when_its_rendering_outlives_the_timeout(aiohttp_client, make_config):
+    client, blocker = await blocked_exporter(aiohttp_client, make_config, longest=20)
+    try:
+        timeout = {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}
+        resp = await asyncio.wait_for(client.get("/metrics", headers=timeout), 10)
+        assert resp.status == 503
+        assert "labels.max_series" in await resp.text()
+        assert blocker.entered.is_set() and not blocker.release.is_set()  # answered, the rendering still held
+        # A second one waits for a rendering slot, or renders (held too): 503 either way.
+        assert (await asyncio.wait_for(client.get("/metrics", headers=timeout), 10)).status == 503
+    finally:
+        blocker.release.set()
+    client.server.app[EXPORTER].telemetry.registry.unregister(blocker)
+    s = await scrape(client)
+    assert value(s, "livekit_exporter_scrape_render_timeouts_total") == 2
