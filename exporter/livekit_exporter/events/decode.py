@@ -175,7 +175,7 @@ def _order(p: Problem) -> int:
 REPEATED = "the key appears more than once"
 
 
-def _no_repeated_keys(body: bytes, events: list[contract.Event], batch: bool, parsed: Callable[[], list[Any]]) -> bool:
+def _no_repeated_keys(body: bytes, events: list[contract.Event], batch: bool, parsed: Callable[[], Any]) -> bool:
     """True when no object in `body` (a valid batch, or NDJSON text when not `batch`, decoded into
     `events`) repeats a key; False when that cannot be shown cheaply (then ask _repeated_*).
 
@@ -185,8 +185,9 @@ def _no_repeated_keys(body: bytes, events: list[contract.Event], batch: bool, pa
     quotes. A repeat adds a key the decoded objects lack; so if the body has no more quotes than
     the decoded objects need, nothing is repeated. Counted in the re-encoded events (they omit
     fields at their default: exact for a client that omits them too), then in the body parsed into
-    dicts (`parsed()`, every object, the last of a repeated key kept), which keeps explicit nulls
-    and defaults. Escaped quotes defeat both: the json module then decides.
+    dicts (`parsed()`, the last of a repeated key kept) and re-encoded, which keeps explicit nulls
+    and defaults. Either count is exact only without escapes (a backslash) in what it counts: a
+    body with escaped quotes is left to the json module.
     """
     encoded = _encoder.encode(events)
     if batch and len(body) == len(encoded) + 11 and body == b'{"events":' + encoded + b"}":
@@ -194,27 +195,13 @@ def _no_repeated_keys(body: bytes, events: list[contract.Event], batch: bool, pa
     quotes = body.count(b'"')
     if b"\\" not in encoded and quotes == encoded.count(b'"') + (2 if batch else 0):  # 2: "events"
         return True
-    keys = 0
-    for obj in parsed():
-        if type(obj) is not dict:
-            return False
-        keys += len(obj)
-        for v in obj.values():
-            if type(v) is str:
-                keys += 1  # a string value takes 2 quotes, as a key does
-    return quotes == 2 * keys
+    encoded = _encoder.encode(parsed())
+    return b"\\" not in encoded and quotes == encoded.count(b'"')
 
 
-def _objects(lines: Sequence[bytes]) -> list[Any]:
+def _objects(lines: Sequence[bytes]) -> Any:
     """NDJSON lines -> their objects, parsed in one call (for _no_repeated_keys)."""
-    parsed: list[Any] = _untyped.decode(b"[" + b",".join(lines) + b"]")
-    return parsed
-
-
-def _json_objects(body: bytes) -> list[Any]:
-    """A batch's top-level object and its events (for _no_repeated_keys)."""
-    doc = _untyped.decode(body)
-    return [doc, *doc["events"]]
+    return _untyped.decode(b"[" + b",".join(lines) + b"]")
 
 
 class _Pairs(list[tuple[str, Any]]):
@@ -288,7 +275,7 @@ def decode_json(body: bytes, max_events: int) -> tuple[list[contract.Event], Non
         if len(events) > max_events:
             raise _too_many(len(events), max_events)
         if not any(map(check, events)):
-            if _no_repeated_keys(body, events, True, lambda: _json_objects(body)):
+            if _no_repeated_keys(body, events, True, lambda: _untyped.decode(body)):
                 return events, None
             if repeated := _repeated_in_batch(body):
                 raise _invalid(repeated)
