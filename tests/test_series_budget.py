@@ -15,11 +15,13 @@ import threading
 from dataclasses import replace
 
 from conftest import AUTH, EVENTS_TOKEN, samples, value
+from livekit.protocol import agent as proto_agent
 from prometheus_client.core import GaugeMetricFamily
 
-from livekit_exporter.config import EventsConfig, LabelsConfig, Secret
+from livekit_exporter.config import EventsConfig, LabelsConfig, Secret, WebhooksConfig
 from livekit_exporter.events.pipeline import REQUEST_BUCKETS
 from livekit_exporter.server import EXPORTER, build_app
+from livekit_exporter.simulator import Delivery, WebhookSender
 
 OTHER = "__other__"
 OVERFLOW = "livekit_exporter_label_overflow_total"
@@ -159,7 +161,7 @@ async def test_scrape_time_gauges_keep_the_series_budget(scenario, simulator, ex
     scenario.add_room("r")
     for i in range(150):
         scenario.add_sip_call("r", f"trunk-{i % 50}", status=("active", "ringing", "dialing")[i // 50])
-    for i in range(20):  # trunk-0 "active" is the busiest series
+    for _ in range(20):  # trunk-0 "active" is the busiest series
         scenario.add_sip_call("r", "trunk-0", status="active")
     cfg = replace(make_config(detail=True), labels=LabelsConfig(max_values=200, max_series_per_metric=100))
     client = await exporter_client(cfg)
@@ -170,6 +172,29 @@ async def test_scrape_time_gauges_keep_the_series_budget(scenario, simulator, ex
     assert calls[frozenset({("status", "active"), ("trunk", "trunk-0"), ("__name__", "livekit_sip_calls")})] == 21
     assert any(dict(labels)["trunk"] == OTHER for labels in calls)
     assert value(s, OVERFLOW, metric="livekit_sip_calls", label="trunk") > 0
+
+
+async def test_webhook_agent_and_trunk_counters_keep_the_series_budget(scenario, aiohttp_client, make_config):
+    """150 agent names (within max_values) start and end jobs, against 100 series per metric."""
+    config = replace(make_config(), labels=LabelsConfig(max_values=1000, max_series_per_metric=100),
+                     webhooks=WebhooksConfig())
+    client = await aiohttp_client(build_app(config))
+    async with WebhookSender(scenario, str(client.make_url("/webhook")), delivery=Delivery(retry_wait_min=0.001,
+                                                                                           retry_wait_max=0.01)) as sender:
+        scenario.add_room("r")
+        for i in range(150):
+            dispatch = scenario.add_dispatch("r", f"agent-{i}", [proto_agent.JS_PENDING])
+            scenario.set_job_status("r", dispatch.id, 0, proto_agent.JS_RUNNING)
+            scenario.set_job_status("r", dispatch.id, 0, proto_agent.JS_SUCCESS)
+        await sender.flush()
+    assert len(sender.accepted) == len(sender.events)
+    s = await scrape(client)
+    for name in ("livekit_agent_jobs_started_total", "livekit_agent_jobs_ended_total"):
+        jobs = family(s, name)
+        assert len(jobs) <= 100
+        assert sum(jobs.values()) == 150
+        kept = sum(1 for labels in jobs if own(labels))
+        assert value(s, OVERFLOW, metric=name, label="agent_name") == 150 - kept
 
 
 # -- rendering off the loop, within the scrape's timeout --------------------------------------------
@@ -232,3 +257,59 @@ async def test_a_scrape_gets_503_when_its_rendering_outlives_the_timeout(aiohttp
     client.server.app[EXPORTER].telemetry.registry.unregister(blocker)
     s = await scrape(client)
     assert value(s, "livekit_exporter_scrape_render_timeouts_total") == 2
+
+
+# -- the budget's arithmetic, on the guard itself ---------------------------------------------------
+
+
+def test_no_mix_of_families_and_combinations_passes_a_budget():
+    """Random combinations into a counter, two histograms and a report gauge sharing one guard:
+    after every step each family is within max_series_per_metric and all within max_series (as
+    counted in the exposition), and each family's sum is what was added."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from livekit_exporter.guard import Family, LabelGuard
+
+    rng = random.Random(11)
+    registry = CollectorRegistry()
+    overflow = Counter("overflow_total", "", ["metric", "label"], registry=registry)
+    guard = LabelGuard(1000, overflow, max_series_per_metric=200, max_series=500)
+    users = frozenset({"agent", "model"})
+    counter = Family(Counter("c_total", "", ["agent", "kind", "model"], registry=registry), "c_total",
+                     ("agent", "kind", "model"), guard, users)
+    small = Family(Histogram("h1", "", ["agent"], buckets=(1, 2), registry=registry), "h1", ("agent",), guard, users)
+    large = Family(Histogram("h2", "", ["agent", "model"], buckets=tuple(range(1, 21)), registry=registry), "h2",
+                   ("agent", "model"), guard, users)
+    gauge = Family(Gauge("g", "", ["agent"], registry=registry), "g", ("agent",), guard, users)
+    sent = {"c_total": 0.0, "h1": 0, "h2": 0}
+    held: set[tuple[str, ...]] = set()  # the gauge's series, some removed again (a report gone stale)
+    for step in range(3000):
+        agent, model, kind = f"a{rng.randrange(60)}", f"m{rng.randrange(60)}", rng.choice(("x", "y"))
+        labels = gauge.report(agent)
+        if labels is not None:
+            gauge.metric.labels(*labels).set(1)
+            held.add(labels)
+        if held and rng.random() < 0.1:
+            stale = rng.choice(sorted(held))
+            gauge.remove(stale)
+            held.discard(stale)
+        counter(agent, kind, model).inc(2)
+        sent["c_total"] += 2
+        small(agent).observe(1.5)
+        sent["h1"] += 1
+        large(agent, model).observe(3)
+        sent["h2"] += 1
+        if step % 300 == 0 or step == 2999:
+            s = samples(generate_latest(registry).decode())
+            per = {name: len(family(s, name)) for name in ("c_total", "h1", "h2", "g")}
+            assert all(n <= 200 for n in per.values()), per
+            assert sum(per.values()) <= 500, per
+            assert sum(family(s, "c_total").values()) == sent["c_total"]
+            assert sum(v for (n, _), v in s.items() if n == "h1_count") == sent["h1"]
+            assert sum(v for (n, _), v in s.items() if n == "h2_count") == sent["h2"]
+            assert guard.series == sum(f.series_held for f in (counter, small, large, gauge))
+            assert per["g"] == len(held)
+    assert sum(per.values()) > 450  # the total budget was filled, not just respected
+    assert sum(v for (n, _), v in s.items() if n == "overflow_total") > 0
