@@ -254,7 +254,7 @@ EXPORTER_METRICS: dict[str, tuple[str, str]] = {
         "sum by (type) (rate(livekit_exporter_events_total[5m]))",
     ),
     "livekit_exporter_event_requests_rejected_total": (
-        "events API requests refused whole (401, 400, 413, 415)",
+        "events API requests refused whole (400, 401, 413, 415, 422, 429)",
         "sum by (reason) (rate(livekit_exporter_event_requests_rejected_total[5m])) > 0",
     ),
     "livekit_exporter_event_latencies_discarded_total": (
@@ -369,8 +369,9 @@ Differences from the starting catalogue, and why:
 - `livekit_exporter_event_requests_rejected_total{reason}` (was `livekit_exporter_events_rejected_total`):
   a refused request applies none of its events, and on 401, 413 or 415 they are not even parsed, so
   it counts requests; the reasons are unauthorized, unsupported_media_type, too_large,
-  too_many_events, malformed (not JSON), invalid (an event breaks the schema, or a malformed
-  Idempotency-Key) and idempotency_conflict (a key reused for another body).
+  too_many_events, malformed (not JSON, or nested too deeply), invalid (an event breaks the schema,
+  or a malformed Idempotency-Key), duplicate_key (an object names a key twice), idempotency_conflict
+  (a key reused for another body) and rate_limited (over events.rate_limit, 429).
 - `livekit_exporter_event_latencies_discarded_total{type,field}` is added: the sanity rule's count
   of turn-stage timings above `events.max_latency` (see docs/events-api.md).
 - `livekit_exporter_unpriced_usage_events_total{component,provider,model}` is added: usage the
