@@ -149,3 +149,29 @@ async def test_gzip_follows_the_accept_encoding_weights(scenario, simulator, exp
     body = await resp.read()
     text = (gzip.decompress(body) if wanted else body).decode()
     assert "livekit_up" in text
+
+
+@pytest.mark.parametrize("path, says, commands", [
+    ("nometrics", "must start with /", ("serve", "demo")),
+    ("/", "the landing page", ("serve", "demo")),
+    ("/-/healthy", "already served as /-/healthy", ("serve", "demo")),
+    ("/-/ready", "already served as /-/ready", ("serve",)),
+    ("/-/reload", "already served as /-/reload", ("serve",)),
+    ("/webhook", "webhooks.path", ("demo",)),  # the default; this configuration moves it
+    ("/hooks", "webhooks.path", ("serve",)),  # where this configuration puts it
+    ("/v1/events", "events.path", ("serve", "demo")),
+    ("/{name}", "URL path characters", ("serve",)),  # aiohttp would take it for a pattern matching everything
+])  # fmt: skip
+def test_a_telemetry_path_the_exporter_cannot_serve_is_refused_with_exit_2(tmp_path, path, says, commands):
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text("livekit: {url: 'http://127.0.0.1:1', api_key: k, api_secret: s}\nwebhooks: {path: /hooks}\n")
+    flags = {
+        "serve": ["serve", f"--config.file={cfg}", "--web.listen-address=127.0.0.1:0"],
+        "demo": ["demo", "--web.listen-address=127.0.0.1:0"],
+    }
+    for command in commands:
+        argv = [sys.executable, "-m", "livekit_exporter.cli", *flags[command], f"--web.telemetry-path={path}"]
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parent.parent / "exporter", timeout=60)
+        assert r.returncode == 2, (command, r.returncode, r.stderr)
+        assert says in r.stderr and "--web.telemetry-path" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr, r.stderr

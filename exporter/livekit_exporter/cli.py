@@ -13,7 +13,15 @@ from aiohttp import web
 
 from . import __version__, logsetup, webconfig
 from . import config as config_mod
-from .server import DEFAULT_LISTEN_ADDRESS, DEFAULT_TELEMETRY_PATH, build_app, parse_listen_address
+from .httpguard import ExporterRunner
+from .server import (
+    DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_TELEMETRY_PATH,
+    EXPORTER,
+    build_app,
+    parse_listen_address,
+    telemetry_path_problem,
+)
 
 log = logging.getLogger("livekit_exporter")
 
@@ -106,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        problem = telemetry_path_problem(args.telemetry_path, config_mod.Config())  # the demo's paths
+        if problem:
+            print(f"livekit-exporter: {problem}", file=sys.stderr)
+            return 2
         logsetup.setup(level, args.log_format)
         # Until run_demo's own handler is in place, SIGTERM stops it as Ctrl+C does.
         signal.signal(signal.SIGTERM, _interrupt)
@@ -125,13 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    secrets = [
-        cfg.livekit.api_secret.reveal(),
-        *(k.api_secret.reveal() for k in cfg.webhooks.keys),
-        *(t.reveal() for t in cfg.events.tokens),
-        urllib.parse.urlsplit(cfg.livekit.url).password or "",  # a password in the URL, should one be there
-    ]
-    logsetup.setup(level, args.log_format, secrets)
+    problem = telemetry_path_problem(args.telemetry_path, cfg)
+    if problem:
+        print(f"livekit-exporter: {problem}", file=sys.stderr)
+        return 2
+    logsetup.setup(level, args.log_format, _secrets(cfg))
     app = build_app(cfg, telemetry_path=args.telemetry_path, web_config=web_cfg)
     log.info(
         "starting livekit-exporter",
@@ -144,8 +154,44 @@ def main(argv: list[str] | None = None) -> int:
             "basic_auth": bool(web_cfg.basic_auth_users),
         },
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None, ssl_context=web_cfg.ssl_context)
+    try:
+        asyncio.run(_serve(app, host, port, web_cfg))
+    except OSError as e:  # an address in use, or not ours
+        print(f"livekit-exporter: cannot listen: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _secrets(cfg: config_mod.Config) -> list[str]:
+    """Every secret of a configuration, for the log's scrubber."""
+    return [
+        cfg.livekit.api_secret.reveal(),
+        *(k.api_secret.reveal() for k in cfg.webhooks.keys),
+        *(t.reveal() for t in cfg.events.tokens),
+        urllib.parse.urlsplit(cfg.livekit.url).password or "",  # a password in the URL, should one be there
+    ]
+
+
+async def _serve(app: web.Application, host: str | None, port: int, web_cfg: webconfig.WebConfig) -> None:
+    """Serves until SIGTERM or SIGINT, then drains: no new connections, the requests in flight get
+    server.shutdown_grace to finish (the rest are cancelled), the app is cleaned up."""
+    loop = asyncio.get_running_loop()
+    runner = ExporterRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=web_cfg.ssl_context).start()
+        log.info("listening", extra={"address": f"{host or '*'}:{port}"})
+        await stop.wait()
+        grace = app[EXPORTER].config.server.shutdown_grace
+        log.info("shutting down: finishing the requests in flight", extra={"grace_seconds": float(grace)})
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("stopped")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -282,6 +282,14 @@ EXPORTER_METRICS: dict[str, tuple[str, str]] = {
         "sum by (reason) (rate(livekit_exporter_basic_auth_rejected_total[5m])) > 0",
     ),
     "livekit_exporter_build_info": ("constant", "livekit_exporter_build_info"),
+    "livekit_exporter_http_requests_rejected_total": (
+        "the HTTP server's own refusals: bad header bytes, slow or too many clients (server.*)",
+        "sum by (reason) (rate(livekit_exporter_http_requests_rejected_total[5m])) > 0",
+    ),
+    "livekit_exporter_http_internal_errors_total": (
+        "requests answered 500: a bug, with its traceback in the log",
+        "increase(livekit_exporter_http_internal_errors_total[1h]) > 0",
+    ),
     "livekit_exporter_label_overflow_total": (
         "the cardinality guard",
         "sum by (metric, label) (rate(livekit_exporter_label_overflow_total[1h])) > 0",

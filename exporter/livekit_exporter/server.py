@@ -15,6 +15,7 @@ import asyncio
 import html
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import events, webconfig, webhooks
 from .config import Config
+from .httpguard import GUARD, HttpGuard
 from .livekit_state import ScrapeView, StateCollector
 from .telemetry import Telemetry
 from .webconfig import WebConfig
@@ -157,8 +159,15 @@ def build_app(
     telemetry = telemetry or Telemetry(config.labels)
     state = StateCollector(config.livekit, config.collect, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
+    problem = telemetry_path_problem(telemetry_path, config)
+    if problem:
+        raise ValueError(problem)
+    ingest = [c.path for c in (config.webhooks, config.events) if c.enabled]
+    guard = HttpGuard(telemetry, lambda: app[EXPORTER].config.server, ingest)
     # Bodies are read by the handlers with their own limits; this is only aiohttp's outer bound.
-    app = web.Application(client_max_size=max_body + 1)
+    # The guard is the outermost middleware: nothing a client sends gets past it as a traceback.
+    app = web.Application(client_max_size=max_body + 1, middlewares=[guard.middleware])
+    app[GUARD] = guard
     if web_config:
         # The webhook and events endpoints authenticate every request themselves.
         exempt = [c.path for c in (config.webhooks, config.events) if c.enabled]
@@ -186,6 +195,26 @@ def build_app(
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+# Paths the exporter serves besides the telemetry path and the configured webhooks and events paths.
+RESERVED_PATHS = ("/", "/-/healthy", "/-/ready", "/-/reload")
+_PATH_CHARACTERS = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")  # RFC 3986 path characters, no { }
+
+
+def telemetry_path_problem(path: str, config: Config) -> str | None:
+    """Why `path` cannot be the telemetry path (--web.telemetry-path), or None when it can."""
+    if not path.startswith("/"):
+        return f"--web.telemetry-path {path!r}: must start with /, like /metrics"
+    if not _PATH_CHARACTERS.match(path):
+        return f"--web.telemetry-path {path!r}: may hold only URL path characters (letters, digits, - . _ ~ / ...)"
+    taken = {p: "the landing page" if p == "/" else p for p in RESERVED_PATHS}
+    for section, what in ((config.webhooks, "webhooks.path"), (config.events, "events.path")):
+        if section.enabled:
+            taken[section.path] = f"{what} of the configuration"
+    if path in taken:
+        return f"--web.telemetry-path {path!r}: already served as {taken[path]}; choose another path, like /metrics"
+    return None
 
 
 def parse_listen_address(addr: str) -> tuple[str | None, int]:

@@ -34,6 +34,7 @@ from .model import (
     LiveKitConfig,
     Price,
     Secret,
+    ServerConfig,
     format_duration,
     parse_duration,
     without_credentials,
@@ -340,6 +341,10 @@ def _resolve(cfg: Config, env: Mapping[str, str], at: _Located, problems: list[s
     events = _events(cfg.events, env, at, problems)
     if webhooks.enabled and events.enabled and webhooks.path == events.path:
         problems.append(at(["events", "path"], "webhooks.path and events.path must differ"))
+    for name in ("header_timeout", "body_timeout", "idle_timeout", "shutdown_grace"):
+        if getattr(cfg.server, name) <= 0:
+            default = format_duration(getattr(ServerConfig, name))
+            problems.append(at(["server", name], f"must be longer than 0; the default is {default}"))
     return replace(cfg, livekit=livekit, collect=collect, webhooks=webhooks, events=events, source=at.source)
 
 

@@ -372,6 +372,56 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The exporter's HTTP server: how long a client may take to send a request, and how many may be
+    served at once. Every limit is re-read on a reload (SIGHUP, POST /-/reload); each refusal is
+    counted in livekit_exporter_http_requests_rejected_total{reason}."""
+
+    header_timeout: Annotated[
+        Duration,
+        doc(
+            "Time a client may take to send a request's headers, from their first byte; a slower one gets 408 "
+            "and its connection is closed (reason header_timeout). Longer than 0."
+        ),
+    ] = Duration.parse("10s")
+    body_timeout: Annotated[
+        Duration,
+        doc(
+            "Time a webhook or events request may take to send its body once its headers are in; a slower one "
+            "gets 408 and its connection is closed (reason body_timeout). Longer than 0."
+        ),
+    ] = Duration.parse("10s")
+    idle_timeout: Annotated[
+        Duration,
+        doc(
+            "A connection that sends no request for this long (a new one, or a kept-alive one between "
+            "requests) is closed. Read when a connection opens. Longer than 0."
+        ),
+    ] = Duration.parse("2m")
+    max_connections: Annotated[
+        Positive,
+        doc(
+            "Connections open at once; one more is answered 503 and closed (reason too_many_connections). Keep "
+            "it below the process's file-descriptor limit (ulimit -n)."
+        ),
+    ] = 512
+    max_in_flight: Annotated[
+        Positive,
+        doc(
+            "Webhook and events requests being received or applied at once; one more gets 503 with Retry-After "
+            "(reason too_many_in_flight). Each may hold up to its max_body_bytes in memory."
+        ),
+    ] = 64
+    shutdown_grace: Annotated[
+        Duration,
+        doc(
+            "On SIGTERM (or SIGINT) the exporter stops accepting connections and gives the requests in flight "
+            "this long to finish; those still running are then cancelled, and it exits 0. Longer than 0."
+        ),
+    ] = Duration.parse("10s")
+
+
+@dataclass(frozen=True)
 class Config:
     """The YAML file given with --config.file. Every key is optional; LIVEKIT_URL, LIVEKIT_API_KEY and
     LIVEKIT_API_SECRET fill or override the livekit section."""
@@ -381,4 +431,5 @@ class Config:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     source: Annotated[str, Meta(extra=RUNTIME)] = "<defaults>"
