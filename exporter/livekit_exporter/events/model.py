@@ -52,7 +52,9 @@ Campaign = Annotated[
 # call_id (7) + trace_id (8) + 64 + 32 = 111.
 # No control characters: Prometheus' OpenMetrics parser refuses a NUL in an exemplar and fails the
 # whole scrape, so one such call_id would take every metric of the exporter down.
-EXEMPLAR_CALL_ID_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,64}$"
+# `$(?!\n)`: the end of the string. Python's `$` (and msgspec's, which uses re.search) also
+# matches before a final newline; the lookahead refuses that, and means nothing to ECMA-262 regexes.
+EXEMPLAR_CALL_ID_PATTERN = "^[^\\x00-\\x1f\\x7f]{1,64}$(?!\\n)"
 ExemplarCallId = Annotated[
     Annotated[str, msgspec.Meta(pattern=EXEMPLAR_CALL_ID_PATTERN)],
     msgspec.Meta(
@@ -62,7 +64,7 @@ ExemplarCallId = Annotated[
     ),
 ]
 TraceId = Annotated[
-    Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")],
+    Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$(?!\\n)")],
     msgspec.Meta(
         description="The turn's OpenTelemetry trace id (32 lowercase hex digits), attached as an exemplar like call_id."
     ),
