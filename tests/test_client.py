@@ -107,6 +107,29 @@ async def test_5xx_is_retried_and_4xx_is_dropped(aiohttp_server):
     assert keys[0] == keys[1] == keys[2] != keys[3]  # a batch keeps its key across retries
 
 
+async def test_a_429_retry_waits_for_the_exporters_retry_after(aiohttp_server):
+    """The exporter's per-token rate limit answers 429 with Retry-After: the client waits that long
+    (not its own, shorter backoff) before the retry."""
+    import time
+
+    seen: list[float] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(time.monotonic())
+        if len(seen) == 1:
+            return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "1"})
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/events", handler)
+    server = await aiohttp_server(app)
+    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
+        client.emit(turn())
+        assert await client.flush(10)
+    assert client.stats.sent == 1 and client.stats.retries == 1
+    assert seen[1] - seen[0] >= 0.95  # its own backoff would have waited 5-10 ms
+
+
 async def test_bad_events_are_refused_by_the_exporter_and_counted(events_config, aiohttp_server):
     server = await aiohttp_server(build_app(events_config()))
     async with EventsClient(str(server.make_url("/")), "not-the-token-0123456789") as client:

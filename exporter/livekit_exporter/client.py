@@ -48,6 +48,17 @@ DEFAULT_EVENTS_PATH = "/v1/events"
 URL_ENV = "LIVEKIT_EXPORTER_EVENTS_URL"
 TOKEN_ENV = "LIVEKIT_EXPORTER_EVENTS_TOKEN"
 _RETRYABLE = frozenset({408, 429})
+
+
+def _seconds(retry_after: str | None) -> float:
+    """A Retry-After of delay-seconds (what the exporter sends); 0 for none or an HTTP date."""
+    try:
+        value = float(retry_after or 0)
+    except ValueError:
+        return 0.0
+    return value if 0 < value < float("inf") else 0.0
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
 _EVENT_TYPES = frozenset(EVENT_TYPES)
@@ -247,11 +258,12 @@ class EventsClient:
         body = b'{"events":[' + b",".join(batch) + b"]}"
         headers = {**self._headers, "Idempotency-Key": uuid.uuid4().hex}  # the same on every retry
         problem = ""
+        retry_after = 0.0  # what the exporter asked for (429, 503), honoured up to max_backoff
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats.retries += 1
-                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                await asyncio.sleep(min(self.max_backoff, max(delay, retry_after)))
             try:
                 if self._session is None:
                     self._session = aiohttp.ClientSession(timeout=self.timeout)
@@ -274,8 +286,10 @@ class EventsClient:
                     if resp.status < 500 and resp.status not in _RETRYABLE:
                         return self._refused(batch, resp.status, text)
                     problem = f"HTTP {resp.status}: {text[:200]}"
+                    retry_after = _seconds(resp.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 problem = f"{type(e).__name__}: {e}"
+                retry_after = 0.0
             log.debug(
                 "events batch not delivered; will retry",
                 extra={"url": self.url, "attempt": attempt + 1, "problem": problem},
