@@ -174,6 +174,25 @@ async def test_scrape_time_gauges_keep_the_series_budget(scenario, simulator, ex
     assert value(s, OVERFLOW, metric="livekit_sip_calls", label="trunk") > 0
 
 
+async def test_scrape_time_gauges_keep_the_budget_whatever_the_other_label(scenario, simulator, exporter_client,
+                                                                        make_config):
+    """sip.callStatus is an attribute, not an enum: 150 statuses x 2 trunks, so that even with the
+    trunk folded 150 series would remain; the busiest but one keep their labels, one series with
+    every label __other__ holds the rest."""
+    scenario.add_room("r")
+    for i in range(150):
+        for trunk in ("trunk-a", "trunk-b"):
+            scenario.add_sip_call("r", trunk, status=f"status-{i}")
+    cfg = replace(make_config(detail=True), labels=LabelsConfig(max_values=1000, max_series_per_metric=100))
+    s = await scrape(await exporter_client(cfg))
+    calls = family(s, "livekit_sip_calls")
+    assert len(calls) == 100
+    assert sum(calls.values()) == 300
+    catch_all = frozenset({("status", OTHER), ("trunk", OTHER), ("__name__", "livekit_sip_calls")})
+    assert calls[catch_all] == 300 - 99
+    assert value(s, OVERFLOW, metric="livekit_sip_calls", label="status") > 0
+
+
 async def test_webhook_agent_and_trunk_counters_keep_the_series_budget(scenario, aiohttp_client, make_config):
     """150 agent names (within max_values) start and end jobs, against 100 series per metric."""
     config = replace(make_config(), labels=LabelsConfig(max_values=1000, max_series_per_metric=100),

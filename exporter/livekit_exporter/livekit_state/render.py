@@ -59,7 +59,7 @@ class ScrapeFolder:
     folded value is counted in livekit_exporter_label_overflow_total once per scrape. Then the
     family's series are bounded by `max_series` (labels.max_series_per_metric): the busiest keep
     their labels, the rest are summed into their series with the label __other__ (into one series
-    with every label __other__ if even those are too many)."""
+    with every label __other__ if even those would be too many)."""
 
     def __init__(self, max_values: int, overflow: Counter, max_series: int = LabelsConfig.max_series_per_metric):
         self.max_values = max_values
@@ -103,17 +103,19 @@ class ScrapeFolder:
                 break
             keep -= excess
         folded: Tally[tuple[str, ...]] = Tally()
-        keep = max(keep, 0)
-        moved = ranked[keep:]
-        if keep == 0:  # the folded series alone are too many: one series holds everything
-            folded[(OTHER,) * len(labels)] = sum(tally.values())
+        if keep <= 0:  # the rest would still be too many with `label` folded: one series holds it
+            keep = self.max_series - 1
+            for key, n in ranked[:keep]:
+                folded[key] += n
+            folded[(OTHER,) * len(labels)] += sum(n for _, n in ranked[keep:])
             folding = list(enumerate(labels))
         else:
             for key, n in ranked[:keep]:
                 folded[key] += n
-            for key, n in moved:
+            for key, n in ranked[keep:]:
                 folded[other(key)] += n
             folding = [(index, labels[index])]
+        moved = ranked[keep:]
         for i, name in folding:
             values = {key[i] for key, _ in moved if key[i] != OTHER}
             if values:

@@ -490,13 +490,17 @@ class Mixin:
                 ("exporter.events_rejected.window",),
                 f"/v1/events refused {VAL} requests over {w} with reason {lab('reason')}.",
             ),
-            meaning="Batches are refused whole: invalid events, malformed JSON, too large, or an Idempotency-Key reused for another body.",
+            meaning="Batches are refused whole: invalid events, malformed JSON, an object that repeats a key "
+            "(duplicate_key), too large, over the token's events.rate_limit (rate_limited), or an Idempotency-Key "
+            "reused for another body.",
             impact="None of a refused batch's events are applied: the voice-agent metrics undercount.",
             diagnosis=[
                 f'sum by (reason) (increase(livekit_exporter_event_requests_rejected_total{{job="{job}"}}[{w}]))'
             ],
-            fix="The 400 answer lists every bad event with its index and JSON path, and the exporter logs it "
-            "(rate-limited): fix the sender, or upgrade it to the events schema the exporter serves.",
+            fix="The 400 answer lists the bad events with their index and JSON path, and the exporter logs it "
+            "(rate-limited): fix the sender, or upgrade it to the events schema the exporter serves. "
+            "rate_limited: the sender pushes more requests a second than events.rate_limit allows; batch more "
+            "events per request (the push client does) or raise the limit.",
         )
         td = c["timings_discarded"]
         w = td.window()
