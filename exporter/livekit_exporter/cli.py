@@ -14,6 +14,7 @@ from aiohttp import web
 from . import __version__, logsetup, webconfig
 from . import config as config_mod
 from .httpguard import ExporterRunner
+from .reload import RELOADER
 from .server import (
     DEFAULT_LISTEN_ADDRESS,
     DEFAULT_TELEMETRY_PATH,
@@ -69,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         default=None,
         help="exporter-toolkit style file for TLS and basic auth of the exporter's endpoints",
+    )
+    serve.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="let POST /-/reload reload the configuration, as SIGHUP does (off by default, as in Prometheus)",
     )
     serve.add_argument(
         "--config.file",
@@ -142,7 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"livekit-exporter: {problem}", file=sys.stderr)
         return 2
     logsetup.setup(level, args.log_format, _secrets(cfg))
-    app = build_app(cfg, telemetry_path=args.telemetry_path, web_config=web_cfg)
+    app = build_app(
+        cfg,
+        telemetry_path=args.telemetry_path,
+        web_config=web_cfg,
+        config_file=args.config_file,
+        lifecycle=args.enable_lifecycle,
+    )
+    scrubbed = _secrets(cfg)
+
+    def rescrub(new: config_mod.Config) -> None:  # the log scrubber learns a reload's secrets too
+        scrubbed.extend(s for s in _secrets(new) if s not in scrubbed)
+        logsetup.setup(level, args.log_format, scrubbed)
+
+    app[RELOADER].on_reload.append(rescrub)
     log.info(
         "starting livekit-exporter",
         extra={
@@ -174,13 +194,22 @@ def _secrets(cfg: config_mod.Config) -> list[str]:
 
 async def _serve(app: web.Application, host: str | None, port: int, web_cfg: webconfig.WebConfig) -> None:
     """Serves until SIGTERM or SIGINT, then drains: no new connections, the requests in flight get
-    server.shutdown_grace to finish (the rest are cancelled), the app is cleaned up."""
+    server.shutdown_grace to finish (the rest are cancelled), the app is cleaned up. SIGHUP reloads
+    the configuration (reload.py)."""
     loop = asyncio.get_running_loop()
     runner = ExporterRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(app[RELOADER].reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     try:
         await web.TCPSite(runner, host, port, ssl_context=web_cfg.ssl_context).start()
         log.info("listening", extra={"address": f"{host or '*'}:{port}"})
@@ -188,7 +217,7 @@ async def _serve(app: web.Application, host: str | None, port: int, web_cfg: web
         grace = app[EXPORTER].config.server.shutdown_grace
         log.info("shutting down: finishing the requests in flight", extra={"grace_seconds": float(grace)})
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
     log.info("stopped")

@@ -24,6 +24,7 @@ The settings are read when used, so a reload changes them for the next request o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -244,12 +245,34 @@ class _Connection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        if self._close and not self._force_close and self._request_in_progress:
+            # Draining (shutdown below): aiohttp would drop the rest of this request's body.
+            self._close = False
+            try:
+                super().data_received(data)
+            finally:
+                self._close = True
+            return
         if self._head_timer is None and self._awaiting_head():
             timeout = self._guard.settings().header_timeout
             self._head_timer = self._loop.call_later(timeout, self._head_timed_out, timeout)
         super().data_received(data)
         if self._head_timer is not None and not self._awaiting_head():
             self._cancel_head_timer()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Lets a request being served finish within `timeout` (its body still read: aiohttp stops
+        reading at once) before aiohttp's own shutdown, which then cancels what is left."""
+        loop = self._loop
+        deadline = loop.time() + (timeout or 0.0)
+        if timeout and self._request_in_progress:
+            done = self._handler_waiter = loop.create_future()  # set by aiohttp when the handler returns
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(done)
+            self._handler_waiter = None
+        # aiohttp waits (then waits again for the cancelled handler) at most this long; 0 would be forever.
+        await super().shutdown(max(deadline - loop.time(), 0.5))
 
     def _awaiting_head(self) -> bool:
         """True while the connection's next request head is incomplete (and no request is served)."""

@@ -286,6 +286,14 @@ EXPORTER_METRICS: dict[str, tuple[str, str]] = {
         "the HTTP server's own refusals: bad header bytes, slow or too many clients (server.*)",
         "sum by (reason) (rate(livekit_exporter_http_requests_rejected_total[5m])) > 0",
     ),
+    "livekit_exporter_config_last_reload_successful": (
+        "the last reload (SIGHUP, POST /-/reload); 0: the previous configuration still runs",
+        "livekit_exporter_config_last_reload_successful == 0",
+    ),
+    "livekit_exporter_config_last_reload_success_timestamp_seconds": (
+        "when the running configuration was loaded",
+        "time() - livekit_exporter_config_last_reload_success_timestamp_seconds",
+    ),
     "livekit_exporter_http_internal_errors_total": (
         "requests answered 500: a bug, with its traceback in the log",
         "increase(livekit_exporter_http_internal_errors_total[1h]) > 0",

@@ -5,6 +5,7 @@ Routes:
     GET  <telemetry path>   Prometheus text or OpenMetrics (Accept), gzip when asked
     GET  /-/healthy         the process is alive
     GET  /-/ready           configuration loaded and LiveKit answered at least once
+    POST /-/reload          reload the configuration (with --web.enable-lifecycle; else 403)
     POST <webhooks.path>    LiveKit webhooks (webhooks.py)
     POST <events.path>      voice-agent events (events/)
 """
@@ -25,6 +26,7 @@ from . import events, webconfig, webhooks
 from .config import Config
 from .httpguard import GUARD, HttpGuard
 from .livekit_state import ScrapeView, StateCollector
+from .reload import RELOADER, WEBHOOK_HANDLER, Reloader
 from .telemetry import Telemetry
 from .webconfig import WebConfig
 
@@ -37,7 +39,8 @@ DEFAULT_TELEMETRY_PATH = "/metrics"
 
 @dataclass
 class Exporter:
-    """Everything one running exporter owns; stored on the app under EXPORTER."""
+    """Everything one running exporter owns; stored on the app under EXPORTER. A reload replaces
+    `config` (and `state`, when the livekit or collect section changed): read them per request."""
 
     config: Config
     telemetry: Telemetry
@@ -46,6 +49,7 @@ class Exporter:
 
 
 EXPORTER = web.AppKey("exporter", Exporter)
+LIFECYCLE = web.AppKey("lifecycle", bool)
 
 
 def scrape_budget(header: str | None, default: float, margin: float, maximum: float) -> float:
@@ -125,6 +129,20 @@ async def handle_ready(request: web.Request) -> web.Response:
     return web.Response(status=503, text="Not ready: LiveKit has not answered yet (see livekit_api_up on /metrics).\n")
 
 
+async def handle_reload(request: web.Request) -> web.Response:
+    """POST (or PUT) /-/reload: what SIGHUP does, when --web.enable-lifecycle allows it."""
+    if not request.app[LIFECYCLE]:
+        return web.Response(
+            status=403, text="Lifecycle API is not enabled: start the exporter with --web.enable-lifecycle.\n"
+        )
+    problems = await request.app[RELOADER].reload("POST /-/reload")
+    if problems:
+        # As Prometheus answers a failed reload. The problems name files, lines and keys, never a secret.
+        text = "\n".join(["The configuration was not reloaded; the previous one keeps running:", *problems])
+        return web.Response(status=500, text=text + "\n")
+    return web.Response(text="Configuration reloaded.\n")
+
+
 async def handle_index(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     links: list[tuple[str | None, str]] = [
@@ -155,7 +173,11 @@ def build_app(
     telemetry: Telemetry | None = None,
     telemetry_path: str = DEFAULT_TELEMETRY_PATH,
     web_config: WebConfig | None = None,
+    config_file: str | None = None,
+    lifecycle: bool = False,
 ) -> web.Application:
+    """The exporter's app. `config_file` is what a reload reads again (None: the environment alone);
+    `lifecycle` (--web.enable-lifecycle) lets POST /-/reload reload, as Prometheus's flag does."""
     telemetry = telemetry or Telemetry(config.labels)
     state = StateCollector(config.livekit, config.collect, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
@@ -177,12 +199,16 @@ def build_app(
     app.router.add_get(telemetry_path, handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
+    app[RELOADER] = reloader = Reloader(app, telemetry, config_file)
+    app[LIFECYCLE] = lifecycle
+    app.router.add_route("POST", "/-/reload", handle_reload)
+    app.router.add_route("PUT", "/-/reload", handle_reload)
     if config.webhooks.enabled:
-        webhooks.setup(app, config, telemetry)
+        app[WEBHOOK_HANDLER] = webhooks.setup(app, config, telemetry)
     if config.events.enabled:
         events.setup(app, config, telemetry)
 
-    async def lifecycle(app: web.Application):
+    async def running(app: web.Application):
         await state.start()
         # One collection at startup, so /-/ready can turn green before Prometheus's first scrape.
         collect = config.collect
@@ -191,9 +217,10 @@ def build_app(
         )
         yield
         probe.cancel()
-        await state.close()
+        await reloader.close()
+        await app[EXPORTER].state.close()  # the one running now: a reload may have replaced `state`
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(running)
     return app
 
 
