@@ -97,6 +97,9 @@ class Reloader:
                 problems = await self._apply(new)
             except config_mod.ConfigError as e:
                 problems = e.problems
+            except Exception:  # a bug of ours: the running configuration is kept all the same
+                log.exception("configuration reload failed in the exporter (a bug: please report it)")
+                problems = ["the exporter failed while applying the configuration (a bug: see the log)"]
             if problems:
                 self.successful.set(0)
                 log.warning(
@@ -129,7 +132,8 @@ class Reloader:
             state.answered_once = ex.state.answered_once  # readiness is not lost to a reload
         for listener in self.on_reload:
             listener(new)
-        # From here nothing awaits: requests see the old configuration or the new one, never a mix.
+        # From here nothing awaits: the swap is one step for the requests to come (one being served may
+        # see the new limits from its next line on).
         if WEBHOOK_HANDLER in self.app:
             hooks = self.app[WEBHOOK_HANDLER]
             seen, rejections = hooks.seen, hooks.rejections  # dedup ids: restart-only settings
