@@ -208,3 +208,30 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0_within_the_grace(sc
             await scrape
     assert ex.lines("shutting down") and ex.lines("stopped")
     assert not [line for line in ex.log if "Traceback" in line]
+
+
+async def test_a_reload_changes_the_server_limits_of_the_next_request(scenario, simulator, tmp_path):
+    from test_http_limits import serve
+
+    from livekit_exporter.config import load
+    from livekit_exporter.reload import RELOADER
+    from livekit_exporter.server import build_app
+
+    cfg = tmp_path / "cfg.yml"
+    write_config(cfg, simulator, scenario, [TOKEN_A], "server: {body_timeout: 1m}\n")
+    app = build_app(load(str(cfg), env={}), config_file=str(cfg))
+    runner, port = await serve(app)
+    try:
+        write_config(cfg, simulator, scenario, [TOKEN_A], "server: {body_timeout: 1s}\n")
+        assert await app[RELOADER].reload("test") == []
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN_A}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), WAIT)  # 408 after 1 s, not after a minute
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"(1s)" in answer, answer
+    finally:
+        await runner.cleanup()

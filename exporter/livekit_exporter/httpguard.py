@@ -78,6 +78,17 @@ def _raw(status: int, phrase: str, message: str, headers: Iterable[tuple[str, st
     return head.encode() + b"\r\n" + body
 
 
+async def _last(request: web.Request, answer: web.Response) -> web.Response:
+    """Sends `answer` and closes the connection at once: the rest of the body is not waited for
+    (aiohttp would otherwise linger up to 10 s reading it)."""
+    answer.force_close()
+    await answer.prepare(request)
+    await answer.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()  # after the answer: the transport sends what it holds, then closes
+    return answer
+
+
 def _where(exc: BaseException) -> str:
     """file:line where `exc` was raised (the innermost frame), to find a misjudged bug from its line."""
     tb = traceback.extract_tb(exc.__traceback__)
@@ -159,8 +170,7 @@ class HttpGuard:
                 json=True,
                 headers={"Retry-After": RETRY_AFTER},
             )
-            busy.force_close()  # its body is not read: the connection cannot carry another request
-            return busy
+            return await _last(request, busy)
         self.in_flight += 1
         deadline = asyncio.timeout(cfg.body_timeout)
         try:
@@ -177,8 +187,7 @@ class HttpGuard:
                 "at once, or raise the limit on the exporter",
                 json=True,
             )
-            answer.force_close()
-            return answer
+            return await _last(request, answer)
         finally:
             self.in_flight -= 1
 
