@@ -235,3 +235,27 @@ async def test_a_reload_changes_the_server_limits_of_the_next_request(scenario, 
         assert answer.startswith(b"HTTP/1.1 408") and b"(1s)" in answer, answer
     finally:
         await runner.cleanup()
+
+
+async def test_a_reload_keeps_the_webhook_dedup_ids_and_adds_the_new_key(scenario, simulator, tmp_path, aiohttp_client):
+    from test_webhooks import post, room_started
+
+    from livekit_exporter.config import load
+    from livekit_exporter.reload import RELOADER
+    from livekit_exporter.server import build_app
+    from livekit_exporter.simulator.webhooks import request_headers, sign
+
+    new_secret = "the-new-webhook-secret-" + "n" * 32
+    keys = f"webhooks:\n  keys:\n    - {{api_key: {scenario.api_key}, api_secret: '{scenario.api_secret}'}}\n"
+    cfg = tmp_path / "cfg.yml"
+    write_config(cfg, simulator, scenario, [TOKEN_A], keys)
+    client = await aiohttp_client(build_app(load(str(cfg), env={}), config_file=str(cfg)))
+    body = room_started("EV_kept")
+    old_key = request_headers(sign(body, scenario.api_key, scenario.api_secret))
+    new_key = request_headers(sign(body, "APInewkey", new_secret))
+    assert (await post(client, body, old_key))[1]["result"] == "accepted"
+    assert (await post(client, body, new_key))[0] == 401  # not configured yet
+
+    write_config(cfg, simulator, scenario, [TOKEN_A], keys + f"    - {{api_key: APInewkey, api_secret: '{new_secret}'}}\n")
+    assert await client.app[RELOADER].reload("test") == []
+    assert await post(client, body, new_key) == (200, {"result": "duplicate", "id": "EV_kept"})  # id remembered
