@@ -361,7 +361,7 @@ def test_the_bucket_refills_at_the_rate_up_to_the_burst():
     from livekit_exporter.events import RateLimiter
 
     now = [0.0]
-    limiter = RateLimiter(rate=2, burst=4, tokens=2, clock=lambda: now[0])
+    limiter = RateLimiter(rate=2, burst=4, clients=2, clock=lambda: now[0])
     assert [limiter.wait(0) for _ in range(4)] == [0, 0, 0, 0]
     assert limiter.wait(0) == pytest.approx(0.5)
     assert limiter.wait(1) == 0  # each token its own bucket

@@ -595,7 +595,36 @@ async def test_demo_delivers_webhooks(capsys, aiohttp_client):
 
 
 def test_every_rejection_reason_is_a_4xx():
-    assert all(400 <= s < 500 for s, _ in REJECTIONS.values())
+    """LiveKit drops a webhook answered with a 4xx and retries a 5xx: a refused request is a 4xx, and
+    only the rate limit, which refuses nothing about the request itself, asks for the retry."""
+    assert all(400 <= s < 500 for reason, (s, _) in REJECTIONS.items() if reason != "rate_limited")
+    assert REJECTIONS["rate_limited"][0] == 503
+
+
+async def test_a_key_over_its_webhook_rate_gets_503_with_retry_after_and_the_retry_counts_once(
+        scenario, exporter_client, make_config):
+    cfg = replace(make_config(), webhooks=WebhooksConfig(rate_limit=1, rate_limit_burst=2))
+    client = await settled(await exporter_client(cfg))
+    path = cfg.webhooks.path
+
+    def signed(body: bytes, key: str = scenario.api_key, secret: str = scenario.api_secret) -> dict[str, str]:
+        return request_headers(sign(body, key, secret))
+
+    bodies = [orjson.dumps({"event": "room_started", "id": f"EV_{i}", "room": {"name": f"r{i}"}}) for i in range(3)]
+    statuses = [(await client.post(path, data=b, headers=signed(b))) for b in bodies]
+    assert [r.status for r in statuses] == [200, 200, 503]
+    assert statuses[2].headers["Retry-After"] == "1"
+    text = await (await client.get("/metrics")).text()
+    assert value(text, "livekit_webhook_rejected_total", reason="rate_limited") == 1
+    assert value(text, "livekit_webhook_events_total", event="room_started") == 2
+    # a forged token spends nothing of the key's rate: it is refused before the limit is looked at
+    forged = bodies[2]
+    assert (await client.post(path, data=forged, headers=signed(forged, secret="x" * 32))).status == 401
+    await asyncio.sleep(1.05)  # the bucket refills one webhook a second; LiveKit's retry comes after its backoff
+    retry = await client.post(path, data=bodies[2], headers=signed(bodies[2]))
+    assert retry.status == 200
+    text = await (await client.get("/metrics")).text()
+    assert value(text, "livekit_webhook_events_total", event="room_started") == 3
 
 
 # -- the two paths agree on every label they share ----------------------------------------------

@@ -137,7 +137,8 @@ class Reloader:
         if WEBHOOK_HANDLER in self.app:
             hooks = self.app[WEBHOOK_HANDLER]
             seen, rejections = hooks.seen, hooks.rejections  # dedup ids: restart-only settings
-            WebhookHandler.__init__(hooks, new.webhooks, Verifier(webhook_keys(new)), hooks.metrics)
+            keys = webhook_keys(new)
+            WebhookHandler.__init__(hooks, new.webhooks, Verifier(keys), hooks.metrics, len(keys))
             hooks.seen, hooks.rejections = seen, rejections
         if EVENTS_HANDLER in self.app:
             handler = self.app[EVENTS_HANDLER]

@@ -253,6 +253,17 @@ class WebhooksConfig:
             "webhook rate times dedup_ttl."
         ),
     ] = 100_000
+    rate_limit: Annotated[
+        Annotated[float, Meta(ge=0)],
+        doc(
+            "Verified webhooks a second each API key may send (a token bucket per key), against a leaked key; "
+            "past it a webhook gets 503 with Retry-After, which LiveKit retries with backoff (a 4xx it would "
+            "drop), and is counted as rate_limited. Set it far above LiveKit's real peak. 0 (the default): no limit."
+        ),
+    ] = 0.0
+    rate_limit_burst: Annotated[
+        Positive, doc("Webhooks a key may send at once above rate_limit, after a quiet spell.")
+    ] = 100
 
 
 Dollars = Annotated[float, Meta(ge=0)]

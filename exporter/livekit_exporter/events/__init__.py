@@ -41,6 +41,7 @@ from aiohttp import web
 from ..config import Config
 from ..expiring import ExpiringMap
 from ..logsetup import RateLimitedLog
+from ..ratelimit import RateLimiter
 from ..telemetry import Telemetry
 from .decode import JSON_TYPES, NDJSON_TYPES, BadBatch, clip, decode_json, decode_ndjson
 from .pipeline import Discarded, Pipeline
@@ -111,27 +112,6 @@ class IdempotencyCache(ExpiringMap[tuple[int, str], _Answer]):
 
 
 # -- rate limit -----------------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """A token bucket per events token: `rate` requests a second each, up to `burst` at once."""
-
-    def __init__(self, rate: float, burst: int, tokens: int, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self._clock = rate, burst, clock
-        now = clock()
-        self._buckets = [[float(burst), now] for _ in range(tokens)]  # [requests in hand, when]
-
-    def wait(self, token: int) -> float:
-        """0 when a request of `token` may go now (and takes its place), else the seconds until it may."""
-        bucket = self._buckets[token]
-        now = self._clock()
-        level = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if level >= 1:
-            bucket[0] = level - 1
-            return 0.0
-        bucket[0] = level
-        return (1 - level) / self.rate
 
 
 # -- answers --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the deduplication of retried deliveries."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from ..config import Config, KeyPair, WebhooksConfig
 from ..expiring import ExpiringMap
 from ..logsetup import RateLimitedLog
+from ..ratelimit import RateLimiter
 from ..telemetry import Telemetry
 from .decode import UNKNOWN_EVENT, Malformed, decode
 from .metrics import WebhookMetrics
@@ -73,9 +75,11 @@ class RejectionLog:
 class WebhookHandler:
     """POST <webhooks.path>: one request, one straight path to the metrics."""
 
-    def __init__(self, cfg: WebhooksConfig, verifier: Verifier, metrics: WebhookMetrics):
+    def __init__(self, cfg: WebhooksConfig, verifier: Verifier, metrics: WebhookMetrics, keys: int):
         self.max_body = cfg.max_body_bytes
         self.verifier = verifier
+        self.rate_limit = cfg.rate_limit
+        self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_limit_burst, keys) if cfg.rate_limit else None
         self.metrics = metrics
         self.seen = RecentIds(cfg.dedup_ttl, cfg.dedup_max_entries)
         self.rejections = RejectionLog()
@@ -84,7 +88,14 @@ class WebhookHandler:
     async def handle(self, request: web.Request) -> web.Response:
         try:
             self._check_headers(request)
-            digest = self.verifier.verify_token(request.headers.get("Authorization", ""))
+            digest, api_key = self.verifier.verify(request.headers.get("Authorization", ""))
+            if self.limiter is not None and (wait := self.limiter.wait(self.verifier.key_index(api_key))):
+                raise Rejected(
+                    "rate_limited",
+                    f"API key {api_key[:40]!r} sent more than webhooks.rate_limit ({self.rate_limit:g}) webhooks a "
+                    f"second; retry after {math.ceil(wait)} s (LiveKit retries a 503 by itself)",
+                    retry_after=math.ceil(wait),
+                )
             body = await self._read(request)
             self.verifier.check_body(body, digest)
             try:
@@ -94,7 +105,10 @@ class WebhookHandler:
         except Rejected as r:
             self.metrics.rejected.labels(r.reason).inc()
             self.rejections.warn(r, request.remote)
-            return _answer(r.status, error=r.detail, reason=r.reason)
+            response = _answer(r.status, error=r.detail, reason=r.reason)
+            if r.retry_after:
+                response.headers["Retry-After"] = str(r.retry_after)
+            return response
         if ev.key in self.seen:
             self.metrics.duplicates.inc()
             return _answer(200, result="duplicate", id=ev.id)
@@ -149,6 +163,6 @@ def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Webhook
     """Registers POST <webhooks.path>; LiveKit's own API key pair verifies when no keys are given."""
     cfg = config.webhooks
     keys = cfg.keys or (KeyPair(config.livekit.api_key, config.livekit.api_secret),)
-    handler = WebhookHandler(cfg, Verifier(keys), WebhookMetrics(telemetry))
+    handler = WebhookHandler(cfg, Verifier(keys), WebhookMetrics(telemetry), len(keys))
     app.router.add_post(cfg.path, handler.handle)
     return handler

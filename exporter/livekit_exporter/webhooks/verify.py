@@ -17,7 +17,8 @@ from livekit.api import TokenVerifier
 
 from ..config import WEBHOOK_CLOCK_LEEWAY, WEBHOOK_TOKEN_TTL, KeyPair
 
-# reason -> (HTTP status, when). Every status is a 4xx: LiveKit never retries those. The README and
+# reason -> (HTTP status, when). A refusal is a 4xx, which LiveKit never retries; rate_limited alone is
+# a 503, so that LiveKit retries it (with backoff) rather than drop the event. The README and
 # docs/metrics.md list these; a test checks the README's table against this one.
 REJECTIONS: dict[str, tuple[int, str]] = {
     "missing_auth": (401, "no Authorization header, or an empty one"),
@@ -41,6 +42,7 @@ REJECTIONS: dict[str, tuple[int, str]] = {
         ),
     ),
     "too_large": (413, "the body exceeds webhooks.max_body_bytes"),
+    "rate_limited": (503, "the token's API key sent more than webhooks.rate_limit webhooks a second (off by default)"),
     "unsupported_media_type": (415, "a Content-Type other than application/webhook+json or application/json"),
 }
 NO_AUTH = "no Authorization header: LiveKit signs every webhook; point only LiveKit here"
@@ -51,11 +53,12 @@ MAX_TOKEN_LIFETIME = WEBHOOK_TOKEN_TTL + WEBHOOK_CLOCK_LEEWAY
 class Rejected(Exception):
     """A request that is not a webhook we count; `detail` says what was wrong and what to do."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, retry_after: int = 0):
         super().__init__(detail)
         self.reason = reason
         self.status = REJECTIONS[reason][0]
         self.detail = detail
+        self.retry_after = retry_after  # seconds, for a Retry-After header
 
 
 # -- verification -----------------------------------------------------------------------------
@@ -80,9 +83,18 @@ class Verifier:
     def __init__(self, keys: Iterable[KeyPair]):
         leeway = datetime.timedelta(seconds=WEBHOOK_CLOCK_LEEWAY)
         self._by_key = {k.api_key: TokenVerifier(k.api_key, k.api_secret.reveal(), leeway=leeway) for k in keys}
+        self._index = {key: i for i, key in enumerate(self._by_key)}
 
     def verify_token(self, authorization: str) -> bytes:
         """The SHA-256 digest a configured key pair vouches for; raises Rejected otherwise."""
+        return self.verify(authorization)[0]
+
+    def key_index(self, api_key: str) -> int:
+        """The position of a configured API key (for per-key state such as the rate limit)."""
+        return self._index[api_key]
+
+    def verify(self, authorization: str) -> tuple[bytes, str]:
+        """(the SHA-256 digest, the API key) a configured key pair vouches for; raises Rejected otherwise."""
         token = authorization.strip()
         if token[:7].lower() == "bearer ":
             token = token[7:].lstrip()
@@ -140,7 +152,7 @@ class Verifier:
         if not sha256:
             raise Rejected("hash_mismatch", "the token carries no sha256 claim, so it does not vouch for this body")
         try:
-            return base64.b64decode(sha256, validate=True)
+            return base64.b64decode(sha256, validate=True), iss
         except (binascii.Error, ValueError):
             raise Rejected("hash_mismatch", "the token's sha256 claim is not base64") from None
 
