@@ -55,6 +55,14 @@ class Node:
     def source(self) -> str:
         return self._source
 
+    def __contains__(self, key: object) -> bool:
+        """Whether an optional key is set (reading it is still node[key])."""
+        return key in self._data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """An optional key: its value (read like node[key]), or `default` when it is not set."""
+        return self[key] if key in self._data else default
+
     def keys(self) -> list[str]:
         return list(self._data)
 

@@ -262,6 +262,7 @@ class Mixin:
         self._campaigns()
         self._trends()
         self._slos()
+        self._long_term()
         for section, build in (("livekit_server", self._livekit_server), ("agent_workers", self._agent_workers)):
             if self.cfg[section]["enabled"]:
                 build()
@@ -1461,6 +1462,80 @@ class Mixin:
         )
 
     # -- LiveKit server's own metrics (optional) -------------------------------------------------------------
+
+    # -- long ranges: what dashboards over days and weeks, and long-term storage, read -----------------
+
+    # counter -> the labels its recorded rates keep beyond aggregation.keep (all bounded: no room,
+    # participant or call id; agent and campaign are bounded by the exporter's labels.max_values)
+    LONG_TERM_RATES: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("livekit_room_sessions_started_total", ()),
+        ("livekit_room_sessions_ended_total", ("end_reason",)),
+        ("livekit_participant_sessions_started_total", ("kind",)),
+        ("livekit_participant_sessions_ended_total", ("kind", "reason")),
+        ("livekit_track_publications_total", ("type", "source")),
+        ("livekit_egress_started_total", ("type",)),
+        ("livekit_egress_ended_total", ("type", "status")),
+        ("livekit_ingress_started_total", ("input_type",)),
+        ("livekit_ingress_ended_total", ("input_type", "status")),
+        ("livekit_sip_calls_started_total", ("trunk",)),
+        ("livekit_sip_calls_ended_total", ("trunk", "reason")),
+        ("livekit_agent_jobs_started_total", ("agent_name",)),
+        ("livekit_agent_jobs_ended_total", ("agent_name", "status")),
+        ("livekit_webhook_events_total", ("event",)),
+        ("livekit_api_errors_total", ("service", "code")),
+        ("voice_agent_calls_started_total", ("agent", "direction")),
+        ("voice_agent_calls_ended_total", ("agent", "outcome")),
+        ("voice_agent_turns_total", ("agent",)),
+        ("voice_agent_errors_total", ("agent", "component")),
+        ("voice_agent_estimated_cost_dollars_total", ("agent", "component")),
+    )
+
+    def _long_term(self) -> None:
+        """Rates of the lifecycle counters and per-agent latency quantiles over each long_term window,
+        evaluated every long_term.interval: what a dashboard over weeks reads instead of raw samples,
+        and what remote_write keeps (with the SLO series and the other recording rules)."""
+        c, q = self.cfg["long_term"], self.q
+        interval = c.duration("interval", positive=True)
+        if seconds(interval) >= 300:
+            raise MixinError(
+                f"{c.source}: long_term.interval {interval} must stay under Prometheus' 5m lookback delta, "
+                "or the recorded series go missing between evaluations (coarser resolution is long-term "
+                "storage's downsampling, not the evaluation interval)"
+            )
+        value = c["windows"]
+        if not isinstance(value, list) or not value:
+            raise MixinError(f"{c.source}: long_term.windows: expected a non-empty list of durations (e.g. [5m, 1h])")
+        windows = []
+        for i, w in enumerate(value):
+            try:
+                s = seconds(w)
+            except ValueError as e:
+                raise MixinError(f"{c.source}: long_term.windows[{i}]: {e}") from None
+            low = self.cfg._ctx.get("min_window") or 0
+            if s < max(low, seconds(interval)):
+                raise MixinError(
+                    f"{c.source}: long_term.windows[{i}]: {w} is shorter than long_term.interval {interval} "
+                    f"or two scrape intervals ({low:g}s): a rate over it would skip samples or hold one"
+                )
+            windows.append(w)
+        windows = sorted(set(windows), key=seconds)
+        existing = {r.record for g in self.records for r in g.rules}
+        recs = []
+        for w in windows:
+            for metric, labels in self.LONG_TERM_RATES:
+                base = metric.removesuffix("_total")
+                recs.append(Record(f"{'_'.join(labels) or 'job'}:{base}:rate{w}", q.rate(metric, w, *labels)))
+            bucket = f"agent_le:voice_agent_turn_latency_seconds_bucket:rate{w}"
+            recs.append(Record(bucket, q.rate("voice_agent_turn_latency_seconds_bucket", w, "agent", "le")))
+            for x in sorted({float(v) for v in self.cfg["voice_agents"]["latency_quantiles"]}):
+                recs.append(
+                    Record(
+                        f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{w}",
+                        f"histogram_quantile({num(x)}, {bucket})",
+                    )
+                )
+        recs = [r for r in recs if r.record not in existing]  # a window another group records already
+        self.group("livekit-long-term.rules", recs, interval=interval)
 
     def _livekit_server(self) -> None:
         c, q = self.cfg["livekit_server"], self.q
