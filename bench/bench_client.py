@@ -1,6 +1,6 @@
 """The push client's and the livekit-agents instrumentation's cost on the agent's event loop.
 
-    /work/main/.venv/bin/python bench/bench_client.py [--rounds 3] [--events 50000] [--turns 5000]
+    /work/main/.venv/bin/python bench/bench_client.py [--rounds 3] [--events 50000] [--turns 5000] [--json PATH]
 
 Loopback only. Part 1, the push client: an "agent" coroutine emits the simulated voice agents'
 events (turns, usage, tool calls, call lifecycle) in bursts of 100, sleeping 5 ms between bursts
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_events import TOKEN, start  # noqa: E402
-from common import ListSink, free_port, medians  # noqa: E402
+from common import ListSink, Result, add_json_arg, free_port, medians  # noqa: E402
 
 
 # Seconds between bursts of 100: 20,000 events a second, far above what an agent process sends (50
@@ -198,6 +198,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--turns", type=int, default=5_000)
     p.add_argument("--pace", type=float, default=0.005, help="seconds between bursts of 100 (default 0.005)")
+    add_json_arg(p)
     args = p.parse_args()
     PACE = args.pace
     events = workload(args.events)
@@ -249,6 +250,28 @@ def main() -> None:
             f"+{m['cpu_us_per_turn'] - hb:.1f} µs ({m['cpu_us_per_turn'] / hb:.1f} x)"
         print(f"| {label} | {m['cpu_us_per_turn']:.1f} µs | {over} | {m['emit_p50_us']:.2f} µs | "
               f"{m['emit_p99_us']:.2f} µs | {m['lag_max_ms']:.1f} ms |")
+
+    res = Result("client", vars(args))
+    for kind, label in (("baseline", "baseline: append to a list"), ("up", "EventsClient, exporter up"),
+                        ("down", "EventsClient, exporter down")):
+        res.measure(f"{label}, loop CPU per event", [r["cpu_us_per_event"] for r in results[kind]], "µs")
+        res.measure(f"{label}, emit() p99", [r["emit_p99_us"] for r in results[kind]], "µs")
+    for kind, label in (("handlers baseline", "AgentSession, no-op listeners"),
+                        ("handlers up", "AgentSession + instrument(), exporter up")):
+        res.measure(f"{label}, loop CPU per turn", [r["cpu_us_per_turn"] for r in handlers[kind]], "µs")
+    up, down = "EventsClient, exporter up, loop CPU per event", "EventsClient, exporter down, loop CPU per event"
+    base_m = "baseline: append to a list, loop CPU per event"
+    res.ratio("agent side µs per event, over baseline", up, base_m,
+              "not a ratio: the loop CPU per event the push client adds (exporter up) over appending the event to "
+              "a list, in µs (lower is better)", target=10.0, op="<=",
+              value=med["up"]["cpu_us_per_event"] - med["baseline"]["cpu_us_per_event"])
+    res.ratio("client up / baseline", up, base_m, "the loop CPU per event with EventsClient sending over appending to "
+              "a list (lower is better)")
+    res.ratio("client down / baseline", down, base_m, "the same with the exporter down (refused, retries, drops)")
+    res.ratio("instrument() / no-op listeners", "AgentSession + instrument(), exporter up, loop CPU per turn",
+              "AgentSession, no-op listeners, loop CPU per turn", "the loop CPU per turn of real livekit-agents "
+              "session events with instrument() over no-op listeners (lower is better)")
+    res.write(args.json)
 
 
 if __name__ == "__main__":

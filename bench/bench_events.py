@@ -1,7 +1,7 @@
 """Voice-agent events per second through POST /v1/events (batches of 100) on one exporter process,
 next to a bare aiohttp endpoint that only parses the same JSON, measured in the same run.
 
-    /work/main/.venv/bin/python bench/bench_events.py [--rounds 3] [--duration 5] [--connections 16]
+    /work/main/.venv/bin/python bench/bench_events.py [--rounds 3] [--duration 5] [--connections 16] [--json PATH]
 
 Loopback only. The batch is 100 events the simulated voice agents send (turns with their stage
 latencies, STT/LLM/TTS usage, tool calls, errors, call lifecycle), about 25 KB of JSON. wrk (Debian
@@ -10,6 +10,12 @@ orjson-parses it, nothing else) and the exporter (auth, decode + validate with t
 apply to the voice_agent_* metrics, answer), each in its own process, for `--rounds` rounds; the
 medians and the ratio are printed. The script checks that the exporter applied every event it
 answered for. Takes about 2 x rounds x duration seconds plus a few seconds of setup.
+
+With `--pushgateway`, a third server in the same rounds: Debian's prometheus-pushgateway
+(/usr/bin/prometheus-pushgateway, persistence off) holding `--pushgateway-series` series (10,000:
+the same families pushed by other agent instances), to which wrk pushes (POST, text format) what an
+agent would push instead of sending the batch: its registry after those 100 events (the voice_agent_*
+series the exporter's pipeline makes of them). Its events/s is 100 x pushes a second.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import WRK_RESULT_LUA, ListSink, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
+from common import WRK_RESULT_LUA, ListSink, Result, add_json_arg, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
 
 TOKEN = "bench-events-token-0123456789abcdef"
 
@@ -41,10 +47,62 @@ f:close()
 """
 
 
+PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
+
+PUSH_LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "text/plain; version=0.0.4"
+local f = io.open("%s", "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def pushed_text(body: bytes) -> bytes:
+    """What an agent would push to a Pushgateway for the batch: the voice_agent_* series it makes."""
+    from prometheus_client import generate_latest
+
+    from livekit_exporter.config import EventsConfig
+    from livekit_exporter.events.decode import decode_json
+    from livekit_exporter.events.pipeline import Pipeline
+    from livekit_exporter.telemetry import Telemetry
+
+    telemetry = Telemetry()
+    pipeline = Pipeline(EventsConfig(), telemetry)
+    pipeline.apply(decode_json(body, 1000)[0])
+    text = generate_latest(telemetry.registry).decode()
+    keep, family = [], False
+    for line in text.splitlines():
+        if line.startswith("# HELP") or line.startswith("# TYPE"):
+            family = line.split()[2].startswith("voice_agent_")
+        if family:
+            keep.append(line)
+    return ("\n".join(keep) + "\n").encode()
+
+
+def start_pushgateway(text: bytes, series: int) -> tuple[subprocess.Popen, int, int]:
+    """The Pushgateway, persistence off, holding about `series` series pushed by other instances."""
+    import urllib.request
+
+    from common import free_port, wait_listening
+
+    port = free_port()
+    proc = subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc)
+    per_push = sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
+    groups = -(-series // per_push)
+    for i in range(groups):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics/job/voice_agent/instance/stored-{i}",
+                                     data=text, method="PUT", headers={"Content-Type": "text/plain; version=0.0.4"})
+        urllib.request.urlopen(req, timeout=30).close()
+    return proc, port, groups * per_push
+
+
 def batch_of_100() -> bytes:
     import msgspec
 
-    from livekit_exporter.events.model import Batch, CallStarted, CallEnded
+    from livekit_exporter.events.model import Batch, CallEnded, CallStarted
     from livekit_exporter.simulator.voice_agents import VoiceAgentFleet
 
     sink = ListSink()
@@ -92,9 +150,9 @@ def start(kind: str) -> tuple[subprocess.Popen, int]:
     return start_server(__file__, kind)
 
 
-def wrk(port: int, script: str, duration: int, connections: int) -> dict[str, float]:
+def wrk(port: int, script: str, duration: int, connections: int, path: str = "/v1/events") -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", script, f"http://127.0.0.1:{port}/v1/events"],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", script, f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True,
     ).stdout
     return wrk_result(out)
@@ -112,14 +170,14 @@ def events_applied(port: int) -> float:
 # -- in process: where the time goes ------------------------------------------------------------
 
 
-def breakdown(body: bytes) -> None:
+def breakdown(body: bytes) -> dict[str, float]:
     import json
 
     import orjson
 
+    from livekit_exporter.config import EventsConfig
     from livekit_exporter.events.decode import decode_json
     from livekit_exporter.events.pipeline import Pipeline
-    from livekit_exporter.config import EventsConfig
     from livekit_exporter.telemetry import Telemetry
 
     def per_call(fn, n: int = 2000) -> float:
@@ -133,11 +191,16 @@ def breakdown(body: bytes) -> None:
 
     pipeline = Pipeline(EventsConfig(), Telemetry())
     events, _ = decode_json(body, 1000)
+    steps = {
+        "json.loads": per_call(lambda: json.loads(body)),
+        "orjson.loads (the bare endpoint's work)": per_call(lambda: orjson.loads(body)),
+        "exporter decode + validate (msgspec model)": per_call(lambda: decode_json(body, 1000)),
+        "exporter apply to the voice_agent_* metrics": per_call(lambda: pipeline.apply(events)),
+    }
     print("\nPer batch of 100, in process (median of 5 x 2000):")
-    print(f"  json.loads                                  {per_call(lambda: json.loads(body)):7.1f} µs")
-    print(f"  orjson.loads (the bare endpoint's work)     {per_call(lambda: orjson.loads(body)):7.1f} µs")
-    print(f"  exporter decode + validate (msgspec model)  {per_call(lambda: decode_json(body, 1000)):7.1f} µs")
-    print(f"  exporter apply to the voice_agent_* metrics {per_call(lambda: pipeline.apply(events)):7.1f} µs")
+    for name, us in steps.items():
+        print(f"  {name:43s} {us:7.1f} µs")
+    return steps
 
 
 def main() -> None:
@@ -145,6 +208,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--pushgateway", action="store_true", help="also push the same observations to a Pushgateway")
+    p.add_argument("--pushgateway-series", type=int, default=10_000, help="series the Pushgateway holds")
+    add_json_arg(p)
     args = parse_args(p, serve)
     require_wrk()
 
@@ -158,10 +224,26 @@ def main() -> None:
 
     servers = {kind: start(kind) for kind in ("bare", "exporter")}
     results: dict[str, list[dict[str, float]]] = {"bare": [], "exporter": []}
+    scripts = {"bare": script, "exporter": script}
+    paths = {"bare": "/v1/events", "exporter": "/v1/events"}
+    skipped: dict[str, str] = {}
+    stored = 0
+    if args.pushgateway and not os.path.exists(PUSHGATEWAY):
+        skipped["pushgateway"] = f"{PUSHGATEWAY} is not installed (Debian package prometheus-pushgateway)"
+        print(f"no Pushgateway comparison: {skipped['pushgateway']}")
+    elif args.pushgateway:
+        text = pushed_text(body)
+        (tmp / "push.txt").write_bytes(text)
+        (tmp / "push.lua").write_text(PUSH_LUA % (tmp / "push.txt") + WRK_RESULT_LUA)
+        gw, gw_port, stored = start_pushgateway(text, args.pushgateway_series)
+        servers["pushgateway"] = (gw, gw_port)
+        results["pushgateway"], scripts["pushgateway"] = [], tmp / "push.lua"
+        paths["pushgateway"] = "/metrics/job/voice_agent/instance/bench"
+        print(f"Pushgateway (persistence off) holding {stored:,} series; each push: {len(text):,} bytes", flush=True)
     try:
         for r in range(args.rounds):
             for kind, (_, port) in servers.items():
-                res = wrk(port, str(script), args.duration, args.connections)
+                res = wrk(port, str(scripts[kind]), args.duration, args.connections, paths[kind])
                 if res["non2xx"] or res["errors"]:
                     raise SystemExit(f"{kind}: {res['non2xx']:.0f} non-2xx answers, {res['errors']:.0f} errors")
                 results[kind].append(res)
@@ -178,6 +260,11 @@ def main() -> None:
             proc.send_signal(signal.SIGINT)
         for proc, _ in servers.values():
             proc.wait(10)
+    if "pushgateway" in results:
+        gm = statistics.median(r["requests"] / r["seconds"] for r in results["pushgateway"])
+        gp = statistics.median(r["p99_us"] for r in results["pushgateway"]) / 1000
+        print(f"\nPushgateway, {stored:,} series stored: {gm:,.0f} pushes/s = {100 * gm:,.0f} events/s, p99 {gp:.2f} ms; "
+              f"exporter / Pushgateway {100 * statistics.median(r['requests'] / r['seconds'] for r in results['exporter']) / (100 * gm):.1f} x")
 
     med = {k: statistics.median(r["requests"] / r["seconds"] for r in v) for k, v in results.items()}
     p99 = {k: statistics.median(r["p99_us"] for r in v) / 1000 for k, v in results.items()}
@@ -186,7 +273,33 @@ def main() -> None:
     print(f"| exporter /v1/events | {med['exporter']:,.0f} | {100 * med['exporter']:,.0f} | {p99['exporter']:.2f} ms |")
     print(f"| ratio exporter / bare | {med['exporter'] / med['bare']:.2f} x | | {p99['exporter'] / p99['bare']:.1f} x |")
     print(f"\nThe exporter applied every event it answered for ({applied:,.0f}).")
-    breakdown(body)
+    steps = breakdown(body)
+
+    res = Result("events", {k: v for k, v in vars(args).items() if k != "serve"})
+    if skipped:
+        res.data["skipped"] = skipped
+    for kind, label in (("bare", "bare aiohttp, orjson parse only"), ("exporter", "exporter /v1/events")):
+        res.measure(f"{label}, events/s", [100 * r["requests"] / r["seconds"] for r in results[kind]], "events/s")
+        res.measure(f"{label}, p99", [r["p99_us"] / 1000 for r in results[kind]], "ms")
+    res.ratio("events / parse-only endpoint", "exporter /v1/events, events/s", "bare aiohttp, orjson parse only, events/s",
+              "events a second through /v1/events (batches of 100) over an endpoint that only parses the same "
+              "JSON (higher is better)", target=0.25, op=">=")
+    res.ratio("events p99 / parse-only p99", "exporter /v1/events, p99", "bare aiohttp, orjson parse only, p99",
+              "the p99 latency of a batch under the same wrk load over the parse-only endpoint's (lower is better)")
+    if "pushgateway" in results:
+        label = f"Pushgateway, {stored:,} series stored"
+        res.measure(f"{label}, events/s", [100 * r["requests"] / r["seconds"] for r in results["pushgateway"]],
+                    "events/s")
+        res.measure(f"{label}, p99", [r["p99_us"] / 1000 for r in results["pushgateway"]], "ms")
+        res.ratio("events / Pushgateway", "exporter /v1/events, events/s", f"{label}, events/s",
+                  "events a second through /v1/events over pushing the same observations (the voice_agent_* "
+                  f"series of each batch) to Debian's Pushgateway holding {stored:,} series (higher is better)",
+                  target=5.0, op=">=")
+        res.fact("Pushgateway series stored", stored)
+    for name, us in steps.items():
+        res.fact(f"in process, a batch of 100: {name}", round(us, 1), "µs")
+    res.fact("batch bytes", len(body), "bytes")
+    res.write(args.json)
 
 
 if __name__ == "__main__":

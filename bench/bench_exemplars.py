@@ -3,7 +3,7 @@ without them, and rendering the registry as OpenMetrics (the only format that ca
 with and without them, against the text format; in process, alternating rounds, medians printed
 with the ratios.
 
-    .venv/bin/python bench/bench_exemplars.py [--rounds 9]
+    .venv/bin/python bench/bench_exemplars.py [--rounds 9] [--json PATH]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
+from common import Result, add_json_arg  # noqa: E402
 from prometheus_client import generate_latest  # noqa: E402
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics  # noqa: E402
 
@@ -47,6 +48,8 @@ def per_call(fn, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the calls timed per round")
+    add_json_arg(ap)
     args = ap.parse_args()
     plain_t, ids_t = Telemetry(), Telemetry()
     plain_p, ids_p = Pipeline(EventsConfig(), plain_t), Pipeline(EventsConfig(), ids_t)
@@ -54,11 +57,12 @@ def main() -> None:
     results = {"apply, no exemplars": [], "apply, call_id + trace_id": [], "render text": [],
                "render OpenMetrics, none": [], "render OpenMetrics": []}
     for _ in range(args.rounds):
-        results["apply, no exemplars"].append(per_call(lambda: plain_p.apply(plain), 300))
-        results["apply, call_id + trace_id"].append(per_call(lambda: ids_p.apply(ids), 300))
-        results["render text"].append(per_call(lambda: generate_latest(ids_t.registry), 100))
-        results["render OpenMetrics, none"].append(per_call(lambda: generate_openmetrics(plain_t.registry), 100))
-        results["render OpenMetrics"].append(per_call(lambda: generate_openmetrics(ids_t.registry), 100))
+        n_apply, n_render = max(1, int(300 * args.scale)), max(1, int(100 * args.scale))
+        results["apply, no exemplars"].append(per_call(lambda: plain_p.apply(plain), n_apply))
+        results["apply, call_id + trace_id"].append(per_call(lambda: ids_p.apply(ids), n_apply))
+        results["render text"].append(per_call(lambda: generate_latest(ids_t.registry), n_render))
+        results["render OpenMetrics, none"].append(per_call(lambda: generate_openmetrics(plain_t.registry), n_render))
+        results["render OpenMetrics"].append(per_call(lambda: generate_openmetrics(ids_t.registry), n_render))
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"medians of {args.rounds} alternating rounds, µs per call")
     print("| what | median µs | ratio |\n|---|---|---|")
@@ -70,6 +74,17 @@ def main() -> None:
           f"{med['render OpenMetrics, none'] / med['render text']:.2f} |")
     print(f"| render them as OpenMetrics, with exemplars | {med['render OpenMetrics']:.1f} | "
           f"{med['render OpenMetrics'] / med['render text']:.2f} |")
+
+    res = Result("exemplars", vars(args))
+    for name, values in results.items():
+        res.measure(name, values, "µs")
+    res.ratio("apply with ids / without", "apply, call_id + trace_id", "apply, no exemplars",
+              "applying 100 turns carrying call_id and trace_id (exemplars) over the same turns without them")
+    res.ratio("OpenMetrics, no exemplars / text", "render OpenMetrics, none", "render text",
+              "rendering the registry as OpenMetrics without exemplars over the text format")
+    res.ratio("OpenMetrics with exemplars / text", "render OpenMetrics", "render text",
+              "rendering it as OpenMetrics with exemplars over the text format")
+    res.write(args.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ It reports the median per-evaluation duration of each (prometheus_rule_group_las
 sampled every evaluation), their ratio, and the series the bundle's recording rules add against the
 series one scrape brings.
 
-    .venv/bin/python bench/bench_rules.py [--seconds 60] [--interval 2s]
+    .venv/bin/python bench/bench_rules.py [--seconds 60] [--interval 2s] [--warmup 15] [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from common import free_port, wait_listening
+from common import Result, add_json_arg, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
@@ -54,6 +54,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0, help="how long to sample once rules run")
     ap.add_argument("--interval", default="2s", help="scrape and evaluation interval")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds of scrapes and evaluations before sampling")
+    add_json_arg(ap)
     args = ap.parse_args()
     prometheus = shutil.which("prometheus")
     if not prometheus:
@@ -81,7 +83,7 @@ def main() -> int:
     try:
         wait_listening(exporter_port, demo)
         wait_listening(prom_port, prom)
-        time.sleep(15)  # a few scrapes and evaluations, so every rule has data
+        time.sleep(args.warmup)  # a few scrapes and evaluations, so every rule has data
         step = float(args.interval.rstrip("s"))
         bundle: list[float] = []
         baseline: list[float] = []
@@ -109,6 +111,18 @@ def main() -> int:
     print(f"| baseline: count() of every exporter series | 1 | {b * 1000:.2f} | {p90(baseline):.2f} | 1.00 |")
     print(f"| the bundle (recording + alerting) | {rules} | {m * 1000:.2f} | {p90(bundle):.2f} | {m / b:.1f} |")
     print(f"series: one scrape {scraped:.0f}, recorded by the bundle {recorded:.0f} ({recorded / scraped:.2f} x)")
+    res = Result("rules", vars(args))
+    res.measure("baseline: count() of every exporter series", [v * 1000 for v in baseline], "ms")
+    res.measure("the bundle (recording + alerting)", [v * 1000 for v in bundle], "ms")
+    res.ratio("bundle / count() baseline", "the bundle (recording + alerting)",
+              "baseline: count() of every exporter series",
+              "the bundle's evaluation time over one rule reading every exporter series once (lower is better)")
+    res.ratio("recorded series / scraped series", "recorded", "scraped",
+              "series the bundle's recording rules add over the series one scrape brings", value=recorded / scraped)
+    res.fact("rules in the bundle", rules)
+    res.fact("series one scrape brings", int(scraped))
+    res.fact("series the bundle records", int(recorded))
+    res.write(args.json)
     return 0
 
 

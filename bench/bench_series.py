@@ -3,6 +3,7 @@ with the series budget (labels.max_series_per_metric, labels.max_series) and wit
 
     /work/main/.venv/bin/python bench/bench_series.py [--combos 50] [--rounds 3] [--events llm|all]
                                                       [--before-src DIR] [--kinds before,unbounded,default]
+                                                      [--json PATH]
 
 Loopback only. Each exporter runs in its own process:
   unbounded  both budgets at 10^9: every combination keeps its own series (rendering off the loop)
@@ -38,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("BENCH_EXPORTER_SRC", str(ROOT / "exporter")))
 
-from common import parse_args, start_server  # noqa: E402
+from common import Result, add_json_arg, parse_args, start_server  # noqa: E402
 
 TOKEN = "bench-series-token-0123456789abcdef"
 HUGE = 10**9
@@ -156,6 +157,7 @@ def run(kind: str, combos: int, rounds: int, kinds: str, src: str | None) -> dic
                   f"{res['healthy_max_s'] * 1000:8.1f} ms, {res['series']:,.0f} series", flush=True)
         out = {m: statistics.median(r[m] for r in results) for m in results[0]}
         out.update(push_s=push_s, rss_push_mb=after_push, rss_scrape_mb=rss_mb(proc.pid))
+        out["rounds"] = results  # type: ignore[assignment]
         return out
     finally:
         proc.send_signal(signal.SIGINT)
@@ -170,6 +172,7 @@ def main() -> None:
     p.add_argument("--before-src", help="the exporter/ directory of the code to compare with")
     p.add_argument("--kinds", help="the exporters to run, comma-separated (default: before if --before-src, "
                    "unbounded, default)")
+    add_json_arg(p)
     args = parse_args(p, serve)
     kinds = args.kinds.split(",") if args.kinds else (["before"] if args.before_src else []) + ["unbounded", "default"]
     if "before" in kinds and not args.before_src:
@@ -184,12 +187,29 @@ def main() -> None:
               f"{r['push_s']:.1f} | {r['scrape_s']:.3f} | {r['healthy_max_s'] * 1000:.0f} ms | "
               f"{r['rss_push_mb']:.0f} | {r['rss_scrape_mb']:.0f} |")
     base = "before" if "before" in res else "unbounded"
+    out = Result("series", {k: v for k, v in vars(args).items() if k != "serve"})
+    for kind, r in res.items():
+        out.measure(f"{kind}, scrape", [x["scrape_s"] * 1000 for x in r["rounds"]], "ms")
+        out.measure(f"{kind}, slowest /-/healthy", [x["healthy_max_s"] * 1000 for x in r["rounds"]], "ms")
+        out.fact(f"{kind}: series", int(r["series"]))
+        out.fact(f"{kind}: /metrics bytes", int(r["bytes"]), "bytes")
+        out.fact(f"{kind}: RSS after the scrapes", round(r["rss_scrape_mb"], 1), "MB")
     if "default" not in res or base not in res:
+        out.write(args.json)
         return
     d, b = res["default"], res[base]
     print(f"\ndefault / {base}: series {d['series'] / b['series']:.3f} x, scrape {d['scrape_s'] / b['scrape_s']:.3f} x, "
           f"slowest /-/healthy {d['healthy_max_s'] / b['healthy_max_s']:.3f} x, "
           f"RSS {d['rss_scrape_mb'] / b['rss_scrape_mb']:.3f} x")
+    out.ratio(f"budgeted scrape / {base}", "default, scrape", f"{base}, scrape",
+              f"scrape time with the series budget's defaults over the {base} exporter, same combinations")
+    out.ratio(f"budgeted stall / {base}", "default, slowest /-/healthy", f"{base}, slowest /-/healthy",
+              "the slowest /-/healthy during a scrape (event-loop stall), budgeted over " + base)
+    out.ratio(f"budgeted series / {base}", "default series", f"{base} series",
+              "series kept with the budget over series without it", value=d["series"] / b["series"])
+    out.ratio(f"budgeted RSS / {base}", "default RSS", f"{base} RSS", "RSS after the scrapes, budgeted over " + base,
+              value=d["rss_scrape_mb"] / b["rss_scrape_mb"])
+    out.write(args.json)
 
 
 if __name__ == "__main__":

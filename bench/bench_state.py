@@ -8,9 +8,14 @@ all alike:
   - bare detail:  the calls the detail exporter makes (6 lists + ListParticipants/ListDispatch x 100, 8 at a time)
   - detail:       GET /metrics of the detail exporter
 and reports medians, p90, the ratio to the bare calls, and the API calls per scrape counted by the
-simulator.
+simulator, the /metrics bytes and each exporter's RSS after the scrapes.
 
-    .venv/bin/python bench/bench_state.py [--rooms 10000] [--per-room 10] [--rounds 15]
+With `--reference`, also Debian's prometheus-node-exporter (`/usr/bin/prometheus-node-exporter`, its
+default collectors) on the same machine, scraped `--reference-rounds` times alternating with the
+default exporter: a /metrics users know, its median and p99 next to ours.
+
+    .venv/bin/python bench/bench_state.py [--rooms 10000] [--per-room 10] [--rounds 15] [--reference]
+                                          [--json PATH]
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -31,7 +38,7 @@ from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
 
-from common import free_port
+from common import Result, add_json_arg, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY, SECRET = "benchkey", "bench-secret-" + "b" * 32
@@ -116,6 +123,16 @@ async def calls(session: aiohttp.ClientSession, sim_url: str) -> int:
         return sum(c["calls"] for c in (await r.json())["api_calls"])
 
 
+NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -126,7 +143,14 @@ async def main() -> None:
     p.add_argument("--rooms", type=int, default=10_000)
     p.add_argument("--per-room", type=int, default=10)
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--reference", action="store_true", help="also scrape prometheus-node-exporter")
+    p.add_argument("--reference-rounds", type=int, default=100)
+    add_json_arg(p)
     args = p.parse_args()
+    node = shutil.which("prometheus-node-exporter") or (NODE_EXPORTER if os.path.exists(NODE_EXPORTER) else None)
+    node_proc = None
+    ref: dict[str, list[float]] = {"exporter": [], "node": []}
+    rss: dict[str, float] = {}
 
     sim_port, exp_port, det_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
@@ -168,7 +192,21 @@ async def main() -> None:
                 t["exporter"].append(await timed(scrape(session, exp_url)))
                 t["bare detail"].append(await timed(bare_detail(lk)))
                 t["detail"].append(await timed(scrape(session, det_url)))
+            rss = {"exporter": rss_mb(procs[1].pid), "detail": rss_mb(procs[2].pid)}
+            if args.reference and node:
+                node_port = free_port()
+                node_proc = subprocess.Popen([node, f"--web.listen-address=127.0.0.1:{node_port}"],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wait_listening(node_port, node_proc)
+                node_url = f"http://127.0.0.1:{node_port}/metrics"
+                sizes["node"] = await scrape(session, node_url)
+                for _ in range(args.reference_rounds):
+                    ref["exporter"].append(await timed(scrape(session, exp_url)))
+                    ref["node"].append(await timed(scrape(session, node_url)))
     finally:
+        if node_proc is not None:
+            node_proc.terminate()
+            node_proc.wait(10)
         for proc in procs:
             proc.terminate()
             await proc.wait()
@@ -182,6 +220,43 @@ async def main() -> None:
         ratio = med / statistics.median(t[base])
         print(f"| {name} | {per_scrape[name]} | {med * 1000:.1f} | {pct(t[name], 0.9) * 1000:.1f} | "
               f"{ratio:.2f} | {sizes.get(name, '')} |")
+    print(f"\nRSS after the scrapes: exporter {rss['exporter']:.0f} MB, detail exporter {rss['detail']:.0f} MB")
+    if args.reference and ref["node"]:
+        print(f"\n{args.reference_rounds} scrapes each, alternating; times in ms\n")
+        print("| /metrics of | median | p99 | bytes |\n|---|---|---|---|")
+        for name, label in (("exporter", f"livekit-exporter, {args.rooms} rooms"),
+                            ("node", "prometheus-node-exporter (Debian, default collectors)")):
+            print(f"| {label} | {statistics.median(ref[name]) * 1000:.1f} | {pct(ref[name], 0.99) * 1000:.1f} | "
+                  f"{sizes[name]} |")
+    elif args.reference:
+        print(f"\nno reference: {NODE_EXPORTER} is not installed (Debian package prometheus-node-exporter)")
+
+    res = Result(f"state-{args.rooms}", vars(args))
+    ms = {k: [v * 1000 for v in vals] for k, vals in t.items()}
+    for name in ("bare", "exporter", "bare detail", "detail"):
+        res.measure(name, ms[name], "ms")
+    big = args.rooms >= 10_000  # the target of issue 12 is at 10k and 50k rooms
+    res.ratio("scrape / bare API fetch", "exporter", "bare",
+              "a default scrape's time over the same LiveKit calls made directly with livekit-api (lower is better)",
+              target=1.4 if big else None, op="<=")
+    res.ratio("detail scrape / bare API fetch", "detail", "bare detail",
+              "a scrape with per-room detail (100 rooms) over its calls made directly (lower is better)")
+    for name in ("exporter", "detail", "bare", "bare detail"):
+        res.fact(f"API calls per scrape, {name}", per_scrape[name])
+    res.fact("/metrics bytes, exporter", sizes["exporter"], "bytes")
+    res.fact("/metrics bytes, detail", sizes["detail"], "bytes")
+    res.fact("RSS after the scrapes, exporter", round(rss["exporter"], 1), "MB")
+    res.fact("RSS after the scrapes, detail", round(rss["detail"], 1), "MB")
+    if args.reference and ref["node"]:
+        res.measure("exporter (reference rounds)", [v * 1000 for v in ref["exporter"]], "ms")
+        res.measure("prometheus-node-exporter", [v * 1000 for v in ref["node"]], "ms")
+        res.ratio("scrape / node_exporter scrape", "exporter (reference rounds)", "prometheus-node-exporter",
+                  "our /metrics over Debian's prometheus-node-exporter's on the same machine (a reference, no target)")
+        res.fact("/metrics bytes, prometheus-node-exporter", sizes["node"], "bytes")
+    elif args.reference:
+        res.data["skipped"] = {"prometheus-node-exporter": f"{NODE_EXPORTER} is not installed "
+                               "(Debian package prometheus-node-exporter)"}
+    res.write(args.json)
 
 
 if __name__ == "__main__":

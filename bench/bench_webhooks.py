@@ -2,6 +2,7 @@
 aiohttp handler that does no work, measured in the same run.
 
     /work/main/.venv/bin/python bench/bench_webhooks.py [--rounds 3] [--duration 5] [--connections 32]
+                                                        [--requests 120000] [--json PATH]
 
 Loopback only. The simulator's scenario churns (rooms, participants, tracks, SIP calls, egress) and
 every change becomes the webhook LiveKit would send: protojson body, signed with the key pair,
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import WRK_RESULT_LUA, medians, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
+from common import WRK_RESULT_LUA, Result, add_json_arg, medians, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
 
 API_KEY = "APIbench"
 API_SECRET = "bench-secret-" + "b" * 32
@@ -214,6 +215,7 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has few cores)")
     p.add_argument("--requests", type=int, default=120_000, help="distinct signed webhooks to replay")
+    add_json_arg(p)
     args = parse_args(p, serve)
     require_wrk()
 
@@ -224,7 +226,8 @@ def main() -> None:
         make_requests(args.requests, requests)
         size = requests.stat().st_size / args.requests
         print(f"{args.requests} distinct signed webhooks ({size:.0f} bytes a line) in {time.monotonic() - t:.1f} s")
-        for name, us in micro(requests).items():
+        steps = micro(requests)
+        for name, us in steps.items():
             print(f"  in process, per request: {name:38s} {us:6.1f} us")
 
         procs = {}
@@ -264,6 +267,20 @@ def main() -> None:
     # wrk stops counting at the deadline; requests then in flight may still reach the server.
     if rejected or not sent <= counted + duplicates <= sent + args.connections * args.rounds:
         raise SystemExit("the exporter did not account for every request: the benchmark is not valid")
+
+    res = Result("webhooks", {k: v for k, v in vars(args).items() if k != "serve"})
+    for kind, label in (("bare", "bare aiohttp handler"), ("exporter", "exporter, verified webhooks")):
+        res.measure(f"{label}, req/s", [r["rps"] for r in results[kind]], "req/s")
+        res.measure(f"{label}, p99", [r["p99_ms"] for r in results[kind]], "ms")
+    res.ratio("verified webhooks / bare handler", "exporter, verified webhooks, req/s", "bare aiohttp handler, req/s",
+              "verified webhooks a second over a bare aiohttp POST handler that does no work (higher is better)",
+              target=0.3, op=">=")
+    res.ratio("webhooks p99 / bare p99", "exporter, verified webhooks, p99", "bare aiohttp handler, p99",
+              "the p99 latency under the same wrk load over the bare handler's (lower is better)")
+    for name, us in steps.items():
+        res.fact(f"in process: {name.strip()}", round(us, 1), "µs a request")
+    res.fact("requests counted by the exporter", int(counted + duplicates))
+    res.write(args.json)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,62 @@ def wrk_result(out: str) -> dict[str, float]:
 def medians(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per kind of run, the median of each of its measures over the rounds."""
     return {kind: {m: statistics.median(r[m] for r in rounds) for m in rounds[0]} for kind, rounds in runs.items()}
+
+
+# -- structured results (`--json PATH`, what `python -m bench` collects) --------------------------
+
+
+def spread(values: list[float], unit: str) -> dict[str, float | int | str]:
+    """Median and spread of one measure over its rounds (nearest-rank percentiles)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no values")
+
+    def pct(q: float) -> float:
+        return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+    return {"unit": unit, "n": len(xs), "median": statistics.median(xs), "p10": pct(0.10), "p90": pct(0.90),
+            "p99": pct(0.99), "min": xs[0], "max": xs[-1]}
+
+
+class Result:
+    """What one benchmark script measured, written as JSON with `--json PATH`:
+
+    - measures: name -> spread() of its rounds (median, p10, p90, p99, min, max, unit, n);
+    - ratios: name -> value, what it divides (of / to: two measures of the same run), its meaning, and
+      the target if the project has one (op "<=" or ">=", target, met);
+    - facts: single figures (API calls per scrape, bytes served, RSS, ...);
+    - params: the options of the run.
+    """
+
+    def __init__(self, benchmark: str, params: dict | None = None) -> None:
+        self.data: dict = {"benchmark": benchmark, "params": params or {}, "measures": {}, "ratios": {}, "facts": {}}
+
+    def measure(self, name: str, values: list[float], unit: str) -> dict:
+        self.data["measures"][name] = spread(values, unit)
+        return self.data["measures"][name]
+
+    def ratio(self, name: str, of: str, to: str, meaning: str, *, target: float | None = None,
+              op: str = "<=", value: float | None = None) -> float:
+        """of / to, medians of two measures of this run (or `value` when it is derived otherwise)."""
+        if value is None:
+            value = self.data["measures"][of]["median"] / self.data["measures"][to]["median"]
+        entry: dict = {"value": value, "of": of, "to": to, "meaning": meaning}
+        if target is not None:
+            entry.update(op=op, target=target, met=bool(value <= target if op == "<=" else value >= target))
+        self.data["ratios"][name] = entry
+        return value
+
+    def fact(self, name: str, value: float | int | str, unit: str = "") -> None:
+        self.data["facts"][name] = {"value": value, "unit": unit}
+
+    def write(self, path: str | None) -> None:
+        if path:
+            import json
+
+            with open(path, "w") as f:
+                json.dump(self.data, f, indent=2)
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH (for python -m bench)")
