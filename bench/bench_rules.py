@@ -117,7 +117,7 @@ def main() -> int:
     res.ratio("bundle / count() baseline", "the bundle (recording + alerting)",
               "baseline: count() of every exporter series",
               "the bundle's evaluation time over one rule reading every exporter series once (lower is better)")
-    res.ratio("recorded series / scraped series", "recorded", "scraped",
+    res.ratio("recorded series / scraped series", "series the bundle records", "series one scrape brings",
               "series the bundle's recording rules add over the series one scrape brings", value=recorded / scraped)
     res.fact("rules in the bundle", rules)
     res.fact("series one scrape brings", int(scraped))

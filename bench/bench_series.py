@@ -205,9 +205,9 @@ def main() -> None:
               f"scrape time with the series budget's defaults over the {base} exporter, same combinations")
     out.ratio(f"budgeted stall / {base}", "default, slowest /-/healthy", f"{base}, slowest /-/healthy",
               "the slowest /-/healthy during a scrape (event-loop stall), budgeted over " + base)
-    out.ratio(f"budgeted series / {base}", "default series", f"{base} series",
+    out.ratio(f"budgeted series / {base}", "default: series", f"{base}: series",
               "series kept with the budget over series without it", value=d["series"] / b["series"])
-    out.ratio(f"budgeted RSS / {base}", "default RSS", f"{base} RSS", "RSS after the scrapes, budgeted over " + base,
+    out.ratio(f"budgeted RSS / {base}", "default: RSS after the scrapes", f"{base}: RSS after the scrapes", "RSS after the scrapes, budgeted over " + base,
               value=d["rss_scrape_mb"] / b["rss_scrape_mb"])
     out.write(args.json)
 
