@@ -844,7 +844,7 @@ PASS_THROUGH: dict[str, Any] = {
     "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone",
                                    "whenUnsatisfiable": "DoNotSchedule"}],
     "serviceAccount": {"create": True, "name": "sa-pass", "annotations": {"example.com/sa": "sa-ann-pass"}},
-    "service": {"port": 19784, "annotations": {"example.com/svc": "svc-ann-pass"}, "sessionAffinity": "ClientIP"},
+    "service": {"port": 19784, "annotations": {"example.com/svc": "svc-ann-pass"}, "sessionAffinity": "None"},
     "ingress": {"enabled": True, "className": "class-pass", "annotations": {"example.com/ing": "ing-ann-pass"},
                 "hosts": ["pass.example.test", "pass2.example.test"],
                 "tls": [{"secretName": "tls-pass", "hosts": ["pass.example.test"]}]},
@@ -938,7 +938,7 @@ def test_every_pass_through_value_reaches_its_place_in_the_manifest():
     svc = one(objs, "Service")
     assert svc["metadata"]["name"] == full
     assert svc["metadata"]["annotations"] == v["service"]["annotations"]
-    assert svc["spec"]["sessionAffinity"] == "ClientIP" and svc["spec"]["ports"][0]["port"] == 19784
+    assert svc["spec"]["sessionAffinity"] == "None" and svc["spec"]["ports"][0]["port"] == 19784
     ing = one(objs, "Ingress")
     assert ing["metadata"]["annotations"] == v["ingress"]["annotations"]
     assert ing["spec"]["ingressClassName"] == "class-pass" and ing["spec"]["tls"] == v["ingress"]["tls"]
