@@ -1,6 +1,6 @@
 """`python -m bench` (or `make bench`): every benchmark, then one report, markdown and JSON.
 
-    .venv/bin/python -m bench [--quick] [--out DIR] [--sizes 1000,10000] [--only state,webhooks,...]
+    .venv/bin/python -m bench [--quick] [--out DIR] [--sizes 1000,10000,50000] [--only state,webhooks,...]
 
 Runs each bench/bench_*.py in its own process (their text goes to the terminal as when run alone)
 with `--json`, and gathers what they wrote into DIR/report.json and DIR/report.md (DIR: bench/ by
@@ -167,14 +167,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: few rounds, short durations, 1,000 rooms")
     p.add_argument("--out", type=Path, default=HERE, help="where report.md and report.json go (default: bench/)")
-    p.add_argument("--sizes", help="rooms of the scrape benchmark, comma-separated (default 1000,10000; "
+    p.add_argument("--sizes", help="rooms of the scrape benchmark, comma-separated (default 1000,10000,50000; "
                    "--quick: 1000)")
     p.add_argument("--only", help="benchmarks to run, comma-separated (state, webhooks, events, client, "
                    "exemplars, rules, series)")
     p.add_argument("--no-pushgateway", action="store_true", help="skip the Pushgateway comparison of the events bench")
     p.add_argument("--timeout", type=float, help="seconds per benchmark (default 900, --quick 150)")
     args = p.parse_args()
-    args.sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000")).split(",") if s]
+    args.sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,10000,50000")).split(",") if s]
     args.only = [s.strip() for s in args.only.split(",")] if args.only else None
     timeout = args.timeout or (150 if args.quick else 900)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
