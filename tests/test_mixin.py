@@ -445,3 +445,88 @@ def test_amtool_renders_every_template_with_a_realistic_alert(mixin, tmp_path):
                 assert must in out, (name, must)
         if name.endswith("title") or name.endswith("subject"):
             assert out == "[FIRING:1] LiveKitVoiceAgentLatencyHigh (warning)"
+
+
+# -- long-term storage: remote_write and the long-range recording rules ------------------------------------
+
+REMOTE = {"url": "https://mimir.example.com/api/v1/push", "name": "mimir",
+          "basic_auth": {"username": "livekit", "password_file": "/etc/prometheus/secrets/mimir-password"}}
+
+
+def test_remote_write_is_off_by_default_and_renders_with_secrets_from_files_only(tmp_path):
+    promtool = require_binary("promtool")
+    assert "remote_write" not in yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    files = generate(load(ROOT / DEFAULT_CONFIG, {"prometheus.remote_write": [
+        REMOTE, {"url": "http://store:9090/api/v1/write", "bearer_token_file": "/run/secrets/token",
+                 "long_term_only": False}]}))
+    cfg = yaml.safe_load(files["prometheus/prometheus.yml"])
+    mimir, store = cfg["remote_write"]
+    assert mimir["url"] == REMOTE["url"] and mimir["name"] == "mimir" and mimir["basic_auth"] == REMOTE["basic_auth"]
+    (keep,) = mimir["write_relabel_configs"]
+    assert keep["action"] == "keep" and keep["source_labels"] == ["__name__"]
+    regex = re.compile(keep["regex"])
+    long_term = yaml.safe_load((ROOT / DEFAULT_CONFIG).read_text())["long_term"]["keep"]
+    recorded = {r["record"] for r in rules() if "record" in r}
+    assert all(regex.fullmatch(n) for n in [*long_term, *recorded])
+    assert not any(regex.fullmatch(n) for n in ("voice_agent_turn_latency_seconds_bucket", "scrape_duration_seconds",
+                                                "livekit_room_participants", "livekit_exporter_events_total"))
+    assert store == {"url": "http://store:9090/api/v1/write",
+                     "authorization": {"type": "Bearer", "credentials_file": "/run/secrets/token"}}
+    # a family served raw to long-term storage has no histogram bucket nor a per-room label
+    assert not [n for n in long_term if n.endswith(("_bucket", "_sum", "_count"))]
+    write(files, tmp_path)
+    run = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus" / "prometheus.yml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"url": "https://m/api/v1/push", "basic_auth": {"username": "u", "password": "hunter2"}},
+     r"remote_write\[0\]: basic_auth\.password would put a secret in prometheus\.yml; use basic_auth\.password_file"),
+    ({"url": "https://m/api/v1/push", "bearer_token": "t0ken"}, r"bearer_token would put a secret in prometheus\.yml"),
+    ({"url": "https://m/api/v1/push", "headers": {"X-Scope-OrgID": "a"}}, r"headers would put a secret"),
+    ({"url": "https://user:pw@m/api/v1/push"}, r"remote_write\[0\]\.url: credentials in the URL"),
+    ({"url": "mimir:9009"}, r"remote_write\[0\]\.url: 'mimir:9009' is not an http\(s\) URL"),
+    ({"url": "https://m/api/v1/push", "queue": {}}, r"remote_write\[0\]: unknown key queue"),
+    ({"url": "https://m/api/v1/push", "long_term_only": "yes"}, r"long_term_only: 'yes' is not true or false"),
+    ({"url": "https://m/api/v1/push", "basic_auth": {"username": "u", "password_file": "/p"},
+      "bearer_token_file": "/t"}, r"basic_auth and bearer_token_file exclude each other"),
+])
+def test_a_bad_remote_write_names_the_entry_and_what_to_do(entry, message):
+    with pytest.raises(MixinError, match=message):
+        generate(load(ROOT / DEFAULT_CONFIG, {"prometheus.remote_write": [entry]}))
+    for secret in ("hunter2", "t0ken", ":pw@"):  # never echoed back
+        try:
+            generate(load(ROOT / DEFAULT_CONFIG, {"prometheus.remote_write": [entry]}))
+        except MixinError as e:
+            assert secret not in str(e)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"long_term.interval": "5m"}, r"long_term\.interval 5m must stay under Prometheus' 5m lookback"),
+    ({"long_term.windows": []}, r"long_term\.windows: expected a non-empty list"),
+    ({"long_term.windows": ["5m", "10s"]}, r"long_term\.windows\[1\]: 10s is shorter than long_term\.interval 1m"),
+    ({"long_term.windows": ["an hour"]}, r"long_term\.windows\[0\]: 'an hour' is not a Prometheus duration"),
+    ({"long_term.keep": ["up", "my-metric"]}, r"long_term\.keep: 'my-metric' is not a metric name"),
+])
+def test_a_bad_long_term_setting_is_refused(overrides, message):
+    with pytest.raises(MixinError, match=message):
+        generate(load(ROOT / DEFAULT_CONFIG, overrides))
+
+
+def test_long_range_rules_record_every_lifecycle_counter_and_latency_quantile_per_window(mixin):
+    cfg = yaml.safe_load((ROOT / DEFAULT_CONFIG).read_text())
+    groups = {g["name"]: g for g in yaml.safe_load((ROOT / "prometheus" / "rules" / "livekit.rules.yml").read_text())["groups"]}
+    long_range = groups["livekit-long-term.rules"]
+    assert long_range["interval"] == cfg["long_term"]["interval"]
+    records = {r["record"] for g in groups.values() for r in g["rules"]}
+    all_records = [r["record"] for g in groups.values() for r in g["rules"] if "slo" not in r.get("labels", {})]
+    assert len(all_records) == len(set(all_records)), "a series recorded by two rules"
+    for window in cfg["long_term"]["windows"]:
+        for metric, labels in Mixin.LONG_TERM_RATES:
+            assert f"{'_'.join(labels) or 'job'}:{metric.removesuffix('_total')}:rate{window}" in records
+        for q in cfg["voice_agents"]["latency_quantiles"]:
+            assert f"agent:voice_agent_turn_latency_seconds:p{str(q)[2:].ljust(2, '0')}_{window}" in records
+    # the SLO ratios long ranges read are recorded (the budget's period and the burn-rate windows)
+    for window in (cfg["slos"]["period"], "1h", "1d"):
+        assert f"slo:sli_error:ratio_rate{window}" in records
