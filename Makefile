@@ -25,8 +25,9 @@ stack: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# make bench [BENCH_ARGS="--quick --out /tmp/bench"]: every benchmark, bench/report.md and .json
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
