@@ -269,7 +269,7 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
         "prometheus.scrape_interval": "1s", "prometheus.scrape_timeout": "1s", "prometheus.evaluation_interval": "1s",
         "prometheus.targets.exporter": [f"127.0.0.1:{port}"],
         "prometheus.targets.livekit_server": [f"127.0.0.1:{simulator.port}"],  # its LiveKit-server /metrics face
-        "prometheus.alertmanagers": [], "slos.budget_interval": "1s",
+        "prometheus.alertmanagers": [], "slos.budget_interval": "1s", "long_term.interval": "1s",
     }))
     write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
     prom = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus' / 'prometheus.yml'}",

@@ -614,6 +614,27 @@ def boards(m: Mixin) -> list[Board]:
             kind="stat",
         ),
     )
+    long_w = max(m.cfg["long_term"]["windows"], key=seconds)  # livekit-long-term.rules (what remote_write keeps)
+    agents.row(
+        "Long ranges",
+        P(
+            f"Voice-to-voice latency over {long_w}",
+            f"How long have users waited, week after week (p{', p'.join(qname(x)[1:] for x in quantiles)} over "
+            f"{long_w}, recorded: what long-term storage keeps)?",
+            "s",
+            [
+                (f"agent:voice_agent_turn_latency_seconds:{qname(x)}_{long_w}{{{A}}}", f"{qname(x)} {{{{agent}}}}")
+                for x in sorted({float(x) for x in m.cfg["voice_agents"]["latency_quantiles"]})
+            ],
+        ),
+        P(
+            "Calls ended per hour, by outcome",
+            f"How many calls end per hour, by outcome, over days and weeks (the {long_w} rate, recorded)?",
+            "short",
+            [(f"sum by (outcome) (agent_outcome:voice_agent_calls_ended:rate{long_w}{{{A}}}) * 3600", "{{outcome}}")],
+            stack=True,
+        ),
+    )
 
     campaigns = Board(
         "campaigns",
