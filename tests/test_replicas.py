@@ -56,6 +56,7 @@ class Balancer:
         self.webhooks: Counter[int] = Counter()  # replica -> webhook requests it answered 2xx
         self.batches: Counter[int] = Counter()  # replica -> event batches it took
         self.call_events: dict[str, dict[str, int]] = defaultdict(dict)  # call_id -> {type: replica}
+        self.queued: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)  # (agent, campaign) -> {replica: last}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -83,6 +84,8 @@ class Balancer:
                 for ev in json.loads(body)["events"]:
                     if ev["type"] in ("call_started", "call_ended"):
                         self.call_events[ev["call_id"]][ev["type"]] = i
+                    elif ev["type"] == "calls_queued":
+                        self.queued[ev["agent"], ev.get("campaign", "")][i] = ev["queued"]
         return web.Response(status=status, body=answer, headers=out_headers, content_type="application/json")
 
     async def __aenter__(self) -> Balancer:
@@ -214,6 +217,14 @@ async def test_counters_summed_over_replicas_equal_what_was_sent(scenario, simul
     split = sum(1 for c in service.call_events.values() if c.get("call_ended", c["call_started"]) != c["call_started"])
     assert sum(t.active.values()) == 0 and split > 0
     assert sum(v for (name, _), v in total.items() if name == "voice_agent_calls_active") == split
+    # A report gauge (queued calls) is the last report each replica received; `max` across replicas reads
+    # the highest of those, the truth only when a reporter's reports reach one replica (ClientIP affinity).
+    assert t.queued
+    for (agent, campaign), last in t.queued.items():
+        per_replica = service.queued[agent, campaign]
+        assert [get(one, "voice_agent_calls_queued", agent=agent, campaign=campaign) for one in each] == [
+            per_replica.get(i, 0) for i in (0, 1)]  # fmt: skip
+        assert last in per_replica.values()
 
 
 # -- state gauges: the bundle's queries read them once, not once per replica ------------------------
