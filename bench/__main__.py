@@ -130,7 +130,7 @@ def markdown(report: dict) -> str:
              "not absolute figures.", "", "## Targets (issue 12)", "",
              "| target | run | value | met |", "|---|---|---|---|"]
     for t in report["targets"]:
-        value = "—" if t["value"] is None else fmt(t["value"])
+        value = "—" if t["value"] is None else f"{t['value']:.3f}"
         status = "**not met**" if t["status"] == "not met" else t["status"]
         lines.append(f"| {t['target']} | {t['run']} | {value} | {status} |")
     lines += ["", "## Ratios (each to its baseline in the same run)", "",
@@ -184,7 +184,7 @@ def main() -> int:
         results = [run_one(run, Path(tmp), timeout) for run in plan(args)]
     report = {
         "started": started, "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
-        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}",
         "targets": targets(results), "results": results,
     }

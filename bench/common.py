@@ -124,7 +124,8 @@ class Result:
     """
 
     def __init__(self, benchmark: str, params: dict | None = None) -> None:
-        self.data: dict = {"benchmark": benchmark, "params": params or {}, "measures": {}, "ratios": {}, "facts": {}}
+        params = {k: v for k, v in (params or {}).items() if k not in ("json", "serve")}
+        self.data: dict = {"benchmark": benchmark, "params": params, "measures": {}, "ratios": {}, "facts": {}}
 
     def measure(self, name: str, values: list[float], unit: str) -> dict:
         self.data["measures"][name] = spread(values, unit)
