@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -43,13 +44,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, int]:
-    """Serves the app on a free loopback port: (its runner, to clean up; the port)."""
-    runner = web.AppRunner(app, access_log=None)
+async def serve_on_loopback(
+    app: web.Application, runner_type: type[web.AppRunner] = web.AppRunner
+) -> tuple[web.AppRunner, int]:
+    """Serves the app on a free loopback port: (its runner, to clean up; the port). runner_type:
+    httpguard.ExporterRunner for the server: section's limits, as `livekit-exporter serve` runs it."""
+    runner = runner_type(app, access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, port
+
+
+async def finish_held_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rest: bytes, timeout: float
+) -> bytes:
+    """Sends the rest of a request held open on a raw connection; returns the answer's status
+    line (within `timeout` s) and closes the connection."""
+    writer.write(rest)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readline(), timeout)
+    writer.close()
+    return head
 
 
 def stop_process(proc: subprocess.Popen) -> None:

@@ -21,6 +21,15 @@ def turn(i: int = 0) -> m.Turn:
     return m.Turn(agent="a", e2e_latency_seconds=0.5 + i % 3 / 10)
 
 
+async def events_url(aiohttp_server, handler) -> str:
+    """The base URL of a test server whose POST /v1/events is answered by `handler` (a stand-in
+    for an exporter of another version, or one behind a proxy)."""
+    app = web.Application()
+    app.router.add_post("/v1/events", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/"))
+
+
 class LoopLag:
     """Measures how late a 5 ms ticker wakes up: the agent loop's responsiveness."""
 
@@ -94,10 +103,7 @@ async def test_5xx_is_retried_and_4xx_is_dropped(aiohttp_server):
         status = answers.pop(0)
         return web.json_response({"error": "told to" if status != 200 else None}, status=status)
 
-    app = web.Application()
-    app.router.add_post("/v1/events", handler)
-    server = await aiohttp_server(app)
-    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
+    async with EventsClient(await events_url(aiohttp_server, handler), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
         client.emit(turn())
         assert await client.flush(5)
         client.emit(turn())
@@ -120,10 +126,7 @@ async def test_a_429_retry_waits_for_the_exporters_retry_after(aiohttp_server):
             return web.json_response({"error": "rate limited"}, status=429, headers={"Retry-After": "1"})
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_post("/v1/events", handler)
-    server = await aiohttp_server(app)
-    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
+    async with EventsClient(await events_url(aiohttp_server, handler), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
         client.emit(turn())
         assert await client.flush(10)
     assert client.stats.sent == 1 and client.stats.retries == 1
@@ -236,10 +239,7 @@ async def test_a_400_drops_only_the_events_it_names(aiohttp_server, caplog):
             return web.json_response({"accepted": len(body["events"]), "discarded": []})
         return web.json_response({"error": "unknown bearer token"}, status=401)
 
-    app = web.Application()
-    app.router.add_post("/v1/events", handler)
-    server = await aiohttp_server(app)
-    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, flush_interval=0.01) as client:
+    async with EventsClient(await events_url(aiohttp_server, handler), EVENTS_TOKEN, flush_interval=0.01) as client:
         for i in range(5):
             client.emit(m.CallStarted(agent="a", call_id=f"c{i}", direction="inbound"))
         assert await client.flush(5)

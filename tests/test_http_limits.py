@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 
-from conftest import EVENTS_TOKEN, free_port
+from conftest import EVENTS_TOKEN, finish_held_request, serve_on_loopback
 from livekit_exporter.config import Duration, ServerConfig
 from livekit_exporter.httpguard import GUARD, LOG_LINES, ExporterRunner
 from livekit_exporter.server import EXPORTER, build_app
@@ -22,11 +22,7 @@ READ_TIMEOUT = 15  # generous: every answer below comes within about a second
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     """The app behind ExporterRunner (as `livekit-exporter serve` runs it) on a loopback port."""
-    runner = ExporterRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+    return await serve_on_loopback(app, ExporterRunner)
 
 
 @pytest.fixture
@@ -162,29 +158,23 @@ async def test_a_bug_of_ours_is_a_500_that_shows_nothing_and_logs_once(limited, 
     assert app[EXPORTER].telemetry.registry.get_sample_value("livekit_exporter_http_internal_errors_total") == 1
 
 
-async def test_a_slow_body_gets_408_after_body_timeout(limited):
-    port, app = await limited(body_timeout=1.0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"POST /v1/events HTTP/1.1\r\nHost: x\r\n" + AUTH
-        + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ev"
-    )  # fmt: skip
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), READ_TIMEOUT)  # the server answers and closes
-    writer.close()
-    assert status(answer) == 408 and b"server.body_timeout" in answer, answer
-    assert rejected(app, "body_timeout") == 1
-
-
-async def test_slow_request_headers_get_408_after_header_timeout(limited):
-    port, app = await limited(header_timeout=1.0)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), READ_TIMEOUT)
-    writer.close()
-    assert status(answer) == 408 and b"server.header_timeout" in answer, answer
-    assert rejected(app, "header_timeout") == 1
+@pytest.mark.parametrize(
+    ("setting", "request_bytes"),
+    [
+        (
+            "body_timeout",
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\n" + AUTH
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ev",
+        ),
+        ("header_timeout", b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),  # and never the blank line
+    ],
+    ids=["a slow body gets 408 after body_timeout", "slow request headers get 408 after header_timeout"],
+)  # fmt: skip
+async def test_a_slow_request_gets_408_after_its_timeout(limited, setting, request_bytes):
+    port, app = await limited(**{setting: 1.0})
+    answer = await exchange(port, request_bytes)  # the server answers and closes
+    assert status(answer) == 408 and f"server.{setting}".encode() in answer, answer
+    assert rejected(app, setting) == 1  # the reason is named as the setting
 
 
 async def test_a_silent_connection_is_closed_after_idle_timeout(limited):
@@ -211,11 +201,8 @@ async def test_in_flight_ingest_requests_are_bounded_with_503(limited):
     assert rejected(app, "too_many_in_flight") == 1
     # The held ones complete normally once their body arrives.
     for reader, writer in held:
-        writer.write(b'"events": []}' + b" " * (100 - 14))
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+        head = await finish_held_request(reader, writer, b'"events": []}' + b" " * (100 - 14), READ_TIMEOUT)
         assert head.startswith(b"HTTP/1.1 200"), head
-        writer.close()
     # /metrics is not an ingest endpoint: never refused by the in-flight bound.
     assert status(await exchange(port, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
 

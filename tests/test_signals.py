@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import free_port, value
+from conftest import finish_held_request, free_port, value
 from livekit_exporter.simulator import Fault
 
 EXPORTER_DIR = Path(__file__).parent.parent / "exporter"
@@ -79,6 +79,14 @@ class Serve:
             await asyncio.sleep(0.05)
         pytest.fail(f"{message}: {''.join(self.log)}")
 
+    async def until_metric(self, name: str, expected: float, message: str, **labels: str) -> None:
+        """Waits until the exporter's /metrics shows `name`{labels} == expected."""
+
+        async def shown() -> bool:
+            return await self.metric(name, **labels) == expected
+
+        await self.until(shown, message)
+
     async def post_event(self, token: str) -> int:
         headers = {"Authorization": f"Bearer {token}"}
         async with self.session.post(self.base + "/v1/events", json=EVENT, headers=headers) as resp:
@@ -121,11 +129,7 @@ async def test_sighup_reloads_tokens_keeps_counters_and_a_bad_file_keeps_the_run
 
         cfg.write_text("livekit: [this is not: a mapping\n")  # broken
         ex.proc.send_signal(signal.SIGHUP)
-
-        async def failed() -> bool:
-            return await ex.metric("livekit_exporter_config_last_reload_successful") == 0
-
-        await ex.until(failed, "the failed reload was not reported")
+        await ex.until_metric("livekit_exporter_config_last_reload_successful", 0, "the failed reload was not reported")
         [line] = ex.lines("configuration reload failed")
         assert "not valid YAML" in " ".join(line["problems"]) and str(cfg) in " ".join(line["problems"])
         assert await ex.post_event(TOKEN_B) == 200  # the running configuration is kept
@@ -167,11 +171,7 @@ async def test_new_livekit_credentials_are_used_after_a_reload(scenario, simulat
         assert await ex.metric("livekit_up") == 0
         write_config(cfg, simulator, scenario, [TOKEN_A])
         ex.proc.send_signal(signal.SIGHUP)
-
-        async def up() -> bool:
-            return await ex.metric("livekit_up") == 1
-
-        await ex.until(up, "the exporter never used the new secret")
+        await ex.until_metric("livekit_up", 1, "the exporter never used the new secret")
         assert await ex.metric("livekit_rooms", occupancy="empty") == 1
         assert (await ex.metric("livekit_api_errors_total", service="room", method="ListRooms", code="unauthenticated") or 0) >= 1
 
@@ -196,11 +196,8 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0_within_the_grace(sc
         await asyncio.sleep(0.5)  # both in the exporter's hands
         ex.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
-        writer.write(body[10:])
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readline(), WAIT)
+        head = await finish_held_request(reader, writer, body[10:], WAIT)
         assert head.startswith(b"HTTP/1.1 200"), head
-        writer.close()
         # Within the grace (2 s) plus cleanup; without it, aiohttp waited 60 s for the scrape.
         assert await asyncio.wait_for(ex.proc.wait(), 20) == 0
         scrape.cancel()
