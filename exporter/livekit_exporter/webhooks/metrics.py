@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from prometheus_client import Counter, Histogram
 
@@ -20,165 +21,210 @@ EGRESS_DURATION_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 
 # -- metrics ----------------------------------------------------------------------------------
 
 
+class _Declaration(NamedTuple):
+    """One webhook family: the WebhookMetrics attribute that holds it, its name, help and labels."""
+
+    attribute: str
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None  # a histogram's
+    guarded_label: str | None = None  # a counter whose label (trunk, agent_name) passes the cardinality guard
+
+
+# Registered in this order (the order of the exposition).
+DECLARATIONS: tuple[_Declaration, ...] = (
+    _Declaration(
+        "events",
+        "livekit_webhook_events_total",
+        "LiveKit webhook events accepted (signature verified, first delivery of the event id), by event type;"
+        ' a type this version does not know counts as event="unknown".',
+        ("event",),
+    ),
+    _Declaration(
+        "rejected",
+        "livekit_webhook_rejected_total",
+        "Webhook requests rejected with a 4xx, by reason; a rejected request changes no other metric.",
+        ("reason",),
+    ),
+    _Declaration(
+        "duplicates",
+        "livekit_webhook_duplicates_total",
+        "Verified webhook deliveries of an event id already counted (LiveKit's retries, replays); answered "
+        "200 and not counted again.",
+    ),
+    _Declaration(
+        "delay",
+        "livekit_webhook_delivery_delay_seconds",
+        "Time from the event's created_at (whole seconds, set by LiveKit) to its arrival here, by event type;"
+        " clock skew below 0 counts as 0.",
+        ("event",),
+        buckets=DELIVERY_DELAY_BUCKETS,
+    ),
+    _Declaration(
+        "rooms_started",
+        "livekit_room_sessions_started_total",
+        "Rooms created (room_started webhooks).",
+    ),
+    _Declaration(
+        "rooms_ended",
+        "livekit_room_sessions_ended_total",
+        'Rooms closed (room_finished webhooks), by the event\'s room_end_reason; end_reason="unknown" when '
+        "LiveKit sent none (servers that do not set the field) or one this version does not know.",
+        ("end_reason",),
+    ),
+    _Declaration(
+        "room_duration",
+        "livekit_room_session_duration_seconds",
+        "Room lifetimes: room_finished time minus the room's creation_time.",
+        buckets=ROOM_DURATION_BUCKETS,
+    ),
+    _Declaration(
+        "participants_started",
+        "livekit_participant_sessions_started_total",
+        "Participants who connected (participant_joined webhooks, sent when a participant becomes active), by kind.",
+        ("kind",),
+    ),
+    _Declaration(
+        "participants_ended",
+        "livekit_participant_sessions_ended_total",
+        "Connected participants who left (participant_left webhooks), by kind and disconnect reason.",
+        ("kind", "reason"),
+    ),
+    _Declaration(
+        "participants_aborted",
+        "livekit_participant_connections_aborted_total",
+        "Participants who left before their connection became active (participant_connection_aborted "
+        "webhooks), by kind.",
+        ("kind",),
+    ),
+    _Declaration(
+        "participant_duration",
+        "livekit_participant_session_duration_seconds",
+        "Participant sessions: participant_left time minus joined_at, by kind.",
+        ("kind",),
+        buckets=PARTICIPANT_DURATION_BUCKETS,
+    ),
+    _Declaration(
+        "tracks",
+        "livekit_track_publications_total",
+        "Tracks published (track_published webhooks), by type and source.",
+        ("type", "source"),
+    ),
+    _Declaration(
+        "egress_started",
+        "livekit_egress_started_total",
+        "Egress started (egress_started webhooks), by egress type.",
+        ("type",),
+    ),
+    _Declaration(
+        "egress_ended",
+        "livekit_egress_ended_total",
+        "Egress ended (egress_ended webhooks), by egress type and final status; LiveKit sends one for an "
+        "auto-egress that never started too, so it can exceed livekit_egress_started_total.",
+        ("type", "status"),
+    ),
+    _Declaration(
+        "egress_duration",
+        "livekit_egress_duration_seconds",
+        "Egress run time: ended_at minus started_at of ended egress (LiveKit sends nanoseconds), by egress type.",
+        ("type",),
+        buckets=EGRESS_DURATION_BUCKETS,
+    ),
+    _Declaration(
+        "egress_bytes",
+        "livekit_egress_output_bytes_total",
+        "Bytes written by ended egress (sizes of its file and segment results), by egress type.",
+        ("type",),
+    ),
+    _Declaration(
+        "ingress_started",
+        "livekit_ingress_started_total",
+        "Ingress that started publishing (ingress_started webhooks), by input type.",
+        ("input_type",),
+    ),
+    _Declaration(
+        "ingress_ended",
+        "livekit_ingress_ended_total",
+        "Ingress state changes into error, inactive or complete (ingress_ended webhooks, sent on every such "
+        "change, whether or not the ingress had published), by input type and the new status.",
+        ("input_type", "status"),
+    ),
+    _Declaration(
+        "sip_started",
+        "livekit_sip_calls_started_total",
+        "SIP calls whose participant became active (participant_joined of kind sip), by trunk id (the "
+        "sip.trunkID attribute). An outbound call's participant joins before it dials, so for outbound calls "
+        "this counts dial attempts, answered or not.",
+        ("trunk",),
+        guarded_label="trunk",
+    ),
+    _Declaration(
+        "sip_ended",
+        "livekit_sip_calls_ended_total",
+        "SIP calls whose participant left after becoming active (participant_left of kind sip), by trunk id "
+        "and disconnect reason. LiveKit gives user_unavailable when the callee did not respond in time and "
+        "user_rejected when the callee rejected the call (busy); an unanswered call may end with another "
+        "reason (sip_trunk_failure, ...). SIP participants that never became active are in "
+        'livekit_participant_connections_aborted_total{kind="sip"}.',
+        ("trunk", "reason"),
+        guarded_label="trunk",
+    ),
+    _Declaration(
+        "jobs_started",
+        "livekit_agent_jobs_started_total",
+        "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), by agent name.",
+        ("agent_name",),
+        guarded_label="agent_name",
+    ),
+    _Declaration(
+        "jobs_ended",
+        "livekit_agent_jobs_ended_total",
+        "Agent jobs ended (agent_job_ended webhooks, LiveKit Cloud), by agent name and final status.",
+        ("agent_name", "status"),
+        guarded_label="agent_name",
+    ),
+)
+
+
 class WebhookMetrics:
     """The long-lived webhook families, on the exporter's registry."""
 
+    events: Counter
+    rejected: Counter
+    duplicates: Counter
+    delay: Histogram
+    rooms_started: Counter
+    rooms_ended: Counter
+    room_duration: Histogram
+    participants_started: Counter
+    participants_ended: Counter
+    participants_aborted: Counter
+    participant_duration: Histogram
+    tracks: Counter
+    egress_started: Counter
+    egress_ended: Counter
+    egress_duration: Histogram
+    egress_bytes: Counter
+    ingress_started: Counter
+    ingress_ended: Counter
+    sip_started: Family[Counter]
+    sip_ended: Family[Counter]
+    jobs_started: Family[Counter]
+    jobs_ended: Family[Counter]
+
     def __init__(self, telemetry: Telemetry):
         r = telemetry.registry
-
-        def guarded(name: str, doc: str, labels: tuple[str, ...], label: str) -> Family[Counter]:
-            """A counter whose `label` (trunk, agent_name) passes the cardinality guard."""
-            return Family(Counter(name, doc, labels, registry=r), name, labels, telemetry.guard, frozenset({label}))
-
-        self.events = Counter(
-            "livekit_webhook_events_total",
-            "LiveKit webhook events accepted (signature verified, first delivery "
-            'of the event id), by event type; a type this version does not know counts as event="unknown".',
-            ["event"],
-            registry=r,
-        )
-        self.rejected = Counter(
-            "livekit_webhook_rejected_total",
-            "Webhook requests rejected with a 4xx, by reason; a rejected request changes no other metric.",
-            ["reason"],
-            registry=r,
-        )
-        self.duplicates = Counter(
-            "livekit_webhook_duplicates_total",
-            "Verified webhook deliveries of an event id already counted "
-            "(LiveKit's retries, replays); answered 200 and not counted again.",
-            registry=r,
-        )
-        self.delay = Histogram(
-            "livekit_webhook_delivery_delay_seconds",
-            "Time from the event's created_at (whole seconds, "
-            "set by LiveKit) to its arrival here, by event type; clock skew below 0 counts as 0.",
-            ["event"],
-            buckets=DELIVERY_DELAY_BUCKETS,
-            registry=r,
-        )
-        self.rooms_started = Counter(
-            "livekit_room_sessions_started_total", "Rooms created (room_started webhooks).", registry=r
-        )
-        self.rooms_ended = Counter(
-            "livekit_room_sessions_ended_total",
-            "Rooms closed (room_finished webhooks), by the event's "
-            'room_end_reason; end_reason="unknown" when LiveKit sent none (servers that do not set the '
-            "field) or one this version does not know.",
-            ["end_reason"],
-            registry=r,
-        )
-        self.room_duration = Histogram(
-            "livekit_room_session_duration_seconds",
-            "Room lifetimes: room_finished time minus the room's creation_time.",
-            buckets=ROOM_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.participants_started = Counter(
-            "livekit_participant_sessions_started_total",
-            "Participants who connected (participant_joined "
-            "webhooks, sent when a participant becomes active), by kind.",
-            ["kind"],
-            registry=r,
-        )
-        self.participants_ended = Counter(
-            "livekit_participant_sessions_ended_total",
-            "Connected participants who left (participant_left webhooks), by kind and disconnect reason.",
-            ["kind", "reason"],
-            registry=r,
-        )
-        self.participants_aborted = Counter(
-            "livekit_participant_connections_aborted_total",
-            "Participants who left before their connection "
-            "became active (participant_connection_aborted webhooks), by kind.",
-            ["kind"],
-            registry=r,
-        )
-        self.participant_duration = Histogram(
-            "livekit_participant_session_duration_seconds",
-            "Participant sessions: participant_left time minus joined_at, by kind.",
-            ["kind"],
-            buckets=PARTICIPANT_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.tracks = Counter(
-            "livekit_track_publications_total",
-            "Tracks published (track_published webhooks), by type and source.",
-            ["type", "source"],
-            registry=r,
-        )
-        self.egress_started = Counter(
-            "livekit_egress_started_total",
-            "Egress started (egress_started webhooks), by egress type.",
-            ["type"],
-            registry=r,
-        )
-        self.egress_ended = Counter(
-            "livekit_egress_ended_total",
-            "Egress ended (egress_ended webhooks), by egress type and final "
-            "status; LiveKit sends one for an auto-egress that never started too, so it can "
-            "exceed livekit_egress_started_total.",
-            ["type", "status"],
-            registry=r,
-        )
-        self.egress_duration = Histogram(
-            "livekit_egress_duration_seconds",
-            "Egress run time: ended_at minus started_at of ended egress (LiveKit sends nanoseconds), by egress type.",
-            ["type"],
-            buckets=EGRESS_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.egress_bytes = Counter(
-            "livekit_egress_output_bytes_total",
-            "Bytes written by ended egress (sizes of its file and segment results), by egress type.",
-            ["type"],
-            registry=r,
-        )
-        self.ingress_started = Counter(
-            "livekit_ingress_started_total",
-            "Ingress that started publishing (ingress_started webhooks), by input type.",
-            ["input_type"],
-            registry=r,
-        )
-        self.ingress_ended = Counter(
-            "livekit_ingress_ended_total",
-            "Ingress state changes into error, inactive or complete "
-            "(ingress_ended webhooks, sent on every such change, whether or not the ingress had "
-            "published), by input type and the new status.",
-            ["input_type", "status"],
-            registry=r,
-        )
-        self.sip_started = guarded(
-            "livekit_sip_calls_started_total",
-            "SIP calls whose participant became active (participant_joined "
-            "of kind sip), by trunk id (the sip.trunkID attribute). An outbound call's participant joins "
-            "before it dials, so for outbound calls this counts dial attempts, answered or not.",
-            ("trunk",),
-            "trunk",
-        )
-        self.sip_ended = guarded(
-            "livekit_sip_calls_ended_total",
-            "SIP calls whose participant left after becoming active "
-            "(participant_left of kind sip), by trunk id and disconnect reason. LiveKit gives "
-            "user_unavailable when the callee did not respond in time and user_rejected when the callee "
-            "rejected the call (busy); an unanswered call may end with another reason "
-            "(sip_trunk_failure, ...). SIP participants that never became active are in "
-            'livekit_participant_connections_aborted_total{kind="sip"}.',
-            ("trunk", "reason"),
-            "trunk",
-        )
-        self.jobs_started = guarded(
-            "livekit_agent_jobs_started_total",
-            "Agent jobs started (agent_job_started webhooks, LiveKit Cloud), by agent name.",
-            ("agent_name",),
-            "agent_name",
-        )
-        self.jobs_ended = guarded(
-            "livekit_agent_jobs_ended_total",
-            "Agent jobs ended (agent_job_ended webhooks, LiveKit Cloud), by agent name and final status.",
-            ("agent_name", "status"),
-            "agent_name",
-        )
+        for d in DECLARATIONS:
+            family: Counter | Histogram | Family[Counter]
+            if d.buckets is not None:
+                family = Histogram(d.name, d.help, d.labels, buckets=d.buckets, registry=r)
+            elif d.guarded_label is not None:
+                counter = Counter(d.name, d.help, d.labels, registry=r)
+                family = Family(counter, d.name, d.labels, telemetry.guard, frozenset({d.guarded_label}))
+            else:
+                family = Counter(d.name, d.help, d.labels, registry=r)
+            setattr(self, d.attribute, family)
         # Known label values exist from the start, so rate() works from the first event.
         for name in EVENTS:
             self.events.labels(name)
