@@ -33,6 +33,7 @@ from .model import (
     KeyPair,
     LiveKitConfig,
     Price,
+    ProjectConfig,
     Secret,
     ServerConfig,
     format_duration,
@@ -314,21 +315,18 @@ def load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
 
 def _resolve(cfg: Config, env: Mapping[str, str], at: _Located, problems: list[str]) -> Config:
     """The environment's overrides and the secret files, and the rules one key cannot state alone."""
-    livekit = _livekit(cfg.livekit, env, at, problems)
+    if cfg.projects:
+        projects = _projects(cfg, env, at, problems)
+        livekit = cfg.livekit
+    else:
+        projects, livekit = (), _livekit(cfg.livekit, env, at, problems)
     collect = replace(cfg.collect, room_size_buckets=tuple(sorted(cfg.collect.room_size_buckets)))
     if not all(math.isfinite(b) for b in collect.room_size_buckets):
         problems.append(at(["collect", "room_size_buckets"], "must be finite numbers (+Inf is always added)"))
     if collect.timeout_margin >= collect.default_scrape_timeout:
         problems.append(at(["collect", "timeout_margin"], "must be shorter than collect.default_scrape_timeout"))
 
-    keys = []
-    for i, kp in enumerate(cfg.webhooks.keys):
-        secret = kp.api_secret.reveal() or _read_secret_file(  # the schema let one of them through
-            kp.api_secret_file, at.where(["webhooks", "keys", i, "api_secret_file"]), problems
-        )
-        if secret:
-            keys.append(KeyPair(kp.api_key, Secret(secret)))
-    webhooks = replace(cfg.webhooks, keys=tuple(keys))
+    webhooks = replace(cfg.webhooks, keys=_key_pairs(cfg.webhooks.keys, at, problems, ("webhooks", "keys")))
     if webhooks.dedup_ttl < WEBHOOK_REPLAY_WINDOW:
         problems.append(
             at(
@@ -345,30 +343,119 @@ def _resolve(cfg: Config, env: Mapping[str, str], at: _Located, problems: list[s
         if getattr(cfg.server, name) <= 0:
             default = format_duration(getattr(ServerConfig, name))
             problems.append(at(["server", name], f"must be longer than 0; the default is {default}"))
-    return replace(cfg, livekit=livekit, collect=collect, webhooks=webhooks, events=events, source=at.source)
+    return replace(
+        cfg, livekit=livekit, projects=projects, collect=collect, webhooks=webhooks, events=events, source=at.source
+    )
 
 
-def _livekit(lk: LiveKitConfig, env: Mapping[str, str], at: _Located, problems: list[str]) -> LiveKitConfig:
+def _livekit(
+    lk: LiveKitConfig, env: Mapping[str, str], at: _Located, problems: list[str], path: tuple[Any, ...] = ("livekit",)
+) -> LiveKitConfig:
+    """A livekit section with its secret read; `env` (LIVEKIT_*) overrides the top-level one only."""
+    name = _yaml_path(list(path))
+    via = " or in LIVEKIT_{}" if path == ("livekit",) else ""
     url = env.get("LIVEKIT_URL") or lk.url
     key = env.get("LIVEKIT_API_KEY") or lk.api_key
     secret: str | None = env.get("LIVEKIT_API_SECRET") or lk.api_secret.reveal()
     if lk.api_secret and lk.api_secret_file:
-        problems.append(at(["livekit"], "give api_secret or api_secret_file, not both"))
+        problems.append(at(list(path), "give api_secret or api_secret_file, not both"))
     elif not secret and lk.api_secret_file:
-        secret = _read_secret_file(lk.api_secret_file, at.where(["livekit", "api_secret_file"]), problems)
+        secret = _read_secret_file(lk.api_secret_file, at.where([*path, "api_secret_file"]), problems)
     if not url:
-        problems.append(f"{at.source}: livekit.url: missing; set it in the file or in LIVEKIT_URL")
+        problems.append(f"{at.source}: {name}.url: missing; set it in the file{via.format('URL')}")
     elif env.get("LIVEKIT_URL") and not re.fullmatch(URL_PATTERN, url):
         problems.append(f"LIVEKIT_URL: must be an http(s):// or ws(s):// URL (got {_shown(url)!r})")
     if lk.tls_ca_file and not os.path.isfile(lk.tls_ca_file):
-        problems.append(at(["livekit", "tls_ca_file"], f"{lk.tls_ca_file!r} is not a readable file"))
+        problems.append(at([*path, "tls_ca_file"], f"{lk.tls_ca_file!r} is not a readable file"))
     if not key:
-        problems.append(f"{at.source}: livekit.api_key: missing; set it in the file or in LIVEKIT_API_KEY")
+        problems.append(f"{at.source}: {name}.api_key: missing; set it in the file{via.format('API_KEY')}")
     if not secret and not lk.api_secret_file:
         problems.append(
-            f"{at.source}: livekit.api_secret: missing; set api_secret_file in the file or LIVEKIT_API_SECRET"
+            f"{at.source}: {name}.api_secret: missing; set api_secret_file in the file{via.format('API_SECRET')}"
         )
     return replace(lk, url=url, api_key=key, api_secret=Secret(secret or ""))
+
+
+def _key_pairs(
+    pairs: tuple[KeyPair, ...], at: _Located, problems: list[str], path: tuple[Any, ...]
+) -> tuple[KeyPair, ...]:
+    """Webhook key pairs with their secrets read from their files."""
+    keys = []
+    for i, kp in enumerate(pairs):
+        secret = kp.api_secret.reveal() or _read_secret_file(  # the schema let one of them through
+            kp.api_secret_file, at.where([*path, i, "api_secret_file"]), problems
+        )
+        if secret:
+            keys.append(KeyPair(kp.api_key, Secret(secret)))
+    return tuple(keys)
+
+
+_LIVEKIT_ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+
+
+def _projects(cfg: Config, env: Mapping[str, str], at: _Located, problems: list[str]) -> tuple[ProjectConfig, ...]:
+    """Each project's livekit section, webhook keys and events tokens resolved; the rules across them:
+    unique names, and no key or token that would attribute a request to two projects."""
+    if cfg.livekit != LiveKitConfig() or any(env.get(name) for name in _LIVEKIT_ENV):
+        problems.append(
+            at(
+                ["projects"],
+                "give either the livekit section (and LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET) or "
+                "projects, not both: with projects, each project names its own livekit section",
+            )
+        )
+    if cfg.webhooks.keys:
+        problems.append(
+            at(["webhooks", "keys"], "with projects, give each project's key pairs in projects[].webhook_keys")
+        )
+    projects = []
+    names: dict[str, int] = {}
+    signers: dict[str, str] = {}
+    owners: dict[str, str] = {t.reveal(): "events.tokens" for t in cfg.events.tokens}
+    for i, project in enumerate(cfg.projects):
+        where = ("projects", i)
+        if project.name in names:
+            problems.append(
+                at([*where, "name"], f"{project.name!r} is already the name of projects[{names[project.name]}]")
+            )
+        names[project.name] = i
+        livekit = _livekit(project.livekit, {}, at, problems, (*where, "livekit"))
+        keys = _key_pairs(project.webhook_keys, at, problems, (*where, "webhook_keys")) or (
+            KeyPair(livekit.api_key, livekit.api_secret),
+        )
+        for key in keys:
+            if key.api_key and signers.setdefault(key.api_key, project.name) != project.name:
+                problems.append(
+                    at(
+                        [*where, "webhook_keys" if project.webhook_keys else "livekit"],
+                        f"API key {key.api_key[:40]!r} also signs the webhooks of project {signers[key.api_key]!r}: "
+                        "a webhook could not be attributed to one project; give each project its own key pair",
+                    )
+                )
+        tokens = [t.reveal() for t in project.events_tokens]
+        tokens += _token_file_lines(
+            project.events_token_files, f"{at.source}: projects[{i}].events_token_files", problems
+        )
+        for token in dict.fromkeys(t for t in tokens if t):
+            owner = owners.setdefault(token, f"projects[{i}]")
+            if owner != f"projects[{i}]":
+                problems.append(
+                    at(
+                        [*where, "events_tokens"],
+                        f"an events token of this project is also one of {owner}: a token names one project "
+                        "(or, in events.tokens, none)",
+                    )
+                )
+        projects.append(
+            replace(
+                project,
+                livekit=livekit,
+                webhook_keys=keys,
+                events_tokens=tuple(Secret(t) for t in dict.fromkeys(tokens) if t),
+                events_token_files=(),
+            )
+        )
+    return tuple(projects)
 
 
 def _token(token: str, where: str, problems: list[str]) -> str | None:
@@ -382,14 +469,21 @@ def _token(token: str, where: str, problems: list[str]) -> str | None:
     return token
 
 
-def _events(ev: EventsConfig, env: Mapping[str, str], at: _Located, problems: list[str]) -> EventsConfig:
-    tokens: list[str | None] = [t.reveal() for t in ev.tokens]  # the schema checked their length
-    for i, name in enumerate(ev.token_files):
-        where = f"{at.source}: events.token_files[{i}] ({name!r})"  # the line that follows is the token file's
+def _token_file_lines(files: tuple[str, ...], key: str, problems: list[str]) -> list[str | None]:
+    """The tokens of token files, one per non-blank line."""
+    tokens: list[str | None] = []
+    for i, name in enumerate(files):
+        where = f"{key}[{i}] ({name!r})"  # the line that follows is the token file's
         text = _read_secret_file(name, where, problems)
         for n, line in enumerate((text or "").splitlines(), 1):
             if line.strip():
                 tokens.append(_token(line.strip(), f"{where} line {n}", problems))
+    return tokens
+
+
+def _events(ev: EventsConfig, env: Mapping[str, str], at: _Located, problems: list[str]) -> EventsConfig:
+    tokens: list[str | None] = [t.reveal() for t in ev.tokens]  # the schema checked their length
+    tokens += _token_file_lines(ev.token_files, f"{at.source}: events.token_files", problems)
     for n, t in enumerate(env.get("LIVEKIT_EXPORTER_EVENTS_TOKENS", "").split(","), 1):
         if t.strip():
             tokens.append(_token(t.strip(), f"LIVEKIT_EXPORTER_EVENTS_TOKENS: token {n} (comma-separated)", problems))

@@ -28,6 +28,8 @@ WEBHOOK_CLOCK_LEEWAY = 60.0
 WEBHOOK_REPLAY_WINDOW = WEBHOOK_TOKEN_TTL + 2 * WEBHOOK_CLOCK_LEEWAY
 # Bearer tokens of the events API, however given (inline, files, environment).
 MIN_TOKEN_LENGTH = 16
+# A project's name: the value of its `project` label and of the `project` URL parameter.
+PROJECT_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 DURATION_PATTERN = "^([0-9]+(ms|s|m|h|d))+$"
 URL_PATTERN = r"^(https?|wss?)://[^\s/]+(/\S*)?$"
@@ -167,6 +169,43 @@ class LiveKitConfig:
         return without_credentials(self.url)
 
 
+Token = Annotated[Secret, Meta(extra_json_schema={"minLength": MIN_TOKEN_LENGTH})]
+SigningKey = Annotated[KeyPair, Meta(extra_json_schema=ONE_SECRET)]
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """One of several LiveKit projects monitored by one exporter (production and staging, regions).
+    Prometheus scrapes each as its own target, <telemetry path>?project=<name>, and labels it
+    project="<name>" by relabelling; webhooks signed with one of its keys and events pushed with one of
+    its tokens are counted under it."""
+
+    name: Annotated[
+        str,
+        doc(
+            "The project's name: its `project` URL parameter and label value (letters, digits, `_`, `.`, `-`).",
+            pattern=PROJECT_NAME_PATTERN,
+        ),
+    ]
+    livekit: Annotated[LiveKitConfig, doc("The project's LiveKit server: the keys of the livekit section.")] = field(
+        default_factory=lambda: LiveKitConfig()
+    )
+    webhook_keys: Annotated[
+        tuple[SigningKey, ...],
+        doc("Key pairs that sign this project's webhooks (several for rotation); when empty, its livekit key pair."),
+    ] = ()
+    events_tokens: Annotated[
+        tuple[Token, ...],
+        doc(
+            "Bearer tokens whose events belong to this project (events.tokens may push to any project, naming "
+            "it with ?project=<name>)."
+        ),
+    ] = ()
+    events_token_files: Annotated[
+        tuple[FilePath, ...], doc("Files holding this project's events tokens, one per line.")
+    ] = ()
+
+
 @dataclass(frozen=True)
 class RoomDetailConfig:
     """Opt-in per-room detail: ListParticipants and ListDispatch for each room."""
@@ -236,8 +275,11 @@ class WebhooksConfig:
     path: Annotated[UrlPath, doc("Where LiveKit posts its webhooks.")] = "/webhook"
     max_body_bytes: Annotated[Positive, doc("Larger request bodies get 413.")] = 1 << 20
     keys: Annotated[
-        tuple[Annotated[KeyPair, Meta(extra_json_schema=ONE_SECRET)], ...],
-        doc("Key pairs that may sign webhooks (several for rotation); when empty, the livekit API key pair."),
+        tuple[SigningKey, ...],
+        doc(
+            "Key pairs that may sign webhooks (several for rotation); when empty, the livekit API key pair. "
+            "With projects, each project names its own (projects[].webhook_keys)."
+        ),
     ] = ()
     dedup_ttl: Annotated[
         Duration,
@@ -299,10 +341,12 @@ class EventsConfig:
     enabled: Annotated[bool, doc("Serve the events API.")] = True
     path: Annotated[UrlPath, doc("Where agents post their events.")] = "/v1/events"
     tokens: Annotated[
-        tuple[Annotated[Secret, Meta(extra_json_schema={"minLength": MIN_TOKEN_LENGTH})], ...],
+        tuple[Token, ...],
         doc(
             "Bearer tokens accepted by the events API (several for rotation). Also from token_files and "
-            "LIVEKIT_EXPORTER_EVENTS_TOKENS (comma-separated). Without any token every request is refused."
+            "LIVEKIT_EXPORTER_EVENTS_TOKENS (comma-separated). Without any token every request is refused. With "
+            "projects, a request with one of these names its project (?project=<name>); a project's own "
+            "tokens (projects[].events_tokens) need not."
         ),
     ] = ()
     token_files: Annotated[
@@ -438,6 +482,14 @@ class Config:
     LIVEKIT_API_SECRET fill or override the livekit section."""
 
     livekit: LiveKitConfig = field(default_factory=LiveKitConfig)
+    projects: Annotated[
+        tuple[ProjectConfig, ...],
+        doc(
+            "Several LiveKit projects, each scraped as <telemetry path>?project=<name> (see docs/architecture.md, "
+            "Several projects). Give either the livekit section (one project, served on the telemetry path) or "
+            "projects, not both. collect, labels, webhooks, events and server apply to every project."
+        ),
+    ] = ()
     collect: CollectConfig = field(default_factory=CollectConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
