@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from .mixin import DEFAULT_CONFIG, Mixin, MixinError, load, parse_set
+from .mixin.config import add_set_option
 from .mixin.render import prometheus_yml, rule_files
 
 SECRETS_DIR = "/run/secrets/"
@@ -310,23 +311,14 @@ class Stack:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m livekit_exporter.stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, default=Path.cwd(), help="the repository (default: the current directory)")
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="where the rendered files, data and logs go (default: a temporary directory, removed at exit)",
-    )
-    p.add_argument(
-        "--env-file",
-        type=Path,
-        default=None,
-        help="the secrets, as for `docker compose --env-file` (default: the repository's .env)",
-    )
-    p.add_argument(
-        "--set",
+    for flag, help_text in (
+        ("--data", "where the rendered files, data and logs go (default: a temporary directory, removed at exit)"),
+        ("--env-file", "the secrets, as for `docker compose --env-file` (default: the repository's .env)"),
+    ):
+        p.add_argument(flag, type=Path, default=None, help=help_text)
+    add_set_option(
+        p,
         dest="overrides",
-        action="append",
-        default=[],
         metavar="KEY=YAML",
         help="a prometheus/mixin.yml value for this run, e.g. prometheus.scrape_interval=5s",
     )

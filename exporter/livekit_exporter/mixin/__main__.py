@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from . import DEFAULT_CONFIG, MixinError, generate, load, parse_set, stale, write
+from .config import add_set_option
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,10 +16,9 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=DEFAULT_CONFIG, help="the mixin configuration (default: %(default)s)"
     )
     ap.add_argument("--out", type=Path, default=Path("."), help="where prometheus/ and docs/ are written (default: .)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
+    add_set_option(
+        ap,
+        dest="set",
         metavar="KEY=VALUE",
         help="override one key, VALUE in YAML (repeatable), e.g. prometheus.scrape_timeout=5s",
     )

@@ -7,6 +7,7 @@ user edits always reaches a rule.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import re
 from pathlib import Path
@@ -27,6 +28,19 @@ def seconds(text: str) -> float:
     if not isinstance(text, str) or not _DURATION.fullmatch(text):
         raise ValueError(f"{text!r} is not a Prometheus duration (like 30s, 5m, 1h, 1d, 1w)")
     return sum(int(n) * _UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", text))
+
+
+def config_seconds(value: Any, where: str) -> float:
+    """seconds(value) of a configured duration, or a MixinError that starts with `where` (file: key)."""
+    try:
+        return seconds(value)
+    except ValueError as e:
+        raise MixinError(f"{where}: {e}") from None
+
+
+def add_set_option(parser: argparse.ArgumentParser, *, dest: str, metavar: str, help: str) -> None:
+    """The repeatable `--set KEY=VALUE` of the commands that load the configuration (see parse_set)."""
+    parser.add_argument("--set", dest=dest, action="append", default=[], metavar=metavar, help=help)
 
 
 class Node:
@@ -79,12 +93,9 @@ class Node:
 
     def mappings(self, key: str, allowed: set[str]) -> list[Node]:
         """A list of mappings, each read like a section; keys outside `allowed` are refused."""
-        value = self[key]
         where = self._where(key)
-        if not isinstance(value, list) or not value:
-            raise MixinError(f"{self._source}: {where}: expected a non-empty list of mappings")
         out = []
-        for i, item in enumerate(value):
+        for i, item in enumerate(self.nonempty_list(key, "mappings")):
             if not isinstance(item, dict):
                 raise MixinError(f"{self._source}: {where}[{i}]: expected a mapping")
             extra = set(item) - allowed
@@ -96,15 +107,19 @@ class Node:
             out.append(Node(item, f"{where}[{i}]", self._source, self._reads, self._ctx))
         return out
 
+    def nonempty_list(self, key: str, of: str) -> list[Any]:
+        """A list with at least one item; `of` names its items in the error (e.g. "mappings")."""
+        value = self[key]
+        if not isinstance(value, list) or not value:
+            raise MixinError(f"{self._source}: {self._where(key)}: expected a non-empty list of {of}")
+        return value
+
     def items(self) -> list[tuple[str, Any]]:
         return [(k, self[k]) for k in self._data]
 
     def duration(self, key: str, *, positive: bool = False) -> str:
         value = self[key]
-        try:
-            s = seconds(value)
-        except ValueError as e:
-            raise MixinError(f"{self._source}: {self._where(key)}: {e}") from None
+        s = config_seconds(value, f"{self._source}: {self._where(key)}")
         if positive and s <= 0:
             raise MixinError(f"{self._source}: {self._where(key)}: {value} must be longer than 0s")
         return value

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
-from .config import MixinConfig, MixinError, seconds
+from .config import MixinConfig, MixinError, config_seconds, seconds
 
 VAL = "{{ $value | humanize }}"
 PCT = "{{ $value | humanizePercentage }}"
@@ -1502,15 +1502,9 @@ class Mixin:
                 "or the recorded series go missing between evaluations (coarser resolution is long-term "
                 "storage's downsampling, not the evaluation interval)"
             )
-        value = c["windows"]
-        if not isinstance(value, list) or not value:
-            raise MixinError(f"{c.source}: long_term.windows: expected a non-empty list of durations (e.g. [5m, 1h])")
         windows = []
-        for i, w in enumerate(value):
-            try:
-                s = seconds(w)
-            except ValueError as e:
-                raise MixinError(f"{c.source}: long_term.windows[{i}]: {e}") from None
+        for i, w in enumerate(c.nonempty_list("windows", "durations (e.g. [5m, 1h])")):
+            s = config_seconds(w, f"{c.source}: long_term.windows[{i}]")
             low = self.cfg._ctx.get("min_window") or 0
             if s < max(low, seconds(interval)):
                 raise MixinError(
