@@ -31,14 +31,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .. import guard as cardinality
 from ..config import EventsConfig, Price
 from ..expiring import ExpiringMap
-from ..guard import LabelGuard, M
+from ..guard import Family, LabelGuard, M
 from ..telemetry import Telemetry
 from . import model as contract
 
@@ -50,50 +49,63 @@ CALL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 # Tool calls and LLM requests: mostly sub-second, but a tool may wait on a slow backend for minutes.
 REQUEST_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
 
-# name -> (labels, help, default buckets). The one list of the voice_agent_* histograms; the
-# config schema's events.buckets keys are checked against it by a test.
-HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
+# name -> (labels, help, default buckets, the Pipeline attribute that holds it). The one list of
+# the voice_agent_* histograms; the config schema's events.buckets keys are checked against it by a test.
+HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...], str]] = {
     "voice_agent_call_duration_seconds": (
         ("agent", "direction", "outcome"),
         "Duration of ended calls (call_ended.duration_seconds).",
         CALL_BUCKETS,
+        "call_duration",
     ),
     "voice_agent_call_setup_seconds": (
         ("agent", "direction"),
         "Time from dial to answer (call_answered.setup_seconds).",
         CALL_BUCKETS,
+        "call_setup",
     ),
     "voice_agent_turn_latency_seconds": (
         ("agent",),
         "Voice-to-voice turn latency: the user stops speaking -> the agent's audio starts.",
         TURN_BUCKETS,
+        "turn_latency",
     ),
     "voice_agent_end_of_utterance_delay_seconds": (
         ("agent",),
         "End of user speech (VAD) -> the decision that the user's turn ended.",
         STAGE_BUCKETS,
+        "eou_delay",
     ),
     "voice_agent_transcription_delay_seconds": (
         ("agent", "provider", "model"),
         "End of user speech -> final transcript, by STT provider and model.",
         STAGE_BUCKETS,
+        "transcription_delay",
     ),
     "voice_agent_llm_time_to_first_token_seconds": (
         ("agent", "provider", "model"),
         "LLM time to first token in a turn, by provider and model.",
         STAGE_BUCKETS,
+        "llm_ttft",
     ),
     "voice_agent_llm_request_duration_seconds": (
         ("agent", "provider", "model"),
         "Duration of LLM requests, by provider and model.",
         REQUEST_BUCKETS,
+        "llm_duration",
     ),
     "voice_agent_tts_time_to_first_byte_seconds": (
         ("agent", "provider", "model"),
         "TTS time to first audio byte in a turn, by provider and model.",
         STAGE_BUCKETS,
+        "tts_ttfb",
     ),
-    "voice_agent_tool_call_duration_seconds": (("agent", "tool"), "Duration of function-tool calls.", REQUEST_BUCKETS),
+    "voice_agent_tool_call_duration_seconds": (
+        ("agent", "tool"),
+        "Duration of function-tool calls.",
+        REQUEST_BUCKETS,
+        "tool_duration",
+    ),
 }
 
 # A bound on the active-call table, whatever the clients send.
@@ -174,20 +186,146 @@ class PriceTable:
 GUARDED = frozenset({"agent", "campaign", "outcome", "provider", "model", "tool", "dependency"})
 
 
-class Family(cardinality.Family[M]):
-    """A voice_agent_* metric under the cardinality guard (scope "voice_agent"): its children are
-    looked up by the raw label values. Values a gauge's expiry frees (guard.forget) belong to report
-    gauges, which use `report()` and never the children cache."""
+class _Declaration(NamedTuple):
+    """One voice_agent_* counter or gauge (or, in PLAIN_COUNTERS, an exporter counter outside the guard):
+    the Pipeline attribute that holds it, its name, help and labels."""
 
-    def __init__(
-        self,
-        metric: M,
-        name: str,
-        labelnames: tuple[str, ...],
-        guard: LabelGuard,
-        guarded: frozenset[str] = GUARDED,
-    ):
-        super().__init__(metric, name, labelnames, guard, guarded, SCOPE)
+    attribute: str
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    gauge: bool = False
+    guarded: frozenset[str] = GUARDED
+
+
+# The guarded counters and gauges, registered in this order (the order of the exposition), before the histograms.
+FAMILIES: tuple[_Declaration, ...] = (
+    _Declaration(
+        "calls_started",
+        "voice_agent_calls_started_total",
+        "Calls started (call_started events).",
+        ("agent", "direction", "campaign"),
+    ),
+    _Declaration(
+        "calls_answered",
+        "voice_agent_calls_answered_total",
+        "Calls answered, by who answered (call_answered events).",
+        ("agent", "direction", "campaign", "answered_by"),
+    ),
+    _Declaration(
+        "calls_ended",
+        "voice_agent_calls_ended_total",
+        "Calls ended, by their user-defined outcome (call_ended events).",
+        ("agent", "direction", "campaign", "outcome"),
+    ),
+    _Declaration(
+        "calls_expired",
+        "voice_agent_calls_expired_total",
+        "Calls taken out of voice_agent_calls_active because no call_ended arrived within events.call_ttl.",
+        ("agent", "direction"),
+    ),
+    _Declaration(
+        "calls_active",
+        "voice_agent_calls_active",
+        "Calls started and not yet ended; a call with no end leaves after events.call_ttl.",
+        ("agent", "direction"),
+        gauge=True,
+    ),
+    _Declaration(
+        "calls_queued",
+        "voice_agent_calls_queued",
+        "Calls waiting to be dialled, as last reported by dialers.",
+        ("agent", "campaign"),
+        gauge=True,
+    ),
+    _Declaration(
+        "campaign_running",
+        "voice_agent_campaign_running",
+        "1 while a campaign runs, 0 when paused or ended (reported by dialers); gone after "
+        "events.campaign_ttl without a report.",
+        ("campaign",),
+        gauge=True,
+    ),
+    _Declaration(
+        "dependency_up",
+        "voice_agent_dependency_up",
+        "1 when the agent reports the dependency healthy, 0 when not; gone after events.dependency_ttl "
+        "without a report.",
+        ("agent", "dependency"),
+        gauge=True,
+    ),
+    _Declaration(
+        "turns",
+        "voice_agent_turns_total",
+        "Conversational turns, by whether the user cut the agent's reply short.",
+        ("agent", "interrupted"),
+    ),
+    _Declaration(
+        "interruptions",
+        "voice_agent_interruptions_total",
+        "Times users spoke over the agent, false interruptions (the agent resumed) included.",
+        ("agent",),
+    ),
+    _Declaration(
+        "llm_tokens",
+        "voice_agent_llm_tokens_total",
+        "LLM tokens by type: input (every prompt token), cached (the part of input served from cache), output.",
+        ("agent", "provider", "model", "type"),
+    ),
+    _Declaration(
+        "tts_characters",
+        "voice_agent_tts_characters_total",
+        "Characters synthesized by TTS.",
+        ("agent", "provider", "model"),
+    ),
+    _Declaration(
+        "stt_audio",
+        "voice_agent_stt_audio_seconds_total",
+        "Seconds of audio transcribed by STT.",
+        ("agent", "provider", "model"),
+    ),
+    _Declaration(
+        "errors",
+        "voice_agent_errors_total",
+        'Errors by pipeline component and error type; recoverable="true" for those the agent retried past.',
+        ("agent", "component", "type", "recoverable"),
+        guarded=frozenset({"agent", "type"}),
+    ),
+    _Declaration(
+        "cost",
+        "voice_agent_estimated_cost_dollars_total",
+        "Estimated spend in US dollars: usage times the price table in events.prices (unpriced usage adds nothing).",
+        ("agent", "component", "provider", "model"),
+    ),
+    _Declaration(
+        "unpriced",
+        "livekit_exporter_unpriced_usage_events_total",
+        "Usage events (stt, llm, tts) that events.prices does not price: they add no estimated cost.",
+        ("component", "provider", "model"),
+    ),
+)
+
+# The exporter's own counters of the events API, registered after the histograms; not guarded.
+PLAIN_COUNTERS: tuple[_Declaration, ...] = (
+    _Declaration(
+        "events_total",
+        "livekit_exporter_events_total",
+        "Events accepted by the events API, by type.",
+        ("type",),
+    ),
+    _Declaration(
+        "latencies_discarded",
+        "livekit_exporter_event_latencies_discarded_total",
+        "Turn-stage timings above events.max_latency, not observed (the rest of their event was applied).",
+        ("type", "field"),
+    ),
+    _Declaration(
+        "requests_rejected",
+        "livekit_exporter_event_requests_rejected_total",
+        "Requests to the events API refused whole (none of their events applied), by reason.",
+        ("reason",),
+    ),
+)
 
 
 class _Reports:
@@ -232,6 +370,35 @@ class _Reports:
 class Pipeline:
     """Owns the voice_agent_* metrics of one exporter and applies validated batches to them."""
 
+    calls_started: Family[Counter]
+    calls_answered: Family[Counter]
+    calls_ended: Family[Counter]
+    calls_expired: Family[Counter]
+    calls_active: Family[Gauge]
+    calls_queued: Family[Gauge]
+    campaign_running: Family[Gauge]
+    dependency_up: Family[Gauge]
+    turns: Family[Counter]
+    interruptions: Family[Counter]
+    llm_tokens: Family[Counter]
+    tts_characters: Family[Counter]
+    stt_audio: Family[Counter]
+    errors: Family[Counter]
+    cost: Family[Counter]
+    unpriced: Family[Counter]
+    events_total: Counter
+    latencies_discarded: Counter
+    requests_rejected: Counter
+    call_duration: Family[Histogram]
+    call_setup: Family[Histogram]
+    turn_latency: Family[Histogram]
+    eou_delay: Family[Histogram]
+    llm_duration: Family[Histogram]
+    tool_duration: Family[Histogram]
+    transcription_delay: Family[Histogram]
+    llm_ttft: Family[Histogram]
+    tts_ttfb: Family[Histogram]
+
     def __init__(self, config: EventsConfig, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.clock = clock
@@ -248,126 +415,22 @@ class Pipeline:
 
         guard = telemetry.guard
 
-        def counter(name: str, doc: str, labels: tuple[str, ...], guarded: frozenset[str] = GUARDED) -> Family[Counter]:
-            return Family(Counter(name, doc, labels, registry=r), name, labels, guard, guarded)
+        def family(metric: M, name: str, labels: tuple[str, ...], guarded: frozenset[str] = GUARDED) -> Family[M]:
+            """A voice_agent_* metric under the cardinality guard (scope "voice_agent"): its children
+            are looked up by the raw label values. Values a gauge's expiry frees (guard.forget) belong
+            to report gauges, which use `report()` and never the children cache."""
+            return Family(metric, name, labels, guard, guarded, SCOPE)
 
-        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Family[Gauge]:
-            return Family(Gauge(name, doc, labels, registry=r), name, labels, guard)
-
-        self.calls_started = counter(
-            "voice_agent_calls_started_total",
-            "Calls started (call_started events).",
-            ("agent", "direction", "campaign"),
-        )
-        self.calls_answered = counter(
-            "voice_agent_calls_answered_total",
-            "Calls answered, by who answered (call_answered events).",
-            ("agent", "direction", "campaign", "answered_by"),
-        )
-        self.calls_ended = counter(
-            "voice_agent_calls_ended_total",
-            "Calls ended, by their user-defined outcome (call_ended events).",
-            ("agent", "direction", "campaign", "outcome"),
-        )
-        self.calls_expired = counter(
-            "voice_agent_calls_expired_total",
-            "Calls taken out of voice_agent_calls_active because no call_ended arrived within events.call_ttl.",
-            ("agent", "direction"),
-        )
-        self.calls_active = gauge(
-            "voice_agent_calls_active",
-            "Calls started and not yet ended; a call with no end leaves after events.call_ttl.",
-            ("agent", "direction"),
-        )
-        self.calls_queued = gauge(
-            "voice_agent_calls_queued",
-            "Calls waiting to be dialled, as last reported by dialers.",
-            ("agent", "campaign"),
-        )
-        self.campaign_running = gauge(
-            "voice_agent_campaign_running",
-            "1 while a campaign runs, 0 when paused or ended (reported by dialers); gone after events.campaign_ttl without a report.",
-            ("campaign",),
-        )
-        self.dependency_up = gauge(
-            "voice_agent_dependency_up",
-            "1 when the agent reports the dependency healthy, 0 when not; gone after events.dependency_ttl without a report.",
-            ("agent", "dependency"),
-        )
-        self.turns = counter(
-            "voice_agent_turns_total",
-            "Conversational turns, by whether the user cut the agent's reply short.",
-            ("agent", "interrupted"),
-        )
-        self.interruptions = counter(
-            "voice_agent_interruptions_total",
-            "Times users spoke over the agent, false interruptions (the agent resumed) included.",
-            ("agent",),
-        )
-        self.llm_tokens = counter(
-            "voice_agent_llm_tokens_total",
-            "LLM tokens by type: input (every prompt token), cached (the part of input served from cache), output.",
-            ("agent", "provider", "model", "type"),
-        )
-        self.tts_characters = counter(
-            "voice_agent_tts_characters_total", "Characters synthesized by TTS.", ("agent", "provider", "model")
-        )
-        self.stt_audio = counter(
-            "voice_agent_stt_audio_seconds_total",
-            "Seconds of audio transcribed by STT.",
-            ("agent", "provider", "model"),
-        )
-        self.errors = counter(
-            "voice_agent_errors_total",
-            'Errors by pipeline component and error type; recoverable="true" for those the agent retried past.',
-            ("agent", "component", "type", "recoverable"),
-            guarded=frozenset({"agent", "type"}),
-        )
-        self.cost = counter(
-            "voice_agent_estimated_cost_dollars_total",
-            "Estimated spend in US dollars: usage times the price table in events.prices (unpriced usage adds nothing).",
-            ("agent", "component", "provider", "model"),
-        )
-        self.unpriced = counter(
-            "livekit_exporter_unpriced_usage_events_total",
-            "Usage events (stt, llm, tts) that events.prices does not price: they add no estimated cost.",
-            ("component", "provider", "model"),
-        )
-        self.histograms = {
-            name: Family(
-                Histogram(name, doc, labels, buckets=config.buckets.get(name, default), registry=r),
-                name,
-                tuple(labels),
-                guard,
-            )
-            for name, (labels, doc, default) in HISTOGRAMS.items()
-        }
-        h = self.histograms
-        self.call_duration = h["voice_agent_call_duration_seconds"]
-        self.call_setup = h["voice_agent_call_setup_seconds"]
-        self.turn_latency = h["voice_agent_turn_latency_seconds"]
-        self.eou_delay = h["voice_agent_end_of_utterance_delay_seconds"]
-        self.llm_duration = h["voice_agent_llm_request_duration_seconds"]
-        self.tool_duration = h["voice_agent_tool_call_duration_seconds"]
-        self.transcription_delay = h["voice_agent_transcription_delay_seconds"]
-        self.llm_ttft = h["voice_agent_llm_time_to_first_token_seconds"]
-        self.tts_ttfb = h["voice_agent_tts_time_to_first_byte_seconds"]
-
-        self.events_total = Counter(
-            "livekit_exporter_events_total", "Events accepted by the events API, by type.", ("type",), registry=r
-        )
-        self.latencies_discarded = Counter(
-            "livekit_exporter_event_latencies_discarded_total",
-            "Turn-stage timings above events.max_latency, not observed (the rest of their event was applied).",
-            ("type", "field"),
-            registry=r,
-        )
-        self.requests_rejected = Counter(
-            "livekit_exporter_event_requests_rejected_total",
-            "Requests to the events API refused whole (none of their events applied), by reason.",
-            ("reason",),
-            registry=r,
-        )
+        for d in FAMILIES:
+            kind = Gauge if d.gauge else Counter
+            setattr(self, d.attribute, family(kind(d.name, d.help, d.labels, registry=r), d.name, d.labels, d.guarded))
+        self.histograms: dict[str, Family[Histogram]] = {}
+        for name, (labels, doc, default, attribute) in HISTOGRAMS.items():
+            buckets = config.buckets.get(name, default)
+            self.histograms[name] = family(Histogram(name, doc, labels, buckets=buckets, registry=r), name, labels)
+            setattr(self, attribute, self.histograms[name])
+        for d in PLAIN_COUNTERS:
+            setattr(self, d.attribute, Counter(d.name, d.help, d.labels, registry=r))
         self._events_total = {t: self.events_total.labels(t) for t in contract.TYPE_NAMES}
         self._queued = _Reports(self.calls_queued, config.campaign_ttl, guard, self._now)
         self._campaigns = _Reports(self.campaign_running, config.campaign_ttl, guard, self._now)
