@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import shutil
 import socket
@@ -11,9 +12,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now (for a server to take, or to be refused on)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,6 +37,15 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> 
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminates a process this one started, and kills it if it has not exited 10 s later."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 class ListSink:
     """Stands in for the push client: keeps what is emitted, at the cost of a list append."""
 
@@ -43,6 +55,39 @@ class ListSink:
     def emit(self, event) -> bool:
         self.events.append(event)
         return True
+
+
+# -- the simulated LiveKit (bench/soak.py, tests/test_dashboards.py) -------------------------------
+# The imports are in the functions: this module is imported before some scripts choose which
+# exporter/ (BENCH_EXPORTER_SRC) is on sys.path.
+
+
+def add_busy_room(scenario: Any, room: str, rng: random.Random, trunk: Any, *, max_participants: int) -> tuple[Any, Any]:
+    """A room of the simulator's Scenario with 1 to 4 users (audio; every other one video too), an
+    agent with a running support-agent dispatch, and an active SIP call on `trunk`.
+    Returns (the dispatch, the SIP participant), for end_busy_room_call()."""
+    from livekit.protocol import agent as proto_agent
+    from livekit.protocol import models as proto_models
+
+    from livekit_exporter.simulator.scenario import Kind
+
+    audio, video = (proto_models.AUDIO, proto_models.MICROPHONE), (proto_models.VIDEO, proto_models.CAMERA)
+    scenario.add_room(room, max_participants=max_participants)
+    for j in range(rng.randint(1, 4)):
+        scenario.add_participant(room, f"u{j}", tracks=[audio, video][: 1 + j % 2])
+    scenario.add_participant(room, "agent", kind=Kind.AGENT, tracks=[audio])
+    dispatch = scenario.add_dispatch(room, "support-agent", [proto_agent.JS_RUNNING])
+    return dispatch, scenario.add_sip_call(room, trunk, "active")
+
+
+def end_busy_room_call(scenario: Any, room: str, dispatch: Any, sip: Any, *, user_unavailable: bool) -> None:
+    """The SIP caller of add_busy_room() leaves (USER_UNAVAILABLE or CLIENT_INITIATED), the agent's job succeeds."""
+    from livekit.protocol import agent as proto_agent
+    from livekit.protocol import models as proto_models
+
+    reasons = proto_models.DisconnectReason
+    scenario.remove_participant(room, sip.identity, reasons.USER_UNAVAILABLE if user_unavailable else reasons.CLIENT_INITIATED)
+    scenario.set_job_status(room, dispatch.id, 0, proto_agent.JS_SUCCESS)
 
 
 # -- scripts that start their servers as copies of themselves ---------------------------------

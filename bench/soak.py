@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port, wait_listening  # noqa: E402
+from common import add_busy_room, end_busy_room_call, free_port, stop_process, wait_listening  # noqa: E402
 
 API_KEY = "APIsoak"
 API_SECRET = "soak-secret-" + "s" * 32
@@ -156,12 +156,10 @@ class Load:
                 await asyncio.wait_for(self.stop.wait(), period)
 
     async def world(self) -> None:
-        from livekit.protocol import agent as proto_agent
         from livekit.protocol import egress as proto_egress
         from livekit.protocol import ingress as proto_ingress
-        from livekit.protocol import models as proto_models
 
-        from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
+        from livekit_exporter.simulator.scenario import EGRESS_TYPES
 
         sc, rng = self.scenario, self.rng
         trunks = [sc.add_trunk("inbound", "in-0"), sc.add_trunk("outbound", "out-0")]
@@ -171,14 +169,8 @@ class Load:
         async def step() -> None:
             i = next(n)
             room = f"room-{i}"
-            sc.add_room(room, max_participants=rng.choice((0, 5)))
+            dispatch, sip = add_busy_room(sc, room, rng, trunks[i % 2], max_participants=rng.choice((0, 5)))
             self.rooms.append(room)
-            for j in range(rng.randint(1, 4)):
-                sc.add_participant(room, f"u{j}", tracks=[(proto_models.AUDIO, proto_models.MICROPHONE),
-                                                          (proto_models.VIDEO, proto_models.CAMERA)][: 1 + j % 2])
-            sc.add_participant(room, "agent", kind=Kind.AGENT, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
-            d = sc.add_dispatch(room, "support-agent", [proto_agent.JS_RUNNING])
-            sip = sc.add_sip_call(room, trunks[i % 2], "active")
             if i % 3 == 0:
                 eg = sc.add_egress(room, EGRESS_TYPES[i % len(EGRESS_TYPES)])
                 sc.set_egress_status(eg.egress_id, proto_egress.EGRESS_COMPLETE if i % 2 else proto_egress.EGRESS_FAILED,
@@ -189,9 +181,7 @@ class Load:
                                      room=room, audio_bitrate=64_000)
                 sc.set_ingress_status(ing.ingress_id, proto_ingress.IngressState.ENDPOINT_COMPLETE)
                 self.finished_ingress.append(ing.ingress_id)
-            sc.remove_participant(room, sip.identity, proto_models.DisconnectReason.USER_UNAVAILABLE if i % 2
-                                  else proto_models.DisconnectReason.CLIENT_INITIATED)
-            sc.set_job_status(room, d.id, 0, proto_agent.JS_SUCCESS)
+            end_busy_room_call(sc, room, dispatch, sip, user_unavailable=bool(i % 2))
             # The world stays the same size: the oldest room closes, old egress and ingress are forgotten.
             while len(self.rooms) > KEEP_ROOMS:
                 sc.remove_room(self.rooms.pop(0))
@@ -404,11 +394,7 @@ async def soak(opts: Options) -> Report:
                     report.mismatches.append(f"the client sent {events.stats.sent} events, the fleet emitted "
                                              f"{sum(fleet.truth.events.values())}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
     report.figures = figures(report.samples, opts.minutes * 60)
     return report
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -18,8 +18,12 @@ from livekit_exporter.config import CollectConfig, Config, LiveKitConfig, RoomDe
 from livekit_exporter.server import build_app
 from livekit_exporter.simulator import Scenario, Simulator
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# bench/common.py: the helpers the tests share with the benchmark scripts (free_port, stop_process,
+# the simulator's busy rooms); a test imports them from `common`, as the scripts do.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from common import free_port, stop_process  # noqa: F401  (re-exported: `from conftest import free_port, stop_process`)
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Debian installs Alertmanager as prometheus-alertmanager; upstream tarballs call it alertmanager.
 ALIASES = {"alertmanager": ("alertmanager", "prometheus-alertmanager")}
@@ -35,13 +39,6 @@ def require_binary(name: str) -> str:
     if IN_CI:
         pytest.fail(f"{msg}; CI must run this check (.ci/run installs it)")
     pytest.skip(msg)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (for a server to take, or to be refused on)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def serve_on_loopback(
@@ -66,15 +63,6 @@ async def finish_held_request(
     head = await asyncio.wait_for(reader.readline(), timeout)
     writer.close()
     return head
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Terminates a process the test started, and kills it if it has not exited 10 s later."""
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

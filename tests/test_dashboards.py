@@ -26,11 +26,10 @@ import promql_parser
 import pytest
 import yaml
 from aiohttp import web
-from livekit.protocol import agent as proto_agent
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
-from livekit.protocol import models as proto_models
 
+from common import add_busy_room, end_busy_room_call  # bench/common.py: the busy rooms bench/soak.py builds too
 from conftest import EVENTS_TOKEN, free_port, require_binary
 from livekit_exporter.client import EventsClient
 from livekit_exporter.config import EventsConfig, LabelsConfig, Price, Secret
@@ -38,7 +37,7 @@ from livekit_exporter.mixin import DEFAULT_CONFIG, Mixin, generate, load, write
 from livekit_exporter.mixin.dashboards import boards
 from livekit_exporter.server import build_app
 from livekit_exporter.simulator import Delivery, Fault, WebhookSender
-from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
+from livekit_exporter.simulator.scenario import EGRESS_TYPES
 from livekit_exporter.simulator.voice_agents import PRICES, VoiceAgentFleet
 from livekit_exporter.simulator.webhooks import request_headers, sign
 from livekit_exporter.simulator.sip_metrics import sip_app
@@ -209,13 +208,7 @@ async def drive(scenario, exporter_url: str, stop: asyncio.Event, settle) -> Non
 
         async def iteration(i: int, service_down: bool) -> None:
             room = f"room-{i}"
-            scenario.add_room(room, max_participants=rng.choice((0, 3)))
-            for j in range(rng.randint(1, 4)):
-                scenario.add_participant(room, f"u{j}", tracks=[(proto_models.AUDIO, proto_models.MICROPHONE),
-                                                                (proto_models.VIDEO, proto_models.CAMERA)][:1 + j % 2])
-            scenario.add_participant(room, "agent", kind=Kind.AGENT, tracks=[(proto_models.AUDIO, proto_models.MICROPHONE)])
-            d = scenario.add_dispatch(room, "support-agent", [proto_agent.JS_RUNNING])
-            sip = scenario.add_sip_call(room, trunks[i % 2], "active")
+            dispatch, sip = add_busy_room(scenario, room, rng, trunks[i % 2], max_participants=rng.choice((0, 3)))
             eg = scenario.add_egress(room, EGRESS_TYPES[i % len(EGRESS_TYPES)])
             ing = scenario.add_ingress(proto_ingress.WHIP_INPUT, proto_ingress.IngressState.ENDPOINT_PUBLISHING,
                                        room=room, audio_bitrate=64_000)
@@ -225,9 +218,7 @@ async def drive(scenario, exporter_url: str, stop: asyncio.Event, settle) -> Non
                                        output_bytes=rng.randrange(10**5, 10**7))
             scenario.set_ingress_status(ing.ingress_id, proto_ingress.IngressState.ENDPOINT_COMPLETE if i % 2
                                         else proto_ingress.IngressState.ENDPOINT_ERROR)
-            scenario.remove_participant(room, sip.identity, proto_models.DisconnectReason.USER_UNAVAILABLE if i % 2
-                                        else proto_models.DisconnectReason.CLIENT_INITIATED)
-            scenario.set_job_status(room, d.id, 0, proto_agent.JS_SUCCESS)
+            end_busy_room_call(scenario, room, dispatch, sip, user_unavailable=bool(i % 2))
             if i % 4 == 3:
                 scenario.remove_room(f"room-{i - 3}")
             await faults(service_down)
