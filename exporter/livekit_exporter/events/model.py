@@ -82,28 +82,36 @@ class _Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_
     pass
 
 
-class CallStarted(_Event, tag="call_started", kw_only=True):
+class _CallEvent(_Event, kw_only=True):
+    """The fields that begin each event of one call's life (started, answered, ended)."""
+
+    agent: AgentName
+    call_id: CallId
+    direction: Direction
+    campaign: Campaign = ""
+
+
+class _UsageEvent(_Event, kw_only=True):
+    """The fields that begin each usage event (stt, llm, tts)."""
+
+    agent: AgentName
+    provider: Provider
+    model: Model
+
+
+class CallStarted(_CallEvent, tag="call_started", kw_only=True):
     """A call began: dialling (outbound), ringing in (inbound) or a web session opening.
 
     Counts voice_agent_calls_started_total and adds the call to voice_agent_calls_active until its
     call_ended arrives or events.call_ttl passes."""
 
-    agent: AgentName
-    call_id: CallId
-    direction: Direction
-    campaign: Campaign = ""
 
-
-class CallAnswered(_Event, tag="call_answered", kw_only=True):
+class CallAnswered(_CallEvent, tag="call_answered", kw_only=True):
     """The callee picked up (for outbound calls), or the agent took the call.
 
     Counts voice_agent_calls_answered_total; setup_seconds (dial to answer) feeds
     voice_agent_call_setup_seconds."""
 
-    agent: AgentName
-    call_id: CallId
-    direction: Direction
-    campaign: Campaign = ""
     answered_by: Annotated[
         Literal["human", "machine", "unknown"],
         msgspec.Meta(description="Who answered, as far as the agent could tell."),
@@ -111,16 +119,12 @@ class CallAnswered(_Event, tag="call_answered", kw_only=True):
     setup_seconds: Annotated[Seconds, msgspec.Meta(description="Seconds from dial to answer.")] | None = None
 
 
-class CallEnded(_Event, tag="call_ended", kw_only=True):
+class CallEnded(_CallEvent, tag="call_ended", kw_only=True):
     """A call ended, with its outcome.
 
     Counts voice_agent_calls_ended_total, removes the call from voice_agent_calls_active, and
     observes duration_seconds in voice_agent_call_duration_seconds."""
 
-    agent: AgentName
-    call_id: CallId
-    direction: Direction
-    campaign: Campaign = ""
     outcome: Annotated[
         Name,
         msgspec.Meta(
@@ -219,24 +223,18 @@ class Turn(_Event, tag="turn", kw_only=True):
     trace_id: TraceId | None = None
 
 
-class STTUsage(_Event, tag="stt", kw_only=True):
+class STTUsage(_UsageEvent, tag="stt", kw_only=True):
     """Speech-to-text usage: audio_seconds feeds voice_agent_stt_audio_seconds_total and the cost."""
 
-    agent: AgentName
-    provider: Provider
-    model: Model
     audio_seconds: Annotated[Seconds, msgspec.Meta(description="Seconds of audio transcribed.")]
 
 
-class LLMUsage(_Event, tag="llm", kw_only=True):
+class LLMUsage(_UsageEvent, tag="llm", kw_only=True):
     """One LLM request (or a usage increment): tokens, its duration, and the cost.
 
     input_tokens counts every prompt token, cached ones included; cached_tokens is the part
     served from the provider's cache (priced at the cached rate)."""
 
-    agent: AgentName
-    provider: Provider
-    model: Model
     input_tokens: Count = 0
     output_tokens: Count = 0
     cached_tokens: Count = 0
@@ -248,13 +246,10 @@ class LLMUsage(_Event, tag="llm", kw_only=True):
     ) = None
 
 
-class TTSUsage(_Event, tag="tts", kw_only=True):
+class TTSUsage(_UsageEvent, tag="tts", kw_only=True):
     """Text-to-speech usage: characters feed voice_agent_tts_characters_total and, with
     audio_seconds, the cost."""
 
-    agent: AgentName
-    provider: Provider
-    model: Model
     characters: Annotated[Count, msgspec.Meta(description="Characters synthesized.")] = 0
     audio_seconds: Annotated[
         Seconds, msgspec.Meta(description="Seconds of audio synthesized (used only for per-minute prices).")
