@@ -59,7 +59,7 @@ import typing
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from livekit.agents import AgentSession, llm
@@ -226,6 +226,16 @@ def _provider(value: Any) -> str | None:
     return provider_name(name)[:128] if name else None
 
 
+def _stage_models(user: dict[str, Any], reply: dict[str, Any]) -> dict[str, str | None]:
+    """A turn's stt_provider, stt_model, llm_provider, ... tts_model: each stage's metadata, the reply's first."""
+    models: dict[str, str | None] = {}
+    for stage in ("stt", "llm", "tts"):
+        meta = reply.get(f"{stage}_metadata") or user.get(f"{stage}_metadata") or {}
+        models[f"{stage}_provider"] = _provider(meta.get("model_provider"))
+        models[f"{stage}_model"] = _name(meta.get("model_name"))
+    return models
+
+
 def _checked(event: contract.Event, argument: str) -> contract.Event:
     """The event, or ValueError naming the instrument() argument the exporter would refuse."""
     _, problem = validate(event)
@@ -233,6 +243,9 @@ def _checked(event: contract.Event, argument: str) -> contract.Event:
         raise ValueError(f"livekit_exporter.agents: {argument}: {problem}")
     return event
 
+
+# A call event's type, for CallInstrumentation._call_event.
+_CallEvent = TypeVar("_CallEvent", contract.CallStarted, contract.CallAnswered, contract.CallEnded)
 
 _USER_STAGES = ("end_of_turn_delay", "transcription_delay", "stt_metadata", "stopped_speaking_at")
 
@@ -253,18 +266,10 @@ class CallInstrumentation:
         mode: Mode,
         clock: Callable[[], float],
     ):
-        started = _checked(
-            contract.CallStarted(
-                agent=agent,
-                call_id=call_id,
-                direction=direction,  # type: ignore[arg-type]
-                campaign=campaign,
-            ),
-            "agent, call_id, direction or campaign",
-        )
         self.session = session
         self.client, self.agent, self.direction, self.campaign = client, agent, direction, campaign
         self.call_id, self.mode, self.clock = call_id, mode, clock
+        started = _checked(self._call_event(contract.CallStarted), "agent, call_id, direction or campaign")
         self.outcome: str | None = None
         self.started = clock()
         # The user turn waiting for its first reply (its metrics), or None.
@@ -297,19 +302,8 @@ class CallInstrumentation:
         self, answered_by: Literal["human", "machine", "unknown"] = "unknown", setup_seconds: float | None = None
     ) -> None:
         """The callee picked up (outbound calls: when create_sip_participant returns answered)."""
-        self._emit(
-            _checked(
-                contract.CallAnswered(
-                    agent=self.agent,
-                    call_id=self.call_id,
-                    direction=self.direction,  # type: ignore[arg-type]
-                    campaign=self.campaign,
-                    answered_by=answered_by,
-                    setup_seconds=_seconds(setup_seconds),
-                ),
-                "answered_by",
-            )
-        )
+        answer = self._call_event(contract.CallAnswered, answered_by=answered_by, setup_seconds=_seconds(setup_seconds))
+        self._emit(_checked(answer, "answered_by"))
 
     def set_outcome(self, outcome: str) -> None:
         """The outcome reported when the session closes (default: the close reason)."""
@@ -325,15 +319,17 @@ class CallInstrumentation:
     def _emit(self, event: contract.Event) -> None:
         self.client.emit(event)
 
+    def _emit_usage(self, usage: Callable[..., contract.Event], provider: str, model: str, **amounts: Any) -> None:
+        """A usage event (contract.STTUsage, LLMUsage, TTSUsage) of this call's agent and one provider and model."""
+        self._emit(usage(agent=self.agent, provider=provider, model=model, **amounts))
+
+    def _call_event(self, event: Callable[..., _CallEvent], **fields: Any) -> _CallEvent:
+        """A call event (contract.CallStarted, CallAnswered, CallEnded) with this call's agent, call_id,
+        direction and campaign."""
+        return event(agent=self.agent, call_id=self.call_id, direction=self.direction, campaign=self.campaign, **fields)
+
     def _call_ended(self, outcome: str, duration_seconds: float | None = None) -> contract.CallEnded:
-        return contract.CallEnded(
-            agent=self.agent,
-            call_id=self.call_id,
-            direction=self.direction,  # type: ignore[arg-type]
-            campaign=self.campaign,
-            outcome=outcome,
-            duration_seconds=duration_seconds,
-        )
+        return self._call_event(contract.CallEnded, outcome=outcome, duration_seconds=duration_seconds)
 
     def _turn(self, user: dict[str, Any], reply: dict[str, Any] | None, interrupted: bool) -> None:
         """One turn: the user's metrics, and its first reply's (None: the user got no reply)."""
@@ -343,9 +339,6 @@ class CallInstrumentation:
             parts = [user.get("end_of_turn_delay"), metrics.get("llm_node_ttft"), metrics.get("tts_node_ttfb")]
             if all(p is not None for p in parts):
                 metrics = {**metrics, "e2e_latency": sum(parts)}
-        stt, llm_meta, tts = (
-            metrics.get(k) or user.get(k) or {} for k in ("stt_metadata", "llm_metadata", "tts_metadata")
-        )
         interruptions = self._interruptions + (1 if interrupted else 0)
         self._interruptions = 0
         self._emit(
@@ -358,12 +351,7 @@ class CallInstrumentation:
                 transcription_delay_seconds=_stage(user.get("transcription_delay")),
                 llm_ttft_seconds=_stage(metrics.get("llm_node_ttft")),
                 tts_ttfb_seconds=_stage(metrics.get("tts_node_ttfb")),
-                stt_provider=_provider(stt.get("model_provider")),
-                stt_model=_name(stt.get("model_name")),
-                llm_provider=_provider(llm_meta.get("model_provider")),
-                llm_model=_name(llm_meta.get("model_name")),
-                tts_provider=_provider(tts.get("model_provider")),
-                tts_model=_name(tts.get("model_name")),
+                **_stage_models(user, metrics),
                 # exemplars of the turn's latencies: its call, and the agent's current OpenTelemetry trace
                 call_id=self.call_id if _EXEMPLAR_CALL_ID.fullmatch(self.call_id) else None,
                 trace_id=_trace_id(),
@@ -442,38 +430,29 @@ class CallInstrumentation:
                     {"input": u.input_tokens, "output": u.output_tokens, "cached": u.input_cached_tokens},
                 )
                 if any(d.values()):
-                    self._emit(
-                        contract.LLMUsage(
-                            agent=self.agent,
-                            provider=provider,
-                            model=model,
-                            input_tokens=int(d["input"]),
-                            output_tokens=int(d["output"]),
-                            cached_tokens=int(min(d["cached"], d["input"])),
-                        )
+                    self._emit_usage(
+                        contract.LLMUsage,
+                        provider,
+                        model,
+                        input_tokens=int(d["input"]),
+                        output_tokens=int(d["output"]),
+                        cached_tokens=int(min(d["cached"], d["input"])),
                     )
             elif u.type == "stt_usage":
                 d = self._delta("stt", provider, model, {"audio": u.audio_duration})
                 if d["audio"] > 0:
-                    self._emit(
-                        contract.STTUsage(
-                            agent=self.agent,
-                            provider=provider,
-                            model=model,
-                            audio_seconds=min(d["audio"], contract.MAX_SECONDS),
-                        )
+                    self._emit_usage(
+                        contract.STTUsage, provider, model, audio_seconds=min(d["audio"], contract.MAX_SECONDS)
                     )
             elif u.type == "tts_usage":
                 d = self._delta("tts", provider, model, {"chars": u.characters_count, "audio": u.audio_duration})
                 if d["chars"] > 0 or d["audio"] > 0:
-                    self._emit(
-                        contract.TTSUsage(
-                            agent=self.agent,
-                            provider=provider,
-                            model=model,
-                            characters=int(d["chars"]),
-                            audio_seconds=min(d["audio"], contract.MAX_SECONDS),
-                        )
+                    self._emit_usage(
+                        contract.TTSUsage,
+                        provider,
+                        model,
+                        characters=int(d["chars"]),
+                        audio_seconds=min(d["audio"], contract.MAX_SECONDS),
                     )
 
     @_safe
@@ -495,42 +474,33 @@ class CallInstrumentation:
                 inp, out, cached = x.prompt_tokens, x.completion_tokens, x.prompt_cached_tokens
             else:
                 inp, out, cached = x.input_tokens, x.output_tokens, x.input_token_details.cached_tokens
-            self._emit(
-                contract.LLMUsage(
-                    agent=self.agent,
-                    provider=provider,
-                    model=model,
-                    input_tokens=inp,
-                    output_tokens=out,
-                    cached_tokens=min(cached, inp),
-                    duration_seconds=_seconds(x.duration),
-                )
+            self._emit_usage(
+                contract.LLMUsage,
+                provider,
+                model,
+                input_tokens=inp,
+                output_tokens=out,
+                cached_tokens=min(cached, inp),
+                duration_seconds=_seconds(x.duration),
             )
             if _seconds(x.ttft) is not None and "llm_node_ttft" not in self._stages:
                 self._stages["llm_node_ttft"] = x.ttft
                 self._stages["llm_metadata"] = stage_meta
         elif isinstance(x, TTSMetrics):
-            self._emit(
-                contract.TTSUsage(
-                    agent=self.agent,
-                    provider=provider,
-                    model=model,
-                    characters=x.characters_count,
-                    audio_seconds=_seconds(x.audio_duration) or 0.0,
-                )
+            self._emit_usage(
+                contract.TTSUsage,
+                provider,
+                model,
+                characters=x.characters_count,
+                audio_seconds=_seconds(x.audio_duration) or 0.0,
             )
             if _seconds(x.ttfb) is not None and "tts_node_ttfb" not in self._stages:
                 self._stages["tts_node_ttfb"] = x.ttfb
                 self._stages["tts_metadata"] = stage_meta
         elif isinstance(x, STTMetrics):
             if x.audio_duration > 0:
-                self._emit(
-                    contract.STTUsage(
-                        agent=self.agent,
-                        provider=provider,
-                        model=model,
-                        audio_seconds=min(x.audio_duration, contract.MAX_SECONDS),
-                    )
+                self._emit_usage(
+                    contract.STTUsage, provider, model, audio_seconds=min(x.audio_duration, contract.MAX_SECONDS)
                 )
             self._stages["stt_metadata"] = stage_meta
 
