@@ -123,6 +123,10 @@ def boards(m: Mixin) -> list[Board]:
         """`op` by `by` of a gauge over all its series: the sum of per-target counts, or the max of a reading."""
         return f"{op} by ({by}) ({metric}{{{sel}}})"
 
+    def highest(metric: str, by: str, sel: str = J) -> str:
+        """The highest reading of a gauge by `by` (each node's, worker's or replica's own)."""
+        return gauge("max", by, metric, sel)
+
     def over_range(metric: str, by: str, sel: str) -> str:
         """How much a counter went up over the dashboard's time range."""
         return f"sum by ({by}) (increase({metric}{{{sel}}}[$__range]))"
@@ -130,6 +134,34 @@ def boards(m: Mixin) -> list[Board]:
     def share(part: str, whole: str) -> str:
         """part / whole of two counter selectors, each rate summed over every series."""
         return f"sum(rate({part}[{RI}])) / sum(rate({whole}[{RI}]))"
+
+    def series(
+        title: str,
+        question: str,
+        unit: str,
+        query: Callable[[str, str, str], str],
+        metric: str,
+        by: str,
+        sel: str = J,
+        **layout: Any,
+    ) -> P:
+        """A panel of one query, `query`(metric, by, sel) (rate or state), with a series for each value of
+        the `by` labels: its legend names them ("{{type}} {{status}}")."""
+        legend = " ".join(f"{{{{{label}}}}}" for label in by.split(", "))
+        return P(title, question, unit, [(query(metric, by, sel), legend)], **layout)
+
+    def recorded_ratio(title: str, question: str, record: str, by: str, **layout: Any) -> P:
+        """A ratio (0 to 1) recorded by rules.py, one series for each value of its `by` label."""
+        return P(title, question, "percentunit", [(f"{record}{{{J}}}", f"{{{{{by}}}}}")], max=1, **layout)
+
+    def egress_success(**layout: Any) -> P:
+        return recorded_ratio(
+            "Egress success ratio",
+            f"Which share of ended egress did not fail, over {egress_w}?",
+            f"type:livekit_egress_success:ratio_rate{egress_w}",
+            "type",
+            **layout,
+        )
 
     overview = Board(
         "overview",
@@ -164,19 +196,23 @@ def boards(m: Mixin) -> list[Board]:
             w=9,
             anchor="api-error-ratio",
         ),
-        P(
+        series(
             "API errors by code",
             "Which errors does LiveKit answer (Twirp code, timeout, connection)?",
             "reqps",
-            [(rate("livekit_api_errors_total", "service, code"), "{{service}} {{code}}")],
+            rate,
+            "livekit_api_errors_total",
+            "service, code",
             fault=True,
             anchor="api-errors",
         ),
-        P(
+        series(
             "API calls per second",
             "How many LiveKit API calls does the exporter make, by service and method?",
             "reqps",
-            [(rate("livekit_api_request_duration_seconds_count", "service, method"), "{{service}} {{method}}")],
+            rate,
+            "livekit_api_request_duration_seconds_count",
+            "service, method",
         ),
     )
     overview.row(
@@ -217,44 +253,46 @@ def boards(m: Mixin) -> list[Board]:
     )
     overview.row(
         "Egress and ingress",
-        P(
+        series(
             "Egress active",
             "How many egress jobs (recordings, streams) run now, by type?",
             "short",
-            [(state("livekit_egress_active", "type"), "{{type}}")],
+            state,
+            "livekit_egress_active",
+            "type",
             w=8,
         ),
-        P(
+        series(
             "Ingress publishing",
             "How many ingress endpoints publish now, by input type?",
             "short",
-            [(state("livekit_ingress", "input_type", f'{J},status="publishing"'), "{{input_type}}")],
+            state,
+            "livekit_ingress",
+            "input_type",
+            f'{J},status="publishing"',
             w=8,
         ),
-        P(
-            "Egress success ratio",
-            f"Which share of ended egress did not fail, over {egress_w}?",
-            "percentunit",
-            [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")],
-            w=8,
-            max=1,
-        ),
+        egress_success(w=8),
     )
     overview.row(
         "Webhooks",
-        P(
+        series(
             "Webhook events",
             "Which lifecycle events does LiveKit deliver, per second?",
             "reqps",
-            [(rate("livekit_webhook_events_total", "event"), "{{event}}")],
+            rate,
+            "livekit_webhook_events_total",
+            "event",
             w=8,
             anchor="webhook-events",
         ),
-        P(
+        series(
             "Webhook rejections",
             "Which webhook requests are refused, and why (a wrong key, forged or replayed)?",
             "reqps",
-            [(rate("livekit_webhook_rejected_total", "reason"), "{{reason}}")],
+            rate,
+            "livekit_webhook_rejected_total",
+            "reason",
             w=8,
             fault=True,
             anchor="webhook-rejections",
@@ -280,11 +318,13 @@ def boards(m: Mixin) -> list[Board]:
     )
     media.row(
         "Egress",
-        P(
+        series(
             "Egress active by type and status",
             "Which egress jobs run now?",
             "short",
-            [(state("livekit_egress_active", "type, status"), "{{type}} {{status}}")],
+            state,
+            "livekit_egress_active",
+            "type, status",
             w=8,
         ),
         P(
@@ -298,11 +338,13 @@ def boards(m: Mixin) -> list[Board]:
             w=8,
             anchor="egress-ended",
         ),
-        P(
+        series(
             "Egress output",
             "How many bytes do ended egress jobs write per second?",
             "Bps",
-            [(rate("livekit_egress_output_bytes_total", "type"), "{{type}}")],
+            rate,
+            "livekit_egress_output_bytes_total",
+            "type",
             w=8,
         ),
         P(
@@ -314,29 +356,26 @@ def boards(m: Mixin) -> list[Board]:
                 (quantile(0.9, "livekit_egress_duration_seconds", "type"), "p90 {{type}}"),
             ],
         ),
-        P(
-            "Egress success ratio",
-            f"Which share of ended egress did not fail, over {egress_w}?",
-            "percentunit",
-            [(f"type:livekit_egress_success:ratio_rate{egress_w}{{{J}}}", "{{type}}")],
-            max=1,
-            anchor="egress-success",
-        ),
+        egress_success(anchor="egress-success"),
     )
     media.row(
         "Ingress",
-        P(
+        series(
             "Ingress by input type and status",
             "Which ingress endpoints exist, and in which state?",
             "short",
-            [(state("livekit_ingress", "input_type, status"), "{{input_type}} {{status}}")],
+            state,
+            "livekit_ingress",
+            "input_type, status",
             w=8,
         ),
-        P(
+        series(
             "Ingress input rate",
             "How many bytes per second do publishing ingress receive (x 8 for bits)?",
             "Bps",
-            [(state("livekit_ingress_input_bytes_per_second", "input_type, media"), "{{input_type}} {{media}}")],
+            state,
+            "livekit_ingress_input_bytes_per_second",
+            "input_type, media",
             w=8,
         ),
         P(
@@ -350,12 +389,11 @@ def boards(m: Mixin) -> list[Board]:
             w=8,
             anchor="ingress-ended",
         ),
-        P(
+        recorded_ratio(
             "Ingress failure ratio",
             f"Which share of ingress ends are errors, over {ingress_w}?",
-            "percentunit",
-            [(f"input_type:livekit_ingress_failure:ratio_rate{ingress_w}{{{J}}}", "{{input_type}}")],
-            max=1,
+            f"input_type:livekit_ingress_failure:ratio_rate{ingress_w}",
+            "input_type",
             anchor="ingress-failure",
         ),
     )
@@ -382,20 +420,21 @@ def boards(m: Mixin) -> list[Board]:
             w=8,
             anchor="sip-calls",
         ),
-        P(
+        recorded_ratio(
             "SIP answer ratio",
             f"Which share of SIP calls was answered (not unavailable or rejected), over {sip_w}?",
-            "percentunit",
-            [(f"trunk:livekit_sip_calls_answer:ratio_rate{sip_w}{{{J}}}", "{{trunk}}")],
+            f"trunk:livekit_sip_calls_answer:ratio_rate{sip_w}",
+            "trunk",
             w=8,
-            max=1,
             anchor="sip-answer",
         ),
-        P(
+        series(
             "SIP calls in progress",
             "How many SIP calls are in the rooms read for detail, by call status?",
             "short",
-            [(state("livekit_sip_calls", "status"), "{{status}}")],
+            state,
+            "livekit_sip_calls",
+            "status",
         ),
     )
 
@@ -419,11 +458,14 @@ def boards(m: Mixin) -> list[Board]:
             ],
             w=8,
         ),
-        P(
+        series(
             "Calls ended by outcome",
             "How do calls end (the agents' own outcomes)?",
             "ops",
-            [(rate("voice_agent_calls_ended_total", "outcome", A), "{{outcome}}")],
+            rate,
+            "voice_agent_calls_ended_total",
+            "outcome",
+            A,
             w=8,
             stack=True,
         ),
@@ -475,12 +517,15 @@ def boards(m: Mixin) -> list[Board]:
             ],
             anchor="v2v-latency",
         ),
-        P(
+        series(
             "Voice-to-voice latency distribution",
             "Where do turns fall between the latency buckets (turns per "
             "second in each; each dot an exemplar: one turn, with its call and trace)?",
             "ops",
-            [(rate("voice_agent_turn_latency_seconds_bucket", "le", A), "{{le}}")],
+            rate,
+            "voice_agent_turn_latency_seconds_bucket",
+            "le",
+            A,
             kind="heatmap",
             exemplars=True,
             yunit="s",
@@ -557,22 +602,28 @@ def boards(m: Mixin) -> list[Board]:
             [(f"agent:voice_agent_errors:ratio_rate{err_w}{{{A}}}", "{{agent}}")],
             anchor="error-ratio",
         ),
-        P(
+        series(
             "Dependencies",
             "Does each agent report its dependencies up (1) or down (0)?",
             "none",
-            [(gauge("max", "agent, dependency", "voice_agent_dependency_up", A), "{{agent}} {{dependency}}")],
+            highest,
+            "voice_agent_dependency_up",
+            "agent, dependency",
+            A,
             kind="stat",
             anchor="dependencies",
         ),
     )
     agents.row(
         "Usage and cost",
-        P(
+        series(
             "LLM tokens",
             "How many tokens per second, by model and type?",
             "short",
-            [(rate("voice_agent_llm_tokens_total", "model, type", AP), "{{model}} {{type}}")],
+            rate,
+            "voice_agent_llm_tokens_total",
+            "model, type",
+            AP,
             w=8,
         ),
         P(
@@ -645,28 +696,37 @@ def boards(m: Mixin) -> list[Board]:
     )
     campaigns.row(
         "Campaigns",
-        P(
+        series(
             "Running",
             "Does each campaign run (1) or not (0), as its dialer reports?",
             "none",
-            [(gauge("max", "campaign", "voice_agent_campaign_running", C), "{{campaign}}")],
+            highest,
+            "voice_agent_campaign_running",
+            "campaign",
+            C,
             kind="stat",
             w=6,
             anchor="campaign-running",
         ),
-        P(
+        series(
             "Calls placed in the range",
             "How many calls did each campaign start over the dashboard's range?",
             "short",
-            [(over_range("voice_agent_calls_started_total", "campaign", C), "{{campaign}}")],
+            over_range,
+            "voice_agent_calls_started_total",
+            "campaign",
+            C,
             kind="stat",
             w=6,
         ),
-        P(
+        series(
             "Queued",
             "How many calls wait to be dialled, per campaign?",
             "short",
-            [(state("voice_agent_calls_queued", "campaign", C), "{{campaign}}")],
+            state,
+            "voice_agent_calls_queued",
+            "campaign",
+            C,
             kind="stat",
             w=6,
         ),
@@ -696,11 +756,14 @@ def boards(m: Mixin) -> list[Board]:
             w=24,
             max=1,
         ),
-        P(
+        series(
             "Outcomes",
             "How do the campaign's calls end, over the dashboard's range?",
             "short",
-            [(over_range("voice_agent_calls_ended_total", "campaign, outcome", C), "{{campaign}} {{outcome}}")],
+            over_range,
+            "voice_agent_calls_ended_total",
+            "campaign, outcome",
+            C,
             kind="stat",
         ),
         P(
@@ -772,9 +835,9 @@ def boards(m: Mixin) -> list[Board]:
             f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?",
             "s",
             [
-                (gauge("max", "instance", "scrape_duration_seconds", JI), "scrape {{instance}}"),
+                (highest("scrape_duration_seconds", "instance", JI), "scrape {{instance}}"),
                 (
-                    gauge("max", "instance", "livekit_exporter_scrape_duration_seconds", JI),
+                    highest("livekit_exporter_scrape_duration_seconds", "instance", JI),
                     "LiveKit API part {{instance}}",
                 ),
             ],
@@ -782,18 +845,24 @@ def boards(m: Mixin) -> list[Board]:
             threshold=seconds(timeout),
             anchor="scrape-duration",
         ),
-        P(
+        series(
             "Scrapes per second",
             "How often is the exporter scraped, and do scrapes share one collection?",
             "reqps",
-            [(rate("livekit_exporter_scrapes_total", "instance, collection", JI), "{{instance}} {{collection}}")],
+            rate,
+            "livekit_exporter_scrapes_total",
+            "instance, collection",
+            JI,
             w=8,
         ),
-        P(
+        series(
             "Label overflow",
             "Which label values does the cardinality guard fold into __other__?",
             "ops",
-            [(rate("livekit_exporter_label_overflow_total", "metric, label", JI), "{{metric}} {{label}}")],
+            rate,
+            "livekit_exporter_label_overflow_total",
+            "metric, label",
+            JI,
             w=8,
             fault=True,
             anchor="label-overflow",
@@ -801,36 +870,48 @@ def boards(m: Mixin) -> list[Board]:
     )
     exporter.row(
         "LiveKit API",
-        P(
+        series(
             "API calls per second",
             "How many LiveKit API calls does each replica make, by service?",
             "reqps",
-            [(rate("livekit_api_request_duration_seconds_count", "instance, service", JI), "{{instance}} {{service}}")],
+            rate,
+            "livekit_api_request_duration_seconds_count",
+            "instance, service",
+            JI,
             w=12,
         ),
-        P(
+        series(
             "API errors by code",
             "Which errors do each replica's LiveKit calls get (Twirp code, timeout, connection)?",
             "reqps",
-            [(rate("livekit_api_errors_total", "instance, service, code", JI), "{{instance}} {{service}} {{code}}")],
+            rate,
+            "livekit_api_errors_total",
+            "instance, service, code",
+            JI,
             w=12,
             fault=True,
         ),
     )
     exporter.row(
         "Inputs",
-        P(
+        series(
             "Events accepted",
             "Which voice-agent events does the events API accept, per second?",
             "ops",
-            [(rate("livekit_exporter_events_total", "type", JI), "{{type}}")],
+            rate,
+            "livekit_exporter_events_total",
+            "type",
+            JI,
             w=8,
         ),
-        P(
+        series(
             "Event requests refused",
             "Which requests to the events API are refused whole, and why?",
             "reqps",
-            [(rate("livekit_exporter_event_requests_rejected_total", "reason", JI), "{{reason}}")],
+            rate,
+            "livekit_exporter_event_requests_rejected_total",
+            "reason",
+            JI,
             w=8,
             fault=True,
             anchor="events-refused",
@@ -849,18 +930,24 @@ def boards(m: Mixin) -> list[Board]:
     )
     exporter.row(
         "Process",
-        P(
+        series(
             "Memory",
             "How much memory does each replica hold?",
             "bytes",
-            [(gauge("max", "instance", "process_resident_memory_bytes", JI), "{{instance}}")],
+            highest,
+            "process_resident_memory_bytes",
+            "instance",
+            JI,
             w=12,
         ),
-        P(
+        series(
             "CPU",
             "How much CPU does each replica use (cores)?",
             "none",
-            [(rate("process_cpu_seconds_total", "instance", JI), "{{instance}}")],
+            rate,
+            "process_cpu_seconds_total",
+            "instance",
+            JI,
             w=12,
         ),
     )
@@ -884,18 +971,24 @@ def boards(m: Mixin) -> list[Board]:
     )
     nodes.row(
         "Load",
-        P(
+        series(
             "Rooms per node",
             "How many rooms does each LiveKit node host?",
             "short",
-            [(gauge("max", "instance", "livekit_room_total", S), "{{instance}}")],
+            highest,
+            "livekit_room_total",
+            "instance",
+            S,
             w=8,
         ),
-        P(
+        series(
             "Participants per node",
             "How many participants does each node serve?",
             "short",
-            [(gauge("max", "instance", "livekit_participant_total", S), "{{instance}}")],
+            highest,
+            "livekit_participant_total",
+            "instance",
+            S,
             w=8,
         ),
         P(
@@ -903,9 +996,9 @@ def boards(m: Mixin) -> list[Board]:
             "How many tracks are published, and subscribed, on each node?",
             "short",
             [
-                (gauge("max", "instance, kind", "livekit_track_published_total", S), "published {{kind}} {{instance}}"),
+                (highest("livekit_track_published_total", "instance, kind", S), "published {{kind}} {{instance}}"),
                 (
-                    gauge("max", "instance, kind", "livekit_track_subscribed_total", S),
+                    highest("livekit_track_subscribed_total", "instance, kind", S),
                     "subscribed {{kind}} {{instance}}",
                 ),
             ],
@@ -914,12 +1007,15 @@ def boards(m: Mixin) -> list[Board]:
     )
     nodes.row(
         "Connection quality",
-        P(
+        series(
             "Connection quality score",
             "How are participants' connection scores distributed (LiveKit's MOS, 1 to 4.5, "
             "one per participant every 5 s)?",
             "ops",
-            [(rate("livekit_quality_score_bucket", "le", S), "{{le}}")],
+            rate,
+            "livekit_quality_score_bucket",
+            "le",
+            S,
             kind="heatmap",
             yunit="short",
         ),
@@ -1006,39 +1102,51 @@ def boards(m: Mixin) -> list[Board]:
             [(gauge("sum", "dir", "livekit_sip_calls_active", SIP), "{{dir}}")],
             w=8,
         ),
-        P(
+        series(
             "SIP calls terminated",
             "How do SIP calls end, by result?",
             "ops",
-            [(rate("livekit_sip_calls_terminated", "dir, result", SIP), "{{dir}} {{result}}")],
+            rate,
+            "livekit_sip_calls_terminated",
+            "dir, result",
+            SIP,
             w=8,
         ),
     )
     nodes.row(
         "Agent workers (their own /metrics, when Prometheus scrapes them)",
-        P(
+        series(
             "Worker load",
             f"How loaded is each livekit-agents worker (it refuses new jobs at its load_threshold, "
             f"{m.cfg['agent_workers'].ratio('load_threshold'):g} in production)?",
             "percentunit",
-            [(gauge("max", "agent, instance", "lk_agents_worker_load", W), "{{agent}} {{instance}}")],
+            highest,
+            "lk_agents_worker_load",
+            "agent, instance",
+            W,
             w=8,
             max=1,
             anchor="worker-load",
         ),
-        P(
+        series(
             "Active jobs",
             "How many jobs (calls) does each worker run?",
             "short",
-            [(gauge("max", "agent, instance", "lk_agents_active_job_count", W), "{{agent}} {{instance}}")],
+            highest,
+            "lk_agents_active_job_count",
+            "agent, instance",
+            W,
             w=8,
             anchor="worker-jobs",
         ),
-        P(
+        series(
             "Child processes",
             "How many job processes does each worker keep (running and warm)?",
             "short",
-            [(gauge("max", "agent, instance", "lk_agents_child_process_count", W), "{{agent}} {{instance}}")],
+            highest,
+            "lk_agents_child_process_count",
+            "agent, instance",
+            W,
             w=8,
         ),
     )
