@@ -20,6 +20,7 @@ import itertools
 import math
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -201,6 +202,10 @@ class VoiceAgentFleet:
             t.errors[event.agent, event.component, event.error_type, str(event.recoverable).lower()] += 1
         return True
 
+    def _send_usage(self, usage: Callable[..., contract.Event], agent: str, provider: Provider, **amounts: Any) -> None:
+        """A usage event (contract.STTUsage, LLMUsage, TTSUsage) of one agent's provider and its model."""
+        self._send(usage(agent=agent, provider=provider.name, model=provider.model, **amounts))
+
     def _latency(self, p: Provider) -> float:
         return round(p.median * math.exp(self.rng.gauss(0, p.spread)), 4)
 
@@ -267,29 +272,19 @@ class VoiceAgentFleet:
             )
         )
         speech = round(rng.uniform(1.5, 8), 2)
-        self._send(contract.STTUsage(agent=p.name, provider=p.stt.name, model=p.stt.model, audio_seconds=speech))
+        self._send_usage(contract.STTUsage, p.name, p.stt, audio_seconds=speech)
         prompt = rng.randint(400, 3000)
-        self._send(
-            contract.LLMUsage(
-                agent=p.name,
-                provider=p.llm.name,
-                model=p.llm.model,
-                input_tokens=prompt,
-                cached_tokens=rng.randint(0, prompt // 2),
-                output_tokens=rng.randint(15, 120),
-                duration_seconds=round(ttft + rng.uniform(0.2, 1.5), 4),
-            )
+        self._send_usage(
+            contract.LLMUsage,
+            p.name,
+            p.llm,
+            input_tokens=prompt,
+            cached_tokens=rng.randint(0, prompt // 2),
+            output_tokens=rng.randint(15, 120),
+            duration_seconds=round(ttft + rng.uniform(0.2, 1.5), 4),
         )
         chars = rng.randint(40, 300)
-        self._send(
-            contract.TTSUsage(
-                agent=p.name,
-                provider=p.tts.name,
-                model=p.tts.model,
-                characters=chars,
-                audio_seconds=round(chars / 15, 2),
-            )
-        )
+        self._send_usage(contract.TTSUsage, p.name, p.tts, characters=chars, audio_seconds=round(chars / 15, 2))
         if p.tools and rng.random() < 0.3:
             self._send(
                 contract.ToolCall(
