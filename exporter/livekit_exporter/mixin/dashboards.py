@@ -135,6 +135,10 @@ def boards(m: Mixin) -> list[Board]:
         """part / whole of two counter selectors, each rate summed over every series."""
         return f"sum(rate({part}[{RI}])) / sum(rate({whole}[{RI}]))"
 
+    def legend(by: str) -> str:
+        """The legend of a series for each value of the `by` labels: "{{type}} {{status}}"."""
+        return " ".join(f"{{{{{label}}}}}" for label in by.split(", "))
+
     def series(
         title: str,
         question: str,
@@ -146,9 +150,14 @@ def boards(m: Mixin) -> list[Board]:
         **layout: Any,
     ) -> P:
         """A panel of one query, `query`(metric, by, sel) (rate or state), with a series for each value of
-        the `by` labels: its legend names them ("{{type}} {{status}}")."""
-        legend = " ".join(f"{{{{{label}}}}}" for label in by.split(", "))
-        return P(title, question, unit, [(query(metric, by, sel), legend)], **layout)
+        the `by` labels: its legend names them."""
+        return P(title, question, unit, [(query(metric, by, sel), legend(by))], **layout)
+
+    def named(
+        prefix: str, query: Callable[[str, str, str], str], metric: str, by: str, sel: str = J
+    ) -> tuple[str, str]:
+        """One query of a panel of several: `query`(metric, by, sel), its legend `prefix` and the `by` labels."""
+        return query(metric, by, sel), f"{prefix} {legend(by)}"
 
     def recorded_ratio(title: str, question: str, record: str, by: str, **layout: Any) -> P:
         """A ratio (0 to 1) recorded by rules.py, one series for each value of its `by` label."""
@@ -246,7 +255,7 @@ def boards(m: Mixin) -> list[Board]:
             "Room sizes",
             "How are open rooms distributed by number of participants (rooms at or under each size)?",
             "short",
-            [(state("livekit_room_size_bucket", "le"), "<= {{le}}")],
+            [named("<=", state, "livekit_room_size_bucket", "le")],
             w=24,
             h=7,
         ),
@@ -332,8 +341,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many egress jobs start, and end by status, per second?",
             "ops",
             [
-                (rate("livekit_egress_started_total", "type"), "started {{type}}"),
-                (rate("livekit_egress_ended_total", "type, status"), "ended {{type}} {{status}}"),
+                named("started", rate, "livekit_egress_started_total", "type"),
+                named("ended", rate, "livekit_egress_ended_total", "type, status"),
             ],
             w=8,
             anchor="egress-ended",
@@ -383,8 +392,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many ingress start publishing, and end by status, per second?",
             "ops",
             [
-                (rate("livekit_ingress_started_total", "input_type"), "started {{input_type}}"),
-                (rate("livekit_ingress_ended_total", "input_type, status"), "ended {{input_type}} {{status}}"),
+                named("started", rate, "livekit_ingress_started_total", "input_type"),
+                named("ended", rate, "livekit_ingress_ended_total", "input_type, status"),
             ],
             w=8,
             anchor="ingress-ended",
@@ -414,8 +423,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many SIP calls start, per trunk, and end, by reason, per second?",
             "ops",
             [
-                (rate("livekit_sip_calls_started_total", "trunk"), "started {{trunk}}"),
-                (rate("livekit_sip_calls_ended_total", "reason"), "ended {{reason}}"),
+                named("started", rate, "livekit_sip_calls_started_total", "trunk"),
+                named("ended", rate, "livekit_sip_calls_ended_total", "reason"),
             ],
             w=8,
             anchor="sip-calls",
@@ -452,9 +461,9 @@ def boards(m: Mixin) -> list[Board]:
             "How many calls start, get answered, and end, per second?",
             "ops",
             [
-                (rate("voice_agent_calls_started_total", "agent", A), "started {{agent}}"),
-                (rate("voice_agent_calls_answered_total", "agent", A), "answered {{agent}}"),
-                (rate("voice_agent_calls_ended_total", "agent", A), "ended {{agent}}"),
+                named("started", rate, "voice_agent_calls_started_total", "agent", A),
+                named("answered", rate, "voice_agent_calls_answered_total", "agent", A),
+                named("ended", rate, "voice_agent_calls_ended_total", "agent", A),
             ],
             w=8,
         ),
@@ -475,7 +484,7 @@ def boards(m: Mixin) -> list[Board]:
             "short",
             [
                 (gauge("sum", "agent", "voice_agent_calls_active", A), "active {{agent}}"),
-                (state("voice_agent_calls_queued", "agent", A), "queued {{agent}}"),
+                named("queued", state, "voice_agent_calls_queued", "agent", A),
             ],
             w=8,
             anchor="active-calls",
@@ -568,8 +577,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many turns per second, and how often do users speak over the agent?",
             "ops",
             [
-                (rate("voice_agent_turns_total", "agent", A), "turns {{agent}}"),
-                (rate("voice_agent_interruptions_total", "agent", A), "interruptions {{agent}}"),
+                named("turns", rate, "voice_agent_turns_total", "agent", A),
+                named("interruptions", rate, "voice_agent_interruptions_total", "agent", A),
             ],
             w=8,
         ),
@@ -631,8 +640,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many characters are synthesized and audio seconds transcribed, per second?",
             "short",
             [
-                (rate("voice_agent_tts_characters_total", "provider", AP), "characters {{provider}}"),
-                (rate("voice_agent_stt_audio_seconds_total", "provider", AP), "audio s {{provider}}"),
+                named("characters", rate, "voice_agent_tts_characters_total", "provider", AP),
+                named("audio s", rate, "voice_agent_stt_audio_seconds_total", "provider", AP),
             ],
             w=8,
         ),
@@ -835,11 +844,8 @@ def boards(m: Mixin) -> list[Board]:
             f"How long do scrapes take, against the {timeout} scrape timeout (the red line)?",
             "s",
             [
-                (highest("scrape_duration_seconds", "instance", JI), "scrape {{instance}}"),
-                (
-                    highest("livekit_exporter_scrape_duration_seconds", "instance", JI),
-                    "LiveKit API part {{instance}}",
-                ),
+                named("scrape", highest, "scrape_duration_seconds", "instance", JI),
+                named("LiveKit API part", highest, "livekit_exporter_scrape_duration_seconds", "instance", JI),
             ],
             w=8,
             threshold=seconds(timeout),
@@ -921,9 +927,9 @@ def boards(m: Mixin) -> list[Board]:
             "How many webhooks are accepted, deduplicated and refused?",
             "reqps",
             [
-                (rate("livekit_webhook_events_total", "instance", JI), "accepted {{instance}}"),
-                (rate("livekit_webhook_duplicates_total", "instance", JI), "duplicates {{instance}}"),
-                (rate("livekit_webhook_rejected_total", "instance", JI), "refused {{instance}}"),
+                named("accepted", rate, "livekit_webhook_events_total", "instance", JI),
+                named("duplicates", rate, "livekit_webhook_duplicates_total", "instance", JI),
+                named("refused", rate, "livekit_webhook_rejected_total", "instance", JI),
             ],
             w=8,
         ),
@@ -1078,8 +1084,8 @@ def boards(m: Mixin) -> list[Board]:
             "How often do receivers ask for retransmissions (NACK) and key frames (PLI)?",
             "ops",
             [
-                (rate("livekit_nack_total", "direction", S), "NACK {{direction}}"),
-                (rate("livekit_pli_total", "direction", S), "PLI {{direction}}"),
+                named("NACK", rate, "livekit_nack_total", "direction", S),
+                named("PLI", rate, "livekit_pli_total", "direction", S),
             ],
         ),
     )
@@ -1090,8 +1096,8 @@ def boards(m: Mixin) -> list[Board]:
             "How many INVITEs does the SIP service receive and accept, by direction?",
             "ops",
             [
-                (rate("livekit_sip_invite_requests", "dir", SIP), "received {{dir}}"),
-                (rate("livekit_sip_invite_accepted", "dir", SIP), "accepted {{dir}}"),
+                named("received", rate, "livekit_sip_invite_requests", "dir", SIP),
+                named("accepted", rate, "livekit_sip_invite_accepted", "dir", SIP),
             ],
             w=8,
         ),
