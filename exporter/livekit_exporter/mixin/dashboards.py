@@ -159,6 +159,17 @@ def boards(m: Mixin) -> list[Board]:
         """One query of a panel of several: `query`(metric, by, sel), its legend `prefix` and the `by` labels."""
         return query(metric, by, sel), f"{prefix} {legend(by)}"
 
+    def started_ended(title: str, question: str, started: tuple[str, str], ended: tuple[str, str], anchor: str) -> P:
+        """How many start and end per second: (counter, by labels) of each."""
+        return P(
+            title,
+            question,
+            "ops",
+            [named("started", rate, *started), named("ended", rate, *ended)],
+            w=8,
+            anchor=anchor,
+        )
+
     def recorded_ratio(title: str, question: str, record: str, by: str, **layout: Any) -> P:
         """A ratio (0 to 1) recorded by rules.py, one series for each value of its `by` label."""
         return P(title, question, "percentunit", [(f"{record}{{{J}}}", f"{{{{{by}}}}}")], max=1, **layout)
@@ -336,15 +347,11 @@ def boards(m: Mixin) -> list[Board]:
             "type, status",
             w=8,
         ),
-        P(
+        started_ended(
             "Egress started and ended",
             "How many egress jobs start, and end by status, per second?",
-            "ops",
-            [
-                named("started", rate, "livekit_egress_started_total", "type"),
-                named("ended", rate, "livekit_egress_ended_total", "type, status"),
-            ],
-            w=8,
+            ("livekit_egress_started_total", "type"),
+            ("livekit_egress_ended_total", "type, status"),
             anchor="egress-ended",
         ),
         series(
@@ -387,15 +394,11 @@ def boards(m: Mixin) -> list[Board]:
             "input_type, media",
             w=8,
         ),
-        P(
+        started_ended(
             "Ingress started and ended",
             "How many ingress start publishing, and end by status, per second?",
-            "ops",
-            [
-                named("started", rate, "livekit_ingress_started_total", "input_type"),
-                named("ended", rate, "livekit_ingress_ended_total", "input_type, status"),
-            ],
-            w=8,
+            ("livekit_ingress_started_total", "input_type"),
+            ("livekit_ingress_ended_total", "input_type, status"),
             anchor="ingress-ended",
         ),
         recorded_ratio(
@@ -418,15 +421,11 @@ def boards(m: Mixin) -> list[Board]:
             ],
             w=8,
         ),
-        P(
+        started_ended(
             "SIP calls started and ended",
             "How many SIP calls start, per trunk, and end, by reason, per second?",
-            "ops",
-            [
-                named("started", rate, "livekit_sip_calls_started_total", "trunk"),
-                named("ended", rate, "livekit_sip_calls_ended_total", "reason"),
-            ],
-            w=8,
+            ("livekit_sip_calls_started_total", "trunk"),
+            ("livekit_sip_calls_ended_total", "reason"),
             anchor="sip-calls",
         ),
         recorded_ratio(
