@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from livekit.protocol import agent as proto_agent
 from livekit.protocol import agent_dispatch as proto_dispatch
@@ -30,6 +30,8 @@ from .. import lkenums
 
 Kind = proto_models.ParticipantInfo.Kind
 State = proto_models.ParticipantInfo.State
+# What Scenario._stamped makes: a room or a participant.
+_Stamped = TypeVar("_Stamped", proto_models.Room, proto_models.ParticipantInfo)
 
 # Kinds that LiveKit counts apart from Room.num_participants ("dependent" participants).
 DEPENDENT_KINDS = frozenset({Kind.AGENT, Kind.EGRESS})
@@ -98,10 +100,11 @@ class Scenario:
     def _id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):08d}"
 
-    def _now_s_ms(self) -> tuple[int, int]:
-        """Now, as LiveKit stamps rooms and participants: whole seconds and whole milliseconds."""
+    def _stamped(self, message: Callable[..., _Stamped], prefix: str, stamp: str, **fields: Any) -> _Stamped:
+        """A new room or participant: a fresh sid, and now in `stamp` and `stamp`_ms, as LiveKit stamps
+        rooms and participants (whole seconds and whole milliseconds)."""
         now = self.clock()
-        return int(now), int(now * 1000)
+        return message(sid=self._id(prefix), **{stamp: int(now), f"{stamp}_ms": int(now * 1000)}, **fields)
 
     def _now_ns(self) -> int:
         """Now, as LiveKit stamps egress and ingress: nanoseconds."""
@@ -141,14 +144,8 @@ class Scenario:
     def add_room(self, name: str, *, max_participants: int = 0) -> proto_models.Room:
         if name in self.rooms:
             raise ValueError(f"room {name!r} exists")
-        created, created_ms = self._now_s_ms()
-        info = proto_models.Room(
-            sid=self._id("RM"),
-            name=name,
-            max_participants=max_participants,
-            creation_time=created,
-            creation_time_ms=created_ms,
-            empty_timeout=300,
+        info = self._stamped(
+            proto_models.Room, "RM", "creation_time", name=name, max_participants=max_participants, empty_timeout=300
         )
         self.rooms[name] = SimRoom(info)
         self._emit("room_started", room=info)
@@ -187,14 +184,13 @@ class Scenario:
         r = self.rooms[room]
         if identity in r.participants:
             raise ValueError(f"participant {identity!r} already in room {room!r}")
-        joined, joined_ms = self._now_s_ms()
-        p = proto_models.ParticipantInfo(
-            sid=self._id("PA"),
+        p = self._stamped(
+            proto_models.ParticipantInfo,
+            "PA",
+            "joined_at",
             identity=identity,
             kind=kind,
             state=state,
-            joined_at=joined,
-            joined_at_ms=joined_ms,
             attributes=attributes or {},
         )
         for ttype, source in tracks:
