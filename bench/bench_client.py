@@ -26,7 +26,6 @@ Reported per turn: the loop's CPU time, and the p99 of one session.emit(). Takes
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_events import TOKEN, start  # noqa: E402
-from common import ListSink, Result, add_json_arg, free_port, medians  # noqa: E402
+from common import ListSink, Result, bench_options, free_port, medians  # noqa: E402
 
 
 # Seconds between bursts of 100: 20,000 events a second, far above what an agent process sends (50
@@ -193,13 +192,10 @@ async def once(kind: str, events: list, port: int) -> tuple[dict[str, float], st
 
 def main() -> None:
     global PACE
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--events", type=int, default=50_000)
-    p.add_argument("--turns", type=int, default=5_000)
-    p.add_argument("--pace", type=float, default=0.005, help="seconds between bursts of 100 (default 0.005)")
-    add_json_arg(p)
-    args = p.parse_args()
+    args = bench_options(
+        __doc__.splitlines()[0], rounds=3, events=50_000, turns=5_000,
+        pace=(0.005, "seconds between bursts of 100 (default 0.005)"),
+    ).parse_args()
     PACE = args.pace
     events = workload(args.events)
     turns = session_events(args.turns)
@@ -207,20 +203,22 @@ def main() -> None:
     proc, port = start("exporter")
     results: dict[str, list[dict[str, float]]] = {"baseline": [], "up": [], "down": []}
     handlers: dict[str, list[dict[str, float]]] = {"handlers baseline": [], "handlers up": []}
+    # Each round runs every kind of both: (where its results go, what runs one kind, its line of the round).
+    runs = (
+        (results, lambda kind: once(kind, events, port),
+         "{kind:8s} cpu {cpu_us_per_event:5.2f} µs/event  emit p50 {emit_p50_us:.2f} µs p99 {emit_p99_us:.2f} µs  "
+         "loop lag p99 {lag_p99_ms:.2f} ms max {lag_max_ms:.1f} ms"),
+        (handlers, lambda kind: instrumented(kind, turns, per_turn, port),
+         "{kind:17s} cpu {cpu_us_per_turn:6.1f} µs/turn  session.emit p50 {emit_p50_us:.2f} µs p99 {emit_p99_us:.2f} µs  "
+         "loop lag max {lag_max_ms:.1f} ms"),
+    )
     try:
         for r in range(args.rounds):
-            for kind in results:
-                res, note = asyncio.run(once(kind, events, port))
-                results[kind].append(res)
-                print(f"  round {r + 1} {kind:8s} cpu {res['cpu_us_per_event']:5.2f} µs/event  "
-                      f"emit p50 {res['emit_p50_us']:.2f} µs p99 {res['emit_p99_us']:.2f} µs  "
-                      f"loop lag p99 {res['lag_p99_ms']:.2f} ms max {res['lag_max_ms']:.1f} ms  ({note})", flush=True)
-            for kind in handlers:
-                res, note = asyncio.run(instrumented(kind, turns, per_turn, port))
-                handlers[kind].append(res)
-                print(f"  round {r + 1} {kind:17s} cpu {res['cpu_us_per_turn']:6.1f} µs/turn  "
-                      f"session.emit p50 {res['emit_p50_us']:.2f} µs p99 {res['emit_p99_us']:.2f} µs  "
-                      f"loop lag max {res['lag_max_ms']:.1f} ms  ({note})", flush=True)
+            for rounds_of, run, line in runs:
+                for kind in rounds_of:
+                    res, note = asyncio.run(run(kind))
+                    rounds_of[kind].append(res)
+                    print(f"  round {r + 1} {line.format(kind=kind, **res)}  ({note})", flush=True)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
@@ -265,12 +263,15 @@ def main() -> None:
               "not a ratio: the loop CPU per event the push client adds (exporter up) over appending the event to "
               "a list, in µs (lower is better)", target=10.0, op="<=",
               value=med["up"]["cpu_us_per_event"] - med["baseline"]["cpu_us_per_event"])
-    res.ratio("client up / baseline", up, base_m, "the loop CPU per event with EventsClient sending over appending to "
-              "a list (lower is better)")
-    res.ratio("client down / baseline", down, base_m, "the same with the exporter down (refused, retries, drops)")
-    res.ratio("instrument() / no-op listeners", "AgentSession + instrument(), exporter up, loop CPU per turn",
-              "AgentSession, no-op listeners, loop CPU per turn", "the loop CPU per turn of real livekit-agents "
-              "session events with instrument() over no-op listeners (lower is better)")
+    res.ratios(
+        ("client up / baseline", up, base_m,
+         "the loop CPU per event with EventsClient sending over appending to a list (lower is better)"),
+        ("client down / baseline", down, base_m, "the same with the exporter down (refused, retries, drops)"),
+        ("instrument() / no-op listeners", "AgentSession + instrument(), exporter up, loop CPU per turn",
+         "AgentSession, no-op listeners, loop CPU per turn",
+         "the loop CPU per turn of real livekit-agents session events with instrument() over no-op listeners "
+         "(lower is better)"),
+    )
     res.write(args.json)
 
 

@@ -20,7 +20,6 @@ series the exporter's pipeline makes of them). Its events/s is 100 x pushes a se
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -33,29 +32,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import WRK_RESULT_LUA, ListSink, Result, add_json_arg, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
+from common import WRK_RESULT_LUA, ListSink, Result, bench_options, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
 
 TOKEN = "bench-events-token-0123456789abcdef"
 
-LUA = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %s"
-local f = io.open("%s", "rb")
-wrk.body = f:read("*a")
-f:close()
-"""
+
+def post_lua(body: Path, headers: dict[str, str]) -> str:
+    """A wrk script that POSTs the bytes of the file `body` with these headers, and prints its RESULT line."""
+    lines = ['wrk.method = "POST"', *(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())]
+    lines += [f'local f = io.open("{body}", "rb")', 'wrk.body = f:read("*a")', "f:close()"]
+    return "\n".join(lines) + "\n" + WRK_RESULT_LUA
 
 
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
-
-PUSH_LUA = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "text/plain; version=0.0.4"
-local f = io.open("%s", "rb")
-wrk.body = f:read("*a")
-f:close()
-"""
 
 
 def pushed_text(body: bytes) -> bytes:
@@ -204,13 +193,11 @@ def breakdown(body: bytes) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=5)
-    p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--pushgateway", action="store_true", help="also push the same observations to a Pushgateway")
-    p.add_argument("--pushgateway-series", type=int, default=10_000, help="series the Pushgateway holds")
-    add_json_arg(p)
+    p = bench_options(
+        __doc__.splitlines()[0], rounds=3, duration=5, connections=16,
+        pushgateway=(False, "also push the same observations to a Pushgateway"),
+        pushgateway_series=(10_000, "series the Pushgateway holds"),
+    )
     args = parse_args(p, serve)
     require_wrk()
 
@@ -218,7 +205,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-events-"))
     (tmp / "batch.json").write_bytes(body)
     script = tmp / "post.lua"
-    script.write_text(LUA % (TOKEN, tmp / "batch.json") + WRK_RESULT_LUA)
+    script.write_text(post_lua(tmp / "batch.json", {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}))
     print(f"batch: 100 events, {len(body):,} bytes; wrk -t1 -c{args.connections} -d{args.duration}s, "
           f"{args.rounds} rounds, alternating", flush=True)
 
@@ -234,7 +221,7 @@ def main() -> None:
     elif args.pushgateway:
         text = pushed_text(body)
         (tmp / "push.txt").write_bytes(text)
-        (tmp / "push.lua").write_text(PUSH_LUA % (tmp / "push.txt") + WRK_RESULT_LUA)
+        (tmp / "push.lua").write_text(post_lua(tmp / "push.txt", {"Content-Type": "text/plain; version=0.0.4"}))
         gw, gw_port, stored = start_pushgateway(text, args.pushgateway_series)
         servers["pushgateway"] = (gw, gw_port)
         results["pushgateway"], scripts["pushgateway"] = [], tmp / "push.lua"

@@ -8,7 +8,6 @@ with the ratios.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import Result, add_json_arg  # noqa: E402
+from common import Result, bench_options  # noqa: E402
 from prometheus_client import generate_latest  # noqa: E402
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics  # noqa: E402
 
@@ -46,11 +45,7 @@ def per_call(fn, n: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the calls timed per round")
-    add_json_arg(ap)
-    args = ap.parse_args()
+    args = bench_options(None, rounds=9, scale=(1.0, "fraction of the calls timed per round")).parse_args()
     plain_t, ids_t = Telemetry(), Telemetry()
     plain_p, ids_p = Pipeline(EventsConfig(), plain_t), Pipeline(EventsConfig(), ids_t)
     plain, ids = turns(False), turns(True)
@@ -78,12 +73,14 @@ def main() -> None:
     res = Result("exemplars", vars(args))
     for name, values in results.items():
         res.measure(name, values, "µs")
-    res.ratio("apply with ids / without", "apply, call_id + trace_id", "apply, no exemplars",
-              "applying 100 turns carrying call_id and trace_id (exemplars) over the same turns without them")
-    res.ratio("OpenMetrics, no exemplars / text", "render OpenMetrics, none", "render text",
-              "rendering the registry as OpenMetrics without exemplars over the text format")
-    res.ratio("OpenMetrics with exemplars / text", "render OpenMetrics", "render text",
-              "rendering it as OpenMetrics with exemplars over the text format")
+    res.ratios(
+        ("apply with ids / without", "apply, call_id + trace_id", "apply, no exemplars",
+         "applying 100 turns carrying call_id and trace_id (exemplars) over the same turns without them"),
+        ("OpenMetrics, no exemplars / text", "render OpenMetrics, none", "render text",
+         "rendering the registry as OpenMetrics without exemplars over the text format"),
+        ("OpenMetrics with exemplars / text", "render OpenMetrics", "render text",
+         "rendering it as OpenMetrics with exemplars over the text format"),
+    )
     res.write(args.json)
 
 

@@ -14,7 +14,6 @@ series one scrape brings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -26,7 +25,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from common import Result, add_json_arg, free_port, wait_listening
+from common import Result, bench_options, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
@@ -51,12 +50,10 @@ def own_metric(base: str, name: str) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=60.0, help="how long to sample once rules run")
-    ap.add_argument("--interval", default="2s", help="scrape and evaluation interval")
-    ap.add_argument("--warmup", type=float, default=15.0, help="seconds of scrapes and evaluations before sampling")
-    add_json_arg(ap)
-    args = ap.parse_args()
+    args = bench_options(
+        None, seconds=(60.0, "how long to sample once rules run"), interval=("2s", "scrape and evaluation interval"),
+        warmup=(15.0, "seconds of scrapes and evaluations before sampling"),
+    ).parse_args()
     prometheus = shutil.which("prometheus")
     if not prometheus:
         print("prometheus is not installed (Debian package: prometheus)")

@@ -26,7 +26,6 @@ exporter at the default 50.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
 import os
@@ -39,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("BENCH_EXPORTER_SRC", str(ROOT / "exporter")))
 
-from common import Result, add_json_arg, parse_args, start_server  # noqa: E402
+from common import Result, bench_options, parse_args, rss_mb, start_server  # noqa: E402
 
 TOKEN = "bench-series-token-0123456789abcdef"
 HUGE = 10**9
@@ -66,13 +65,6 @@ def serve(kind: str, port: int) -> None:
         source="<bench>",
     )
     web.run_app(build_app(config), host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit(f"no VmRSS for {pid}")
 
 
 def events_of(agent: str, provider: str, model: str, kinds: str) -> list[dict]:
@@ -165,14 +157,11 @@ def run(kind: str, combos: int, rounds: int, kinds: str, src: str | None) -> dic
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--combos", type=int, default=50, help="agents, providers and models, each")
-    p.add_argument("--rounds", type=int, default=3)
+    p = bench_options(__doc__.splitlines()[0], combos=(50, "agents, providers and models, each"), rounds=3)
     p.add_argument("--events", choices=("llm", "all"), default="llm", help="what each combination sends")
     p.add_argument("--before-src", help="the exporter/ directory of the code to compare with")
     p.add_argument("--kinds", help="the exporters to run, comma-separated (default: before if --before-src, "
                    "unbounded, default)")
-    add_json_arg(p)
     args = parse_args(p, serve)
     kinds = args.kinds.split(",") if args.kinds else (["before"] if args.before_src else []) + ["unbounded", "default"]
     if "before" in kinds and not args.before_src:

@@ -20,7 +20,6 @@ default exporter: a /metrics users know, its median and p99 next to ours.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -38,7 +37,7 @@ from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 from livekit.protocol import sip as proto_sip
 
-from common import Result, add_json_arg, free_port, wait_listening
+from common import Result, bench_options, free_port, rss_mb, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY, SECRET = "benchkey", "bench-secret-" + "b" * 32
@@ -126,27 +125,16 @@ async def calls(session: aiohttp.ClientSession, sim_url: str) -> int:
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rooms", type=int, default=10_000)
-    p.add_argument("--per-room", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--reference", action="store_true", help="also scrape prometheus-node-exporter")
-    p.add_argument("--reference-rounds", type=int, default=100)
-    add_json_arg(p)
-    args = p.parse_args()
+    args = bench_options(
+        None, rooms=10_000, per_room=10, rounds=15, reference=(False, "also scrape prometheus-node-exporter"),
+        reference_rounds=100,
+    ).parse_args()
     node = shutil.which("prometheus-node-exporter") or (NODE_EXPORTER if os.path.exists(NODE_EXPORTER) else None)
     node_proc = None
     ref: dict[str, list[float]] = {"exporter": [], "node": []}
@@ -192,7 +180,7 @@ async def main() -> None:
                 t["exporter"].append(await timed(scrape(session, exp_url)))
                 t["bare detail"].append(await timed(bare_detail(lk)))
                 t["detail"].append(await timed(scrape(session, det_url)))
-            rss = {"exporter": rss_mb(procs[1].pid), "detail": rss_mb(procs[2].pid)}
+            rss = {kind: rss_mb(procs[i].pid, missing=float("nan")) for i, kind in ((1, "exporter"), (2, "detail"))}
             if args.reference and node:
                 node_port = free_port()
                 node_proc = subprocess.Popen([node, f"--web.listen-address=127.0.0.1:{node_port}"],

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from common import WRK_RESULT_LUA, Result, add_json_arg, medians, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
+from common import WRK_RESULT_LUA, Result, bench_options, medians, parse_args, require_wrk, start_server, wrk_result  # noqa: E402
 
 API_KEY = "APIbench"
 API_SECRET = "bench-secret-" + "b" * 32
@@ -209,13 +209,10 @@ def exporter_counts(port: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="wrk threads (the machine has few cores)")
-    p.add_argument("--requests", type=int, default=120_000, help="distinct signed webhooks to replay")
-    add_json_arg(p)
+    p = bench_options(
+        __doc__.split("\n\n")[0], rounds=3, duration=(5, "seconds per wrk run"), connections=32,
+        threads=(1, "wrk threads (the machine has few cores)"), requests=(120_000, "distinct signed webhooks to replay"),
+    )
     args = parse_args(p, serve)
     require_wrk()
 

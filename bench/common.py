@@ -11,7 +11,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -44,6 +45,17 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def rss_mb(pid: int, *, missing: float | None = None) -> float:
+    """A process's resident memory in MB (VmRSS of /proc/PID/status); a process without one (a
+    zombie) has `missing`, or exits the script when that is None."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    if missing is None:
+        raise SystemExit(f"no VmRSS for {pid}")
+    return missing
 
 
 class ListSink:
@@ -88,6 +100,34 @@ def end_busy_room_call(scenario: Any, room: str, dispatch: Any, sip: Any, *, use
     reasons = proto_models.DisconnectReason
     scenario.remove_participant(room, sip.identity, reasons.USER_UNAVAILABLE if user_unavailable else reasons.CLIENT_INITIATED)
     scenario.set_job_status(room, dispatch.id, 0, proto_agent.JS_SUCCESS)
+
+
+# The voice-agent fleet's Truth (simulator/voice_agents.py) and the series the exporter shows it as:
+# per Truth field, the sample name and its label names, in the order of the field's keys.
+FLEET_SERIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "calls_started": ("voice_agent_calls_started_total", ("agent", "direction", "campaign")),
+    "calls_answered": ("voice_agent_calls_answered_total", ("agent", "direction", "campaign", "answered_by")),
+    "calls_ended": ("voice_agent_calls_ended_total", ("agent", "direction", "campaign", "outcome")),
+    "active": ("voice_agent_calls_active", ("agent", "direction")),
+    "queued": ("voice_agent_calls_queued", ("agent", "campaign")),
+    "campaign_running": ("voice_agent_campaign_running", ("campaign",)),
+    "turns": ("voice_agent_turns_total", ("agent", "interrupted")),
+    "interruptions": ("voice_agent_interruptions_total", ("agent",)),
+    "llm_tokens": ("voice_agent_llm_tokens_total", ("agent", "provider", "model", "type")),
+    "tts_characters": ("voice_agent_tts_characters_total", ("agent", "provider", "model")),
+    "stt_audio_seconds": ("voice_agent_stt_audio_seconds_total", ("agent", "provider", "model")),
+    "tool_calls": ("voice_agent_tool_call_duration_seconds_count", ("agent", "tool")),
+    "errors": ("voice_agent_errors_total", ("agent", "component", "type", "recoverable")),
+    "events": ("livekit_exporter_events_total", ("type",)),
+}
+
+
+def fleet_series(truth: Any, *fields: str) -> Iterator[tuple[str, str, dict[str, str], float]]:
+    """(field, sample name, labels, what the fleet sent) for every key of the Truth fields named, in order."""
+    for truth_field in fields:
+        name, label_names = FLEET_SERIES[truth_field]
+        for key, sent in getattr(truth, truth_field).items():
+            yield truth_field, name, dict(zip(label_names, key if isinstance(key, tuple) else (key,), strict=True)), sent
 
 
 # -- scripts that start their servers as copies of themselves ---------------------------------
@@ -187,6 +227,11 @@ class Result:
         self.data["ratios"][name] = entry
         return value
 
+    def ratios(self, *rows: tuple[str, str, str, str]) -> None:
+        """A table of ratios without targets: (name, of, to, meaning) each, as ratio() takes them."""
+        for name, of, to, meaning in rows:
+            self.ratio(name, of, to, meaning)
+
     def fact(self, name: str, value: float | int | str, unit: str = "") -> None:
         self.data["facts"][name] = {"value": value, "unit": unit}
 
@@ -200,3 +245,19 @@ class Result:
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH (for python -m bench)")
+
+
+def bench_options(description: str | None, **options: Any) -> argparse.ArgumentParser:
+    """A script's parser from a table of NAME=DEFAULT or NAME=(DEFAULT, HELP), in order: the option
+    --NAME (underscores as dashes), of its default's type; a False default makes a switch
+    (store_true). Then --json PATH (add_json_arg)."""
+    parser = argparse.ArgumentParser(description=description)
+    for name, spec in options.items():
+        default, help_text = spec if isinstance(spec, tuple) else (spec, None)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    add_json_arg(parser)
+    return parser

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_busy_room, end_busy_room_call, free_port, stop_process, wait_listening  # noqa: E402
+from common import add_busy_room, end_busy_room_call, fleet_series, free_port, rss_mb, stop_process, wait_listening  # noqa: E402
 
 API_KEY = "APIsoak"
 API_SECRET = "soak-secret-" + "s" * 32
@@ -123,11 +123,7 @@ def start_exporter(config: Path) -> tuple[subprocess.Popen, int]:
 
 def proc_stats(pid: int) -> tuple[float, int]:
     """(VmRSS in MB, open file descriptors) of a process."""
-    rss_kb = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss_kb = int(line.split()[1])
-    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+    return rss_mb(pid, missing=0.0), len(os.listdir(f"/proc/{pid}/fd"))
 
 
 # -- the load ----------------------------------------------------------------------------------------
@@ -289,25 +285,14 @@ def compare(got: dict, sender: Any, fleet: Any, load: Load, report: Report) -> N
                                  f"invalid batches sent {load.invalid_batches}")
 
     t = fleet.truth
-    for (agent, direction, campaign), n in t.calls_started.items():
-        check("events", k("voice_agent_calls_started_total", agent=agent, direction=direction, campaign=campaign), n)
-    for (agent, direction, campaign, by), n in t.calls_answered.items():
-        check("events", k("voice_agent_calls_answered_total", agent=agent, direction=direction, campaign=campaign,
-                          answered_by=by), n)
-    for (agent, direction, campaign, outcome), n in t.calls_ended.items():
-        check("events", k("voice_agent_calls_ended_total", agent=agent, direction=direction, campaign=campaign,
-                          outcome=outcome), n)
-    for (agent, direction), n in t.active.items():
-        check("events", k("voice_agent_calls_active", agent=agent, direction=direction), n)
-    for (agent, campaign), n in t.queued.items():
-        check("events", k("voice_agent_calls_queued", agent=agent, campaign=campaign), n)
-    for campaign, running in t.campaign_running.items():
-        check("events", k("voice_agent_campaign_running", campaign=campaign), running)
-    for (agent, interrupted), n in t.turns.items():
-        check("events", k("voice_agent_turns_total", agent=agent, interrupted=interrupted), n)
-    for agent, n in t.interruptions.items():
-        if n:
-            check("events", k("voice_agent_interruptions_total", agent=agent), n)
+
+    def check_fleet(*fields: str) -> None:
+        for truth_field, name, labels, sent in fleet_series(t, *fields):
+            if sent or truth_field not in ("interruptions", "llm_tokens", "tts_characters"):  # their zeros are not checked
+                check("events", k(name, **labels), sent)
+
+    check_fleet("calls_started", "calls_answered", "calls_ended", "active", "queued", "campaign_running", "turns",
+                "interruptions")
     for agent, latencies in t.turn_latency.items():
         check("events", k("voice_agent_turn_latency_seconds_count", agent=agent), len(latencies))
         check("events", k("voice_agent_turn_latency_seconds_sum", agent=agent), math.fsum(latencies))
@@ -315,21 +300,7 @@ def compare(got: dict, sender: Any, fleet: Any, load: Load, report: Report) -> N
         labels = {"agent": agent, "provider": provider, "model": model}
         check("events", k("voice_agent_llm_time_to_first_token_seconds_count", **labels), len(ttfts))
         check("events", k("voice_agent_llm_time_to_first_token_seconds_sum", **labels), math.fsum(ttfts))
-    for (agent, provider, model, kind), n in t.llm_tokens.items():
-        if n:
-            check("events", k("voice_agent_llm_tokens_total", agent=agent, provider=provider, model=model, type=kind), n)
-    for (agent, provider, model), n in t.tts_characters.items():
-        if n:
-            check("events", k("voice_agent_tts_characters_total", agent=agent, provider=provider, model=model), n)
-    for (agent, provider, model), n in t.stt_audio_seconds.items():
-        check("events", k("voice_agent_stt_audio_seconds_total", agent=agent, provider=provider, model=model), n)
-    for (agent, tool), n in t.tool_calls.items():
-        check("events", k("voice_agent_tool_call_duration_seconds_count", agent=agent, tool=tool), n)
-    for (agent, component, kind, recoverable), n in t.errors.items():
-        check("events", k("voice_agent_errors_total", agent=agent, component=component, type=kind,
-                          recoverable=recoverable), n)
-    for name, n in t.events.items():
-        check("events", k("livekit_exporter_events_total", type=name), n)
+    check_fleet("llm_tokens", "tts_characters", "stt_audio_seconds", "tool_calls", "errors", "events")
     overflow = total("livekit_exporter_label_overflow_total")
     if overflow:
         report.mismatches.append(f"livekit_exporter_label_overflow_total is {overflow}: the guard folded labels")

@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from common import fleet_series
 from conftest import EVENTS_TOKEN, add_rooms, free_port, require_binary, samples
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import models as proto_models
@@ -197,21 +198,11 @@ async def test_counters_summed_over_replicas_equal_what_was_sent(scenario, simul
     assert sum(counted) == len(sender.events) and min(counted) > 0  # neither replica alone has the truth
     # every voice-agent counter: the sum over the replicas is what the agents sent
     t = fleet.truth
-    for (agent, direction, campaign), n in t.calls_started.items():
-        assert get(total, "voice_agent_calls_started_total", agent=agent, direction=direction, campaign=campaign) == n
-    for (agent, direction, campaign, outcome), n in t.calls_ended.items():
-        assert get(total, "voice_agent_calls_ended_total", agent=agent, direction=direction, campaign=campaign,
-                   outcome=outcome) == n
-    for (agent, interrupted), n in t.turns.items():
-        assert get(total, "voice_agent_turns_total", agent=agent, interrupted=interrupted) == n
-    for (agent, provider, model, kind), n in t.llm_tokens.items():
-        assert get(total, "voice_agent_llm_tokens_total", agent=agent, provider=provider, model=model, type=kind) == n
-    for (agent, provider, model), n in t.tts_characters.items():
-        assert get(total, "voice_agent_tts_characters_total", agent=agent, provider=provider, model=model) == n
+    for _, name, labels, sent in fleet_series(t, "calls_started", "calls_ended", "turns", "llm_tokens", "tts_characters",
+                                              "events"):
+        assert get(total, name, **labels) == sent, (name, labels)
     for agent, latencies in t.turn_latency.items():
         assert get(total, "voice_agent_turn_latency_seconds_count", agent=agent) == len(latencies)
-    for name, n in t.events.items():
-        assert get(total, "livekit_exporter_events_total", type=name) == n
     # The active-call gauge is per process: a call whose call_ended reached the other replica stays
     # active on the one that saw it start (until events.call_ttl). Summed, it reads exactly those calls.
     split = sum(1 for c in service.call_events.values() if c.get("call_ended", c["call_started"]) != c["call_started"])
