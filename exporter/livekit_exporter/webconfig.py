@@ -205,11 +205,20 @@ def _check_keys(section: dict[Any, Any], prefix: str, allowed: Iterable[str], wh
             problems.append(f"{where}: {name}: unknown key; allowed keys: {', '.join(allowed)}")
 
 
-def _users(section: object, where: str, problems: list[str]) -> dict[str, bytes]:
+def _mapping(section: object, name: str, where: str, problems: list[str], of: str = "") -> dict[Any, Any] | None:
+    """A top-level section as a mapping; None when it is absent, or not a mapping (a problem, with
+    `of` saying what the mapping holds)."""
     if section is None:
-        return {}
+        return None
     if not isinstance(section, dict):
-        problems.append(f"{where}: basic_auth_users: must be a mapping of user name to bcrypt hash")
+        problems.append(f"{where}: {name}: must be a mapping{of}")
+        return None
+    return section
+
+
+def _users(raw: object, where: str, problems: list[str]) -> dict[str, bytes]:
+    section = _mapping(raw, "basic_auth_users", where, problems, of=" of user name to bcrypt hash")
+    if section is None:
         return {}
     users: dict[str, bytes] = {}
     for user, hashed in section.items():
@@ -224,11 +233,9 @@ def _users(section: object, where: str, problems: list[str]) -> dict[str, bytes]
     return users
 
 
-def _http(section: object, where: str, problems: list[str]) -> dict[str, str]:
+def _http(raw: object, where: str, problems: list[str]) -> dict[str, str]:
+    section = _mapping(raw, "http_server_config", where, problems)
     if section is None:
-        return {}
-    if not isinstance(section, dict):
-        problems.append(f"{where}: http_server_config: must be a mapping")
         return {}
     _check_keys(section, "http_server_config.", _HTTP_KEYS, where, problems)
     http2 = section.get("http2")
@@ -259,12 +266,10 @@ def _http(section: object, where: str, problems: list[str]) -> dict[str, str]:
     return out
 
 
-def _tls(section: object, folder: str, where: str, problems: list[str]) -> TLSSettings | None:
-    if section is None or section == {}:
-        return None  # the toolkit serves plain HTTP
-    if not isinstance(section, dict):
-        problems.append(f"{where}: tls_server_config: must be a mapping")
-        return None
+def _tls(raw: object, folder: str, where: str, problems: list[str]) -> TLSSettings | None:
+    section = _mapping(raw, "tls_server_config", where, problems)
+    if not section:
+        return None  # absent or empty: the toolkit serves plain HTTP
     before = len(problems)
     _check_keys(section, "tls_server_config.", _TLS_KEYS, where, problems)
     at = f"{where}: tls_server_config"
