@@ -161,16 +161,15 @@ class HttpGuard:
     async def _ingest(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         cfg = self.settings()
         if self.in_flight >= cfg.max_in_flight:
-            self.reject("too_many_in_flight", request.remote, path=request.path, limit=cfg.max_in_flight)
-            busy = _answer(
+            return await self._refuse_ingest(
+                request,
                 503,
                 "too_many_in_flight",
                 f"the exporter is already receiving server.max_in_flight ({cfg.max_in_flight}) webhook and "
                 f"events requests; retry after {RETRY_AFTER} s",
-                json=True,
                 headers={"Retry-After": RETRY_AFTER},
+                limit=cfg.max_in_flight,
             )
-            return await _last(request, busy)
         self.in_flight += 1
         deadline = asyncio.timeout(cfg.body_timeout)
         try:
@@ -179,17 +178,30 @@ class HttpGuard:
         except TimeoutError:
             if not deadline.expired():
                 raise
-            self.reject("body_timeout", request.remote, path=request.path, seconds=cfg.body_timeout)
-            answer = _answer(
+            return await self._refuse_ingest(
+                request,
                 408,
                 "body_timeout",
                 f"the request body did not arrive within server.body_timeout ({cfg.body_timeout!r}); send it "
                 "at once, or raise the limit on the exporter",
-                json=True,
+                seconds=cfg.body_timeout,
             )
-            return await _last(request, answer)
         finally:
             self.in_flight -= 1
+
+    async def _refuse_ingest(
+        self,
+        request: web.Request,
+        status: int,
+        reason: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **logged: object,
+    ) -> web.Response:
+        """Refuses a webhook or events request: counted, logged (with `logged`), answered in JSON,
+        and its connection closed without waiting for the rest of the body."""
+        self.reject(reason, request.remote, path=request.path, **logged)
+        return await _last(request, _answer(status, reason, message, json=True, headers=headers))
 
     def _bad_request(self, request: web.Request, exc: ValueError | UnicodeError) -> web.Response:
         names = _not_text(request)
