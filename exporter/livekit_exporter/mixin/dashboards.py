@@ -149,8 +149,8 @@ def boards(m: Mixin) -> list[Board]:
         sel: str = J,
         **layout: Any,
     ) -> P:
-        """A panel of one query, `query`(metric, by, sel) (rate or state), with a series for each value of
-        the `by` labels: its legend names them."""
+        """A panel of one query, `query`(metric, by, sel) (rate, state, highest or over_range), with a
+        series for each value of the `by` labels: its legend names them."""
         return P(title, question, unit, [(query(metric, by, sel), legend(by))], **layout)
 
     def named(
@@ -172,7 +172,7 @@ def boards(m: Mixin) -> list[Board]:
 
     def recorded_ratio(title: str, question: str, record: str, by: str, **layout: Any) -> P:
         """A ratio (0 to 1) recorded by rules.py, one series for each value of its `by` label."""
-        return P(title, question, "percentunit", [(f"{record}{{{J}}}", f"{{{{{by}}}}}")], max=1, **layout)
+        return P(title, question, "percentunit", [(f"{record}{{{J}}}", legend(by))], max=1, **layout)
 
     def egress_success(**layout: Any) -> P:
         return recorded_ratio(
