@@ -432,7 +432,7 @@ def _projects(cfg: Config, env: Mapping[str, str], at: _Located, problems: list[
                         "a webhook could not be attributed to one project; give each project its own key pair",
                     )
                 )
-        tokens = [t.reveal() for t in project.events_tokens]
+        tokens: list[str | None] = [t.reveal() for t in project.events_tokens]
         tokens += _token_file_lines(
             project.events_token_files, f"{at.source}: projects[{i}].events_token_files", problems
         )
