@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from common import Result, bench_options, free_port, wait_listening
+from common import Result, bench_options, free_port, start_prometheus, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
@@ -73,9 +73,7 @@ def main() -> int:
     demo = subprocess.Popen([str(Path(sys.executable).parent / "livekit-exporter"), "demo",
                              f"--web.listen-address=127.0.0.1:{exporter_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    prom = subprocess.Popen([prometheus, f"--config.file={tmp / 'prometheus' / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = start_prometheus(prometheus, tmp / "prometheus" / "prometheus.yml", tmp / "data", prom_port)
     base = f"http://127.0.0.1:{prom_port}"
     try:
         wait_listening(exporter_port, demo)

@@ -58,6 +58,13 @@ def rss_mb(pid: int, *, missing: float | None = None) -> float:
     return missing
 
 
+def start_prometheus(binary: str, config: Path, data: Path, port: int, *flags: str) -> subprocess.Popen:
+    """Prometheus on 127.0.0.1:PORT with this configuration file and TSDB directory (its output dropped)."""
+    return subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+                             f"--web.listen-address=127.0.0.1:{port}", *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class ListSink:
     """Stands in for the push client: keeps what is emitted, at the cost of a list append."""
 

@@ -19,9 +19,10 @@ from livekit_exporter.server import build_app
 from livekit_exporter.simulator import Scenario, Simulator
 
 # bench/common.py: the helpers the tests share with the benchmark scripts (free_port, stop_process,
-# the simulator's busy rooms); a test imports them from `common`, as the scripts do.
+# start_prometheus, the simulator's busy rooms, the fleet's series); a test imports them from
+# `common`, as the scripts do.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from common import free_port, stop_process  # noqa: F401  (re-exported: `from conftest import free_port, stop_process`)
+from common import free_port, start_prometheus, stop_process  # noqa: F401  (re-exported: `from conftest import ...`)
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -79,17 +80,41 @@ def value(text_or_samples: Any, name: str, **labels: str) -> float | None:
     return s.get((name, frozenset(labels.items())))
 
 
+def assert_api_up(text_or_samples: Any, **expected: float | None) -> None:
+    """livekit_api_up{service=NAME} is the value given for each NAME (None: no such series)."""
+    for service, up in expected.items():
+        assert value(text_or_samples, "livekit_api_up", service=service) == up, service
+
+
+async def get_text(client: Any, path: str = "/metrics", **request: Any) -> str:
+    """GET `path` through an aiohttp test client (request: client.get's options): a 200; its body."""
+    resp = await client.get(path, **request)
+    assert resp.status == 200
+    return await resp.text()
+
+
+async def prometheus_api(http: Any, port: int, path: str, **params: str) -> Any:
+    """The JSON answer of GET /api/v1/PATH?PARAMS of the Prometheus on 127.0.0.1:PORT (http: an aiohttp.ClientSession)."""
+    async with http.get(f"http://127.0.0.1:{port}/api/v1/{path}", params=params) as r:
+        return await r.json()
+
+
 async def scrape_samples(aiohttp_client: Callable, server: Any) -> dict[tuple[str, frozenset], float]:
     """The samples a test server's /metrics shows now, read through a new aiohttp test client."""
     client = await aiohttp_client(server)
     return samples(await (await client.get("/metrics")).text())
 
 
+def add_room(scenario: Scenario, name: str, identity: str = "u") -> None:
+    """A room with one participant, `identity`."""
+    scenario.add_room(name)
+    scenario.add_participant(name, identity)
+
+
 def add_rooms(scenario: Scenario, count: int, *, prefix: str = "r", identity: str = "u") -> None:
     """`count` rooms, {prefix}0, {prefix}1, ..., each with one participant, `identity`."""
     for i in range(count):
-        scenario.add_room(f"{prefix}{i}")
-        scenario.add_participant(f"{prefix}{i}", identity)
+        add_room(scenario, f"{prefix}{i}", identity)
 
 
 @pytest.fixture

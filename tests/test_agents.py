@@ -129,6 +129,13 @@ async def test_a_real_session_produces_the_expected_metrics(exporter, caplog):
     assert value(s, "livekit_exporter_event_requests_rejected_total", reason="invalid") is None
 
 
+async def close_and_scrape(session, client, scrape, reason) -> dict:
+    """The session closes for `reason`, the push client sends what it holds and closes: the exporter's samples then."""
+    session.emit("close", lk_events.CloseEvent(reason=reason))
+    await client.aclose()
+    return await scrape()
+
+
 def _message(role: str, **metrics) -> lk_events.ConversationItemAddedEvent:
     return lk_events.ConversationItemAddedEvent(item=llm.ChatMessage(role=role, content=["..."], metrics=metrics))
 
@@ -335,9 +342,7 @@ async def test_user_turns_without_a_reply_are_counted(exporter):
     session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.6, transcription_delay=0.3))
     session.emit("conversation_item_added", _message("assistant", e2e_latency=1.0))
     session.emit("conversation_item_added", _message("user", end_of_turn_delay=0.7, transcription_delay=0.4))
-    session.emit("close", lk_events.CloseEvent(reason=lk_events.CloseReason.PARTICIPANT_DISCONNECTED))
-    await client.aclose()
-    s = await scrape()
+    s = await close_and_scrape(session, client, scrape, lk_events.CloseReason.PARTICIPANT_DISCONNECTED)
     assert value(s, "voice_agent_turns_total", agent="b", interrupted="false") == 3
     assert value(s, "voice_agent_end_of_utterance_delay_seconds_count", agent="b") == 3
     assert value(s, "voice_agent_end_of_utterance_delay_seconds_sum", agent="b") == pytest.approx(1.8)
@@ -356,9 +361,7 @@ async def test_a_reply_cut_by_a_failed_tts_is_a_tts_error_not_an_interruption(ex
         error=TTSError(timestamp=time.time(), label="tts", error=TimeoutError(), recoverable=False), source=None))
     reply = llm.ChatMessage(role="assistant", content=["Your order"], interrupted=True, metrics={"e2e_latency": 0.9})
     session.emit("conversation_item_added", lk_events.ConversationItemAddedEvent(item=reply))
-    session.emit("close", lk_events.CloseEvent(reason=lk_events.CloseReason.USER_INITIATED))
-    await client.aclose()
-    s = await scrape()
+    s = await close_and_scrape(session, client, scrape, lk_events.CloseReason.USER_INITIATED)
     assert value(s, "voice_agent_turns_total", agent="t", interrupted="false") == 1
     assert value(s, "voice_agent_turns_total", agent="t", interrupted="true") is None
     assert value(s, "voice_agent_interruptions_total", agent="t") is None

@@ -85,6 +85,14 @@ class Receiver:
         what = f"{alertname} {'delivered' if status == 'firing' else status}"
         return await eventually(what, lambda: self.delivered(alertname, status, since))
 
+    async def first_firing(self, receiver: str, labels: dict[str, str]) -> dict[str, Any]:
+        """Waits for the alert named labels["alertname"]; the first one delivered went to `receiver`,
+        with exactly these labels. That alert."""
+        (rcv, alert), *_ = await self.notified(labels["alertname"])
+        assert rcv == receiver
+        assert alert["labels"] == labels
+        return alert
+
 
 def alertmanager_config(tmp: Path, receiver_port: int) -> Path:
     am = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
@@ -180,10 +188,9 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
 
             # 1. A LiveKit service answers 401; the agents' latency has regressed.
             scenario.set_fault("egress", Fault("unauthorized"))
-            (rcv, alert), *_ = await receiver.notified("LiveKitApiUnauthenticated")
-            assert rcv == "critical"
-            assert alert["labels"] == {"alertname": "LiveKitApiUnauthenticated", "severity": "critical",
-                                       "component": "livekit", "job": "livekit-exporter", "service": "egress"}
+            alert = await receiver.first_firing("critical", {
+                "alertname": "LiveKitApiUnauthenticated", "severity": "critical", "component": "livekit",
+                "job": "livekit-exporter", "service": "egress"})
             ann = alert["annotations"]
             assert ann["summary"] == "LiveKit refuses the exporter's credentials or grants."
             assert ann["description"].startswith("LiveKit answers the exporter's egress calls with unauthenticated")
@@ -200,10 +207,9 @@ async def test_alerts_fire_route_inhibit_and_resolve_end_to_end(scenario, simula
             held = await eventually("LiveKitApiServiceDown inhibited", lambda: in_alertmanager("LiveKitApiServiceDown"))
             assert held[0]["status"]["state"] == "suppressed" and held[0]["status"]["inhibitedBy"]
 
-            (rcv, alert), *_ = await receiver.notified("LiveKitVoiceAgentLatencyHigh")
-            assert rcv == "slack"
-            assert alert["labels"] == {"alertname": "LiveKitVoiceAgentLatencyHigh", "severity": "warning",
-                                       "component": "voice_agents", "job": "livekit-exporter", "agent": "support-agent"}
+            alert = await receiver.first_firing("slack", {
+                "alertname": "LiveKitVoiceAgentLatencyHigh", "severity": "warning", "component": "voice_agents",
+                "job": "livekit-exporter", "agent": "support-agent"})
             assert "p95 voice-to-voice latency of support-agent is" in alert["annotations"]["description"]
             assert alert["annotations"]["runbook_url"].endswith("#livekitvoiceagentlatencyhigh")
 

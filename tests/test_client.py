@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,6 +20,16 @@ from livekit_exporter.server import build_app
 
 def turn(i: int = 0) -> m.Turn:
     return m.Turn(agent="a", e2e_latency_seconds=0.5 + i % 3 / 10)
+
+
+async def send_turns(server: TestServer, count: int, **options: Any) -> EventsClient:
+    """`count` turns through an EventsClient(**options) to the test server, flushed (within 5 s) and
+    closed: the client, for its stats."""
+    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, **options) as client:
+        for i in range(count):
+            client.emit(turn(i))
+        assert await client.flush(5)
+    return client
 
 
 async def events_url(aiohttp_server, handler) -> str:
@@ -270,10 +281,7 @@ async def test_a_retry_after_a_lost_answer_is_applied_once(events_config, aiohtt
 
     app.middlewares.append(lose_the_first_answer)
     server = await aiohttp_server(app)
-    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, backoff=0.01, flush_interval=0.01) as client:
-        for i in range(10):
-            client.emit(turn(i))
-        assert await client.flush(5)
+    client = await send_turns(server, 10, backoff=0.01, flush_interval=0.01)
     assert client.stats.sent == 10 and client.stats.retries == 1
     s = await scrape_samples(aiohttp_client, server)
     assert value(s, "voice_agent_turns_total", agent="a", interrupted="false") == 10
@@ -282,10 +290,7 @@ async def test_a_retry_after_a_lost_answer_is_applied_once(events_config, aiohtt
 async def test_batches_over_the_exporters_limit_are_split(events_config, aiohttp_server, aiohttp_client):
     """A client batch of 100 against an exporter with events.max_events 30: the 413 halves it."""
     server = await aiohttp_server(build_app(events_config(max_events=30)))
-    async with EventsClient(str(server.make_url("/")), EVENTS_TOKEN, batch_size=100, flush_interval=0.01) as client:
-        for i in range(250):
-            client.emit(turn(i))
-        assert await client.flush(5)
+    client = await send_turns(server, 250, batch_size=100, flush_interval=0.01)
     assert client.stats.sent == 250 and client.stats.dropped_rejected == 0
     assert client.batch_size == 25
     s = await scrape_samples(aiohttp_client, server)

@@ -17,7 +17,6 @@ import json
 import math
 import random
 import re
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
 
 from common import add_busy_room, end_busy_room_call  # bench/common.py: the busy rooms bench/soak.py builds too
-from conftest import EVENTS_TOKEN, free_port, require_binary
+from conftest import EVENTS_TOKEN, free_port, prometheus_api, require_binary, start_prometheus
 from livekit_exporter.client import EventsClient
 from livekit_exporter.config import EventsConfig, LabelsConfig, Price, Secret
 from livekit_exporter.mixin import DEFAULT_CONFIG, Mixin, generate, load, write
@@ -263,10 +262,8 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
         "prometheus.alertmanagers": [], "slos.budget_interval": "1s", "long_term.interval": "1s",
     }))
     write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
-    prom = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus' / 'prometheus.yml'}",
-                             "--enable-feature=exemplar-storage",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = start_prometheus(prometheus_bin, tmp_path / "prometheus" / "prometheus.yml", tmp_path / "data", prom_port,
+                            "--enable-feature=exemplar-storage")
     stop = asyncio.Event()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -278,16 +275,13 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
         empty, broken = [], []
         async with aiohttp.ClientSession() as http:
             async def query(expr: str) -> list:
-                async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": expr}) as r:
-                    data = await r.json()
+                data = await prometheus_api(http, prom_port, "query", query=expr)
                 if data["status"] != "success":
                     raise ValueError(data.get("error"))
                 return data["data"]["result"]
 
             async def label_values(selector: str, label: str) -> list:
-                async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/label/{label}/values",
-                                    params={"match[]": selector}) as r:
-                    return (await r.json())["data"]
+                return (await prometheus_api(http, prom_port, f"label/{label}/values", **{"match[]": selector}))["data"]
 
             for dash in dashboards():
                 for v in dash["templating"]["list"]:
@@ -313,10 +307,10 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
                             jobs = {r["metric"].get("job") for r in result} - {None}
                             assert jobs <= {SUBSTITUTE["$job"]}, f"{dash['uid']} / {p['title']}: {jobs}"
                         if t.get("exemplar"):
-                            async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query_exemplars", params={
-                                    "query": substituted(t["expr"]), "start": "0", "end": "9999999999"}) as r:
-                                if not (await r.json())["data"]:
-                                    empty.append(f"{dash['uid']} / {p['title']}: no exemplar for {t['expr']}")
+                            exemplars = await prometheus_api(http, prom_port, "query_exemplars", query=substituted(t["expr"]),
+                                                             start="0", end="9999999999")
+                            if not exemplars["data"]:
+                                empty.append(f"{dash['uid']} / {p['title']}: no exemplar for {t['expr']}")
         assert broken == [], broken
         assert empty == [], "\n".join(empty)
     finally:

@@ -7,7 +7,7 @@ import logging
 import subprocess
 
 import pytest
-from conftest import AUTH, EVENTS_TOKEN, require_binary, samples, value
+from conftest import AUTH, EVENTS_TOKEN, get_text, require_binary, samples, value
 
 from livekit_exporter.config import LabelsConfig, Price
 from livekit_exporter.events import PIPELINE
@@ -52,9 +52,7 @@ async def post(client, events=None, *, body=None, ctype="application/json", head
 
 
 async def scrape(client) -> dict:
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    return samples(await resp.text())
+    return samples(await get_text(client))
 
 
 def buckets(s: dict, name: str, bounds, **labels) -> list[float]:
@@ -315,9 +313,8 @@ async def test_absurd_latencies_are_discarded_and_counted(events_exporter):
     assert value(s, "voice_agent_turns_total", agent=A, interrupted="false") == 1
     assert value(s, "voice_agent_transcription_delay_seconds_count", agent=A, provider="unknown", model="unknown") is None
     assert value(s, "voice_agent_end_of_utterance_delay_seconds_count", agent=A) is None
-    d = "livekit_exporter_event_latencies_discarded_total"
-    assert value(s, d, type="turn", field="transcription_delay_seconds") == 1
-    assert value(s, d, type="turn", field="end_of_utterance_delay_seconds") == 1
+    for field in ("transcription_delay_seconds", "end_of_utterance_delay_seconds"):
+        assert value(s, "livekit_exporter_event_latencies_discarded_total", type="turn", field=field) == 1
 
 
 async def test_ndjson_discarded_timings_name_the_line(events_exporter):
@@ -395,15 +392,17 @@ async def test_a_call_with_no_end_leaves_the_active_gauge_after_the_ttl(events_e
     active = dict(agent=A, direction="inbound")
     assert value(await scrape(client), "voice_agent_calls_active", **active) == 1
 
-    now[0] += 599
-    pipeline.sweep()
-    s = await scrape(client)
+    async def scrape_after(seconds: float) -> dict:
+        """The scrape once the pipeline's clock has moved on `seconds` and its sweep has run."""
+        now[0] += seconds
+        pipeline.sweep()
+        return await scrape(client)
+
+    s = await scrape_after(599)
     assert value(s, "voice_agent_calls_active", **active) == 1
     assert value(s, "voice_agent_dependency_up", agent=A, dependency="openai") is None  # 60 s TTL passed
 
-    now[0] += 2
-    pipeline.sweep()
-    s = await scrape(client)
+    s = await scrape_after(2)
     assert value(s, "voice_agent_calls_active", **active) == 0
     assert value(s, "voice_agent_calls_expired_total", **active) == 1
 
@@ -479,10 +478,9 @@ async def test_unpriced_usage_is_counted_and_warned_about_once(events_exporter, 
     s = await scrape(client)
     assert value(s, "voice_agent_estimated_cost_dollars_total", agent=A, component="llm", provider="openai",
                  model="gpt-4o-mini") == pytest.approx((1000 * 0.15 + 100 * 0.6) / 1e6)
-    assert value(s, "livekit_exporter_unpriced_usage_events_total", component="llm", provider="anthropic",
-                 model="claude-haiku-4-5") == 2
-    assert value(s, "livekit_exporter_unpriced_usage_events_total", component="llm", provider="openai",
-                 model="gpt-4o-mini") is None
+    for provider, model, unpriced in (("anthropic", "claude-haiku-4-5", 2), ("openai", "gpt-4o-mini", None)):
+        assert value(s, "livekit_exporter_unpriced_usage_events_total", component="llm", provider=provider,
+                     model=model) == unpriced, provider
     warnings = [r for r in caplog.records if "no price in events.prices" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].provider == "anthropic"
 
@@ -608,11 +606,10 @@ async def test_an_agent_is_itself_or_other_in_every_voice_agent_metric(events_ex
     await post(client, [{"type": "tool_call", "agent": a, "tool": "t", "duration_seconds": 1} for a in ("a3", "a1")])
     s = await scrape(client)
     assert value(s, "voice_agent_tool_call_duration_seconds_count", agent="a3", tool="t") is None
-    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent="__other__", tool="t") == 1
-    assert value(s, "voice_agent_tool_call_duration_seconds_count", agent="a1", tool="t") == 1
-    overflow = "livekit_exporter_label_overflow_total"
-    assert value(s, overflow, metric="voice_agent_turns_total", label="agent") == 1
-    assert value(s, overflow, metric="voice_agent_tool_call_duration_seconds", label="agent") == 1
+    for agent in ("__other__", "a1"):
+        assert value(s, "voice_agent_tool_call_duration_seconds_count", agent=agent, tool="t") == 1
+    for metric in ("voice_agent_turns_total", "voice_agent_tool_call_duration_seconds"):
+        assert value(s, "livekit_exporter_label_overflow_total", metric=metric, label="agent") == 1
 
 
 async def test_recoverable_errors_are_labelled(events_exporter):

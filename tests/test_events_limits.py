@@ -25,6 +25,14 @@ STAGES = ("e2e_latency_seconds", "end_of_utterance_delay_seconds", "transcriptio
           "llm_ttft_seconds", "tts_ttfb_seconds")
 
 
+async def refused(events_exporter, body: str, ctype: str) -> tuple:
+    """Posts `body` to a new exporter: the answer is a 400. The test client and the answer's JSON."""
+    client = await events_exporter()
+    resp = await post(client, body=body, ctype=ctype)
+    assert resp.status == 400
+    return client, await resp.json()
+
+
 def absurd_turns(n: int) -> list[dict]:
     """n turns whose five stage timings are all above events.max_latency (30 s)."""
     return [{"type": "turn", "agent": A, **{s: 31.0 + i % 100 + k for k, s in enumerate(STAGES)}} for i in range(n)]
@@ -42,21 +50,34 @@ def rejection_lines(caplog) -> list[logging.LogRecord]:
 # -- item: memory of the Idempotency-Key cache, and the size of answers -------------------------
 
 
+async def budgeted_exporter(events_exporter, budget: int) -> tuple:
+    """An exporter whose Idempotency-Key cache keeps at most `budget` bytes (events.idempotency_max_bytes),
+    and that cache."""
+    client = await events_exporter(idempotency_max_bytes=budget)
+    return client, client.server.app[HANDLER].idempotency
+
+
+async def post_under_budget(client, cache, body: str, keys: list[str], budget: int) -> list[bytes]:
+    """Posts `body` once with each Idempotency-Key: every answer is a 200, and after each the cache
+    is within its budget. The answers' bodies."""
+    answers = []
+    for key in keys:
+        resp = await post(client, body=body, headers={**AUTH, "Idempotency-Key": key})
+        assert resp.status == 200
+        answers.append(await resp.read())
+        assert cache.currsize <= budget
+    return answers
+
+
 async def test_answers_and_the_idempotency_cache_stay_small_whatever_the_batch(events_exporter):
     """1,000 turns with every stage over max_latency used to get a ~1 MB answer, kept whole for
     the key's ttl: ~1 MB of memory per request. Now the answer lists 100 and counts the rest, and
     the cache holds at most idempotency_max_bytes."""
     budget = 1 << 18
-    client = await events_exporter(idempotency_max_bytes=budget)
-    cache = client.server.app[HANDLER].idempotency
+    client, cache = await budgeted_exporter(events_exporter, budget)
     body = json.dumps({"events": absurd_turns(1000)})
     assert len(body) > 160_000
-    answers = []
-    for i in range(40):
-        resp = await post(client, body=body, headers={**AUTH, "Idempotency-Key": f"batch-{i}"})
-        assert resp.status == 200
-        answers.append(await resp.read())
-        assert cache.currsize <= budget
+    answers = await post_under_budget(client, cache, body, [f"batch-{i}" for i in range(40)], budget)
     first = json.loads(answers[0])
     assert first["accepted"] == 1000
     assert len(first["discarded"]) == 100
@@ -79,13 +100,8 @@ async def test_answers_and_the_idempotency_cache_stay_small_whatever_the_batch(e
 
 async def test_the_oldest_answers_make_room_within_the_byte_budget(events_exporter):
     budget = 1 << 16
-    client = await events_exporter(idempotency_max_bytes=budget)
-    cache = client.server.app[HANDLER].idempotency
-    body = json.dumps({"events": absurd_turns(200)})
-    for i in range(200):
-        resp = await post(client, body=body, headers={**AUTH, "Idempotency-Key": f"k{i}"})
-        assert resp.status == 200
-        assert cache.currsize <= budget
+    client, cache = await budgeted_exporter(events_exporter, budget)
+    await post_under_budget(client, cache, json.dumps({"events": absurd_turns(200)}), [f"k{i}" for i in range(200)], budget)
     assert 10 < len(cache) < 200  # the budget, not the count, bounds it
     assert cache.get((0, "k0")) is None and cache.get((0, "k199")) is not None
 
@@ -158,10 +174,7 @@ async def test_a_reason_quotes_at_most_a_little_of_what_was_sent(events_exporter
 ], ids=["json batch", "json field", "ndjson line"])
 async def test_deep_nesting_is_a_400(events_exporter, caplog, body, ctype, reason):
     caplog.set_level(logging.INFO)
-    client = await events_exporter()
-    resp = await post(client, body=body, ctype=ctype)
-    assert resp.status == 400
-    answer = await resp.json()
+    client, answer = await refused(events_exporter, body, ctype)
     assert "nested too deeply" in json.dumps(answer)
     assert value(await scrape(client), REJECTED, reason=reason) == 1
     assert len(rejection_lines(caplog)) == 1
@@ -251,10 +264,7 @@ REPEATS = {
 @pytest.mark.parametrize("case", list(REPEATS))
 async def test_an_object_that_repeats_a_key_is_refused(events_exporter, caplog, case):
     body, ctype, expected = REPEATS[case]
-    client = await events_exporter()
-    resp = await post(client, body=body, ctype=ctype)
-    assert resp.status == 400
-    answer = await resp.json()
+    client, answer = await refused(events_exporter, body, ctype)
     assert [(p["index"], p["path"], p.get("line")) for p in answer["problems"]] == expected
     repeat = [p for p in answer["problems"] if "more than once" in p["reason"]]
     assert repeat and "send each key once" in repeat[0]["reason"]

@@ -4,13 +4,12 @@ so a dot on a slow p99 leads to its call; never a label, so the series count doe
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import aiohttp
 from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 
-from conftest import AUTH, free_port, require_binary, samples
+from conftest import AUTH, free_port, prometheus_api, require_binary, samples, start_prometheus
 from livekit_exporter.server import build_app
 
 OPENMETRICS = {"Accept": "application/openmetrics-text; version=1.0.0"}
@@ -92,9 +91,8 @@ async def test_prometheus_with_exemplar_storage_returns_them(events_config, tmp_
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, scrape_timeout: 1s}\n"
         f"scrape_configs:\n  - job_name: livekit-exporter\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n")
-    prom = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}", "--enable-feature=exemplar-storage",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = start_prometheus(prometheus_bin, tmp_path / "prometheus.yml", tmp_path / "data", prom_port,
+                            "--enable-feature=exemplar-storage")
     try:
         async with aiohttp.ClientSession() as http:
             r = await http.post(f"http://127.0.0.1:{port}/v1/events", headers=AUTH,
@@ -106,16 +104,13 @@ async def test_prometheus_with_exemplar_storage_returns_them(events_config, tmp_
             for _ in range(120):
                 await asyncio.sleep(0.25)
                 try:
-                    async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query_exemplars",
-                                        params={"query": "voice_agent_turn_latency_seconds_bucket", "start": "0",
-                                                "end": "9999999999"}) as q:
-                        found = (await q.json()).get("data") or []
+                    found = (await prometheus_api(http, prom_port, "query_exemplars", start="0", end="9999999999",
+                                                  query="voice_agent_turn_latency_seconds_bucket")).get("data") or []
                 except aiohttp.ClientError:
                     continue
                 if found:
                     break
-            async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": "up"}) as q:
-                up = (await q.json())["data"]["result"]
+            up = (await prometheus_api(http, prom_port, "query", query="up"))["data"]["result"]
         assert [u["value"][1] for u in up] == ["1"], up  # the scrape with the odd call_id is whole
         assert found, "no exemplar stored"
         found = [s for s in found if s["seriesLabels"]["le"] == "5.0"]

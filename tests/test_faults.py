@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import add_rooms, free_port, value
+from conftest import add_room, add_rooms, assert_api_up, free_port, get_text, value
 from livekit_exporter.simulator import Fault
 
 TIMEOUT_HEADER = {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}
@@ -26,16 +26,13 @@ FAULTS = [
 
 async def scrape(client) -> tuple[str, float]:
     t0 = time.monotonic()
-    resp = await client.get("/metrics", headers=TIMEOUT_HEADER)
-    assert resp.status == 200
-    return await resp.text(), time.monotonic() - t0
+    return await get_text(client, headers=TIMEOUT_HEADER), time.monotonic() - t0
 
 
 @pytest.mark.parametrize("service", SERVICES)
 @pytest.mark.parametrize("fault,code", FAULTS)
 async def test_a_failing_service_is_marked_down_and_recovers(scenario, simulator, exporter_client, service, fault, code):
-    scenario.add_room("r")
-    scenario.add_participant("r", "u")
+    add_room(scenario, "r")
     scenario.add_trunk("inbound")
     client = await exporter_client()
     await scrape(client)
@@ -72,13 +69,11 @@ async def test_slow_service_within_the_budget_is_up(scenario, simulator, exporte
 
 
 async def test_detail_failures_mark_their_service(scenario, simulator, exporter_client):
-    scenario.add_room("r")
-    scenario.add_participant("r", "u")
+    add_room(scenario, "r")
     client = await exporter_client(detail=True)
     scenario.set_fault("agent_dispatch", Fault("error", "internal"))
     text, _ = await scrape(client)
-    assert value(text, "livekit_api_up", service="agent_dispatch") == 0
-    assert value(text, "livekit_api_up", service="room") == 1
+    assert_api_up(text, agent_dispatch=0, room=1)
     assert value(text, "livekit_participants", kind="standard", state="active") == 1
     assert value(text, "livekit_api_errors_total", service="agent_dispatch", method="ListDispatch", code="internal") == 1
 
@@ -125,9 +120,7 @@ async def test_a_hanging_service_leaves_room_detail_alone(scenario, simulator, e
     scenario.set_fault("egress", Fault("hang"))
     text, took = await scrape(client)
     assert took < 1.5
-    assert value(text, "livekit_api_up", service="egress") == 0
-    assert value(text, "livekit_api_up", service="room") == 1
-    assert value(text, "livekit_api_up", service="agent_dispatch") == 1
+    assert_api_up(text, egress=0, room=1, agent_dispatch=1)
     assert value(text, "livekit_participants", kind="standard", state="active") == 20
     assert value(text, "livekit_agent_jobs", agent_name="agent", status="running") == 20
     assert value(text, "livekit_api_errors_total", service="room", method="ListParticipants", code="timeout") is None
@@ -140,8 +133,7 @@ async def test_detail_that_misses_the_deadline_is_one_timeout_not_a_wrong_sum(sc
     scenario.set_fault("room", Fault(latency=0.1))  # 30 rooms, 2 at a time, 0.2 s a room: ~3 s > 1 s budget
     text, took = await scrape(client)
     assert took < 1.5
-    assert value(text, "livekit_api_up", service="room") == 0
-    assert value(text, "livekit_api_up", service="egress") == 1
+    assert_api_up(text, room=0, egress=1)
     assert value(text, "livekit_participants", kind="standard", state="active") is None  # no partial sum
     assert value(text, "livekit_rooms", occupancy="occupied") is None
     errors = value(text, "livekit_api_errors_total", service="room", method="ListParticipants", code="timeout")
@@ -152,8 +144,7 @@ async def test_a_joiner_with_a_shorter_timeout_gets_what_was_read(scenario, simu
     """An HA pair of Prometheus servers with different scrape timeouts share one collection."""
     import asyncio
 
-    scenario.add_room("r")
-    scenario.add_participant("r", "u")
+    add_room(scenario, "r")
     client = await exporter_client()
     await scrape(client)
     scenario.set_fault("egress", Fault("hang"))

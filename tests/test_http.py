@@ -13,15 +13,13 @@ import aiohttp
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from conftest import free_port, require_binary, value
+from conftest import free_port, get_text, require_binary, value
 from livekit_exporter.server import build_app, scrape_budget
 
 
 async def test_landing_page_links_everything(scenario, simulator, exporter_client):
     client = await exporter_client()
-    resp = await client.get("/")
-    assert resp.status == 200
-    body = await resp.text()
+    body = await get_text(client, "/")
     for link in ("/metrics", "/-/healthy", "/-/ready"):
         assert f'href="{link}"' in body
     assert scenario.api_secret not in body

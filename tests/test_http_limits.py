@@ -6,6 +6,8 @@ Raw sockets, because aiohttp's client refuses to send most of these bytes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
@@ -23,6 +25,16 @@ READ_TIMEOUT = 15  # generous: every answer below comes within about a second
 async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
     """The app behind ExporterRunner (as `livekit-exporter serve` runs it) on a loopback port."""
     return await serve_on_loopback(app, ExporterRunner)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """serve(app) for the block: its port."""
+    runner, port = await serve(app)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 @pytest.fixture
@@ -75,15 +87,18 @@ async def naive(request: web.Request) -> web.Response:
     return web.Response(text=request.headers.get("X-Campaign", "").encode().decode("ascii"))
 
 
-async def test_non_utf8_header_bytes_get_400_naming_the_header_never_500(events_config, caplog):
+def naive_app(events_config) -> web.Application:
+    """An exporter with the events API, and naive() on GET /naive."""
     app = build_app(events_config())
     app.router.add_get("/naive", naive)
-    runner, port = await serve(app)
-    try:
+    return app
+
+
+async def test_non_utf8_header_bytes_get_400_naming_the_header_never_500(events_config, caplog):
+    app = naive_app(events_config)
+    async with serving(app) as port:
         answer = await exchange(port, b"GET /naive HTTP/1.1\r\nHost: x\r\nX-Campaign: \xff\xfe\r\nConnection: close\r\n\r\n")
         utf8 = await exchange(port, "GET /naive HTTP/1.1\r\nHost: x\r\nX-Campaign: été\r\nConnection: close\r\n\r\n".encode())
-    finally:
-        await runner.cleanup()
     assert status(answer) == 400, answer
     assert b"X-Campaign" in answer and b"not ASCII" in answer
     assert b"Traceback" not in answer and b"\xff" not in answer
@@ -113,15 +128,11 @@ async def test_no_endpoint_answers_5xx_to_header_bytes_that_are_not_text(limited
 
 
 async def test_a_flood_of_bad_requests_logs_a_few_lines_and_counts_every_one(events_config, caplog):
-    app = build_app(events_config())
-    app.router.add_get("/naive", naive)
-    runner, port = await serve(app)
+    app = naive_app(events_config)
     bad = b"GET /naive HTTP/1.1\r\nHost: x\r\nX-Campaign: \xc3\x28\r\nConnection: close\r\n\r\n"
-    try:
+    async with serving(app) as port:
         for _ in range(20):
             assert status(await exchange(port, bad)) == 400
-    finally:
-        await runner.cleanup()
     assert rejected(app, "bad_header") == 20
     assert len([r for r in caplog.records if r.name == "livekit_exporter.httpguard"]) == LOG_LINES
 
@@ -146,11 +157,8 @@ async def test_a_bug_of_ours_is_a_500_that_shows_nothing_and_logs_once(limited, 
         raise KeyError("internal detail")
 
     app.router.add_get("/broken", broken)  # a handler with a bug, behind the same middleware
-    runner, port = await serve(app)
-    try:
+    async with serving(app) as port:
         answer = await exchange(port, b"GET /broken HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    finally:
-        await runner.cleanup()
     assert status(answer) == 500
     assert b"internal detail" not in answer and b"Traceback" not in answer and b"KeyError" not in answer
     lines = [r for r in caplog.records if r.name == "livekit_exporter.httpguard"]

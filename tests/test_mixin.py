@@ -220,6 +220,12 @@ def test_a_bad_configuration_names_the_key_and_what_is_wrong(overrides, message)
     ({"slos.call_success.objective": 1}, r"slos\.call_success\.objective 1 must lie between 0 and 1"),
     ({"voice_agents.latency.critical": 1.0}, r"voice_agents\.latency: the critical threshold \(1\) must be above the warning one \(1\.5\)"),
     ({"voice_agents.call_success.critical": 0.97}, r"voice_agents\.call_success: the critical threshold \(0\.97\) must be below"),
+    # the long-range recording rules
+    ({"long_term.interval": "5m"}, r"long_term\.interval 5m must stay under Prometheus' 5m lookback"),
+    ({"long_term.windows": []}, r"long_term\.windows: expected a non-empty list"),
+    ({"long_term.windows": ["5m", "10s"]}, r"long_term\.windows\[1\]: 10s is shorter than long_term\.interval 1m"),
+    ({"long_term.windows": ["an hour"]}, r"long_term\.windows\[0\]: 'an hour' is not a Prometheus duration"),
+    ({"long_term.keep": ["up", "my-metric"]}, r"long_term\.keep: 'my-metric' is not a metric name"),
 ])
 def test_values_that_would_make_a_dead_or_broken_rule_are_refused(overrides, message):
     with pytest.raises(MixinError, match=message):
@@ -500,18 +506,6 @@ def test_a_bad_remote_write_names_the_entry_and_what_to_do(entry, message):
             generate(load(ROOT / DEFAULT_CONFIG, {"prometheus.remote_write": [entry]}))
         except MixinError as e:
             assert secret not in str(e)
-
-
-@pytest.mark.parametrize("overrides, message", [
-    ({"long_term.interval": "5m"}, r"long_term\.interval 5m must stay under Prometheus' 5m lookback"),
-    ({"long_term.windows": []}, r"long_term\.windows: expected a non-empty list"),
-    ({"long_term.windows": ["5m", "10s"]}, r"long_term\.windows\[1\]: 10s is shorter than long_term\.interval 1m"),
-    ({"long_term.windows": ["an hour"]}, r"long_term\.windows\[0\]: 'an hour' is not a Prometheus duration"),
-    ({"long_term.keep": ["up", "my-metric"]}, r"long_term\.keep: 'my-metric' is not a metric name"),
-])
-def test_a_bad_long_term_setting_is_refused(overrides, message):
-    with pytest.raises(MixinError, match=message):
-        generate(load(ROOT / DEFAULT_CONFIG, overrides))
 
 
 def test_long_range_rules_record_every_lifecycle_counter_and_latency_quantile_per_window(mixin):

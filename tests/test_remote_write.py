@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from aiohttp import web
 from livekit.protocol import models as proto_models
 
-from conftest import EVENTS_TOKEN, free_port, require_binary
+from conftest import EVENTS_TOKEN, free_port, prometheus_api, require_binary, start_prometheus
 from livekit_exporter.client import EventsClient
 from livekit_exporter.config import EventsConfig, Secret
 from livekit_exporter.mixin import DEFAULT_CONFIG, generate, load, write
@@ -41,12 +40,6 @@ KEPT = ["up", "livekit_up", "livekit_rooms", "livekit_webhook_events_total", "li
 DROPPED = ["voice_agent_turn_latency_seconds_bucket", "livekit_webhook_delivery_delay_seconds_bucket",
            "livekit_api_request_duration_seconds_bucket", "scrape_duration_seconds",
            "livekit_exporter_scrape_duration_seconds", "livekit_exporter_events_total"]
-
-
-def start_prometheus(binary: str, config: Path, data: Path, port: int, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                             f"--web.listen-address=127.0.0.1:{port}", *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def drive(scenario, exporter_url: str, stop: asyncio.Event) -> None:
@@ -99,8 +92,7 @@ async def test_remote_write_sends_what_long_term_storage_keeps_and_drops_the_res
     try:
         async with aiohttp.ClientSession() as http:
             async def api(prom: int, path: str, **params: str):
-                async with http.get(f"http://127.0.0.1:{prom}/api/v1/{path}", params=params) as r:
-                    data = await r.json()
+                data = await prometheus_api(http, prom, path, **params)
                 assert data["status"] == "success", data
                 return data["data"]
 

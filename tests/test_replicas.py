@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import math
-import subprocess
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from common import fleet_series
-from conftest import EVENTS_TOKEN, add_rooms, free_port, require_binary, samples
+from conftest import EVENTS_TOKEN, add_rooms, free_port, prometheus_api, require_binary, samples, start_prometheus
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
@@ -168,15 +167,22 @@ def world(scenario) -> None:
             scenario.remove_room(room)
 
 
+async def send_world(scenario, url: str, delivery: Delivery) -> WebhookSender:
+    """world()'s webhooks, signed and sent to `url` until every one is delivered: the sender, for its
+    truth and stats."""
+    async with WebhookSender(scenario, url, delivery=delivery) as sender:
+        world(scenario)
+        await sender.flush()
+    return sender
+
+
 # -- counters: summed over the replicas, what was sent ---------------------------------------------
 
 
 async def test_counters_summed_over_replicas_equal_what_was_sent(scenario, simulator, tmp_path):
     async with Replicas(tmp_path, simulator, scenario) as replicas, \
             Balancer(replicas.urls, "round_robin") as service:  # fmt: skip
-        async with WebhookSender(scenario, service.url + "/webhook", delivery=FAST) as sender:
-            world(scenario)
-            await sender.flush()
+        sender = await send_world(scenario, service.url + "/webhook", FAST)
         async with EventsClient(service.url + "/v1/events", EVENTS_TOKEN, batch_size=7, flush_interval=0.01) as client:
             fleet = VoiceAgentFleet(client, seed=7)
             for _ in range(6):  # flushes between the calls: many batches, spread over both replicas
@@ -247,17 +253,12 @@ async def test_state_gauges_do_not_double_in_the_bundles_queries(scenario, simul
             "prometheus.alertmanagers": [],
         }))  # fmt: skip
         write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
-        prom = subprocess.Popen(
-            [prometheus_bin, f"--config.file={tmp_path / 'prometheus' / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        prom = start_prometheus(prometheus_bin, tmp_path / "prometheus" / "prometheus.yml", tmp_path / "data", prom_port)
         try:
             async with aiohttp.ClientSession() as http:
 
                 async def query(expr: str) -> list:
-                    async with http.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": expr}) as r:
-                        data = await r.json()
+                    data = await prometheus_api(http, prom_port, "query", query=expr)
                     assert data["status"] == "success", (expr, data)
                     return data["data"]["result"]
 
@@ -404,9 +405,7 @@ async def test_webhook_retries_spread_per_request_over_count_by_the_cross_replic
     delivery = Delivery(retry_wait_min=0.01, retry_wait_max=0.05, lost_answer_rate=0.3, replay_rate=0.2, seed=5)
     async with Replicas(tmp_path, simulator, scenario) as replicas, \
             Balancer(replicas.urls, "round_robin") as service:  # fmt: skip
-        async with WebhookSender(scenario, service.url + "/webhook", delivery=delivery) as sender:
-            world(scenario)
-            await sender.flush()
+        sender = await send_world(scenario, service.url + "/webhook", delivery)
         total = await replicas.summed()
     assert sender.stats["lost_answers"] > 0 and sender.stats["replays"] > 0
     counted = sum(v for (name, _), v in total.items() if name == "livekit_webhook_events_total")

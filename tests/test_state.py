@@ -6,6 +6,7 @@ Expectations come from Scenario.truth(), never from hand counts.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,7 +16,7 @@ from livekit.protocol import egress as proto_egress
 from livekit.protocol import ingress as proto_ingress
 from livekit.protocol import models as proto_models
 
-from conftest import samples, value
+from conftest import assert_api_up, get_text, samples, value
 from livekit_exporter.config import LabelsConfig
 from livekit_exporter.simulator import Scenario
 from livekit_exporter.simulator.scenario import EGRESS_TYPES, Kind
@@ -78,28 +79,36 @@ def assert_matches_truth(text: str, truth: dict) -> None:
 
 
 async def scrape(client, **headers) -> str:
-    resp = await client.get("/metrics", headers=headers)
-    assert resp.status == 200
-    return await resp.text()
+    return await get_text(client, headers=headers)
+
+
+async def counted_scrape(scenario, client) -> str:
+    """A second scrape, after a first one, with the scenario's API call counts reset in between:
+    what one steady scrape costs is in scenario.api_calls."""
+    await scrape(client)
+    scenario.reset_calls()
+    return await scrape(client)
+
+
+async def scrape_the_world(scenario, exporter_client, **config: Any) -> tuple[Any, str]:
+    """build_world(), and an exporter of it (exporter_client(**config)): its test client and first scrape."""
+    build_world(scenario)
+    client = await exporter_client(**config)
+    return client, await scrape(client)
 
 
 async def test_every_section1_metric_equals_the_truth(scenario, simulator, exporter_client):
-    build_world(scenario)
-    client = await exporter_client(detail=True)
-    text = await scrape(client)
+    _, text = await scrape_the_world(scenario, exporter_client, detail=True)
     assert value(text, "livekit_up") == 1
     truth = scenario.truth(detail=True, max_rooms=100)
     # the world is rich enough for the comparison to mean something
     assert len([k for k in truth if k[0] in DETAIL_ONLY]) > 30
     assert_matches_truth(text, truth)
-    for svc in ("room", "egress", "ingress", "sip", "agent_dispatch"):
-        assert value(text, "livekit_api_up", service=svc) == 1
+    assert_api_up(text, room=1, egress=1, ingress=1, sip=1, agent_dispatch=1)
 
 
 async def test_default_scrape_has_no_detail(scenario, simulator, exporter_client):
-    build_world(scenario)
-    client = await exporter_client()
-    text = await scrape(client)
+    _, text = await scrape_the_world(scenario, exporter_client)
     got = section1(text)
     assert not [k for k in got if k[0] in DETAIL_ONLY]
     assert_matches_truth(text, {k: v for k, v in scenario.truth().items()})
@@ -107,9 +116,8 @@ async def test_default_scrape_has_no_detail(scenario, simulator, exporter_client
 
 
 async def test_room_size_gauge_histogram(scenario, simulator, exporter_client):
-    build_world(scenario)
-    client = await exporter_client(room_size_buckets=(1, 2, 5))
-    s = samples(await scrape(client))
+    _, text = await scrape_the_world(scenario, exporter_client, room_size_buckets=(1, 2, 5))
+    s = samples(text)
     sizes = scenario.room_sizes()
     for le, bound in (("1.0", 1), ("2.0", 2), ("5.0", 5), ("+Inf", float("inf"))):
         assert s[("livekit_room_size_bucket", frozenset({("le", le)}))] == sum(1 for n in sizes if n <= bound)
@@ -118,9 +126,7 @@ async def test_room_size_gauge_histogram(scenario, simulator, exporter_client):
 
 
 async def test_a_room_that_leaves_leaves_metrics_at_the_next_scrape(scenario, simulator, exporter_client):
-    build_world(scenario)
-    client = await exporter_client(detail=True)
-    before = await scrape(client)
+    client, before = await scrape_the_world(scenario, exporter_client, detail=True)
     assert value(before, "livekit_agent_jobs", agent_name="sales", status="running") == 2
     scenario.remove_room("room-3")
     after = await scrape(client)
@@ -137,10 +143,7 @@ async def test_paginated_lists_are_followed_to_the_end(scenario, simulator, expo
         scenario.add_ingress(proto_ingress.WHIP_INPUT, proto_ingress.IngressState.ENDPOINT_BUFFERING)
     for _ in range(2345):  # SIP lists page by 1000 through Pagination.after_id
         scenario.add_trunk("inbound")
-    client = await exporter_client()
-    await scrape(client)
-    scenario.reset_calls()
-    text = await scrape(client)
+    text = await counted_scrape(scenario, await exporter_client())
     assert value(text, "livekit_egress_active", type="track", status="active") == 7
     assert value(text, "livekit_ingress", input_type="whip", status="buffering") == 7
     assert value(text, "livekit_sip_trunks", direction="inbound") == 2345
@@ -154,10 +157,7 @@ async def test_default_cost_is_constant_in_the_number_of_rooms(scenario, simulat
     for i in range(rooms):
         scenario.add_room(f"r{i}")
         scenario.add_participant(f"r{i}", "u")
-    client = await exporter_client()
-    await scrape(client)
-    scenario.reset_calls()
-    text = await scrape(client)
+    text = await counted_scrape(scenario, await exporter_client())
     assert value(text, "livekit_room_participants") == rooms
     assert sum(scenario.api_calls.values()) == 6
     assert set(scenario.api_calls) == {
@@ -285,8 +285,7 @@ async def test_a_room_closing_mid_scrape_is_not_a_service_failure(scenario, simu
     client = await exporter_client(detail=True)
     scenario.close_room_during_scrape("b")
     text = await scrape(client)
-    assert value(text, "livekit_api_up", service="room") == 1
-    assert value(text, "livekit_api_up", service="agent_dispatch") == 1
+    assert_api_up(text, room=1, agent_dispatch=1)
     assert value(text, "livekit_agent_jobs", agent_name="agent", status="running") == 2
     assert value(text, "livekit_api_errors_total", service="agent_dispatch", method="ListDispatch", code="unavailable") == 1
     # ... but when no room answers at all, it is the service that is failing
