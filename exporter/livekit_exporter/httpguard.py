@@ -35,7 +35,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
-from prometheus_client import Counter
 
 from .config import ServerConfig
 from .logsetup import RateLimitedLog
@@ -107,19 +106,17 @@ class HttpGuard:
         self.settings = settings
         self.ingest_paths = frozenset(ingest_paths)
         self.in_flight = 0
-        self.rejected = Counter(
+        self.rejected = telemetry.counter(
             "livekit_exporter_http_requests_rejected_total",
             "HTTP requests and connections the exporter's server refused itself (bad bytes, too slow, too "
             "many), by reason; the endpoints' own refusals are counted by their own metrics.",
             ["reason"],
-            registry=telemetry.registry,
         )
         for reason in REASONS:
             self.rejected.labels(reason)
-        self.internal_errors = Counter(
+        self.internal_errors = telemetry.counter(
             "livekit_exporter_http_internal_errors_total",
             "Requests answered 500 because the exporter failed on them (a bug: the log has the traceback).",
-            registry=telemetry.registry,
         )
         self._log = RateLimitedLog(log, "HTTP rejections not logged", LOG_LINES, LOG_WINDOW, kind_field="reason")
 

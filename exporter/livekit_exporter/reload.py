@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from aiohttp import web
-from prometheus_client import Gauge
 
 from . import config as config_mod
 from .config import Config, KeyPair
@@ -73,16 +72,14 @@ class Reloader:
     def __init__(self, app: web.Application, telemetry: Telemetry, path: str | None):
         self.app, self.path = app, path
         self.on_reload: list[Callable[[Config], None]] = []  # e.g. the CLI's log scrubber, given new secrets
-        self.successful = Gauge(
+        self.successful = telemetry.gauge(
             "livekit_exporter_config_last_reload_successful",
             "1 when the last configuration reload (SIGHUP, POST /-/reload) succeeded, 0 when it failed "
             "and the previous configuration kept running.",
-            registry=telemetry.registry,
         )
-        self.success_time = Gauge(
+        self.success_time = telemetry.gauge(
             "livekit_exporter_config_last_reload_success_timestamp_seconds",
             "When the running configuration was loaded (at start, or by the last successful reload).",
-            registry=telemetry.registry,
         )
         self.successful.set(1)
         self.success_time.set_to_current_time()

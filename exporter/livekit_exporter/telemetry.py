@@ -11,7 +11,7 @@ import asyncio
 import gzip
 import logging
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -62,48 +62,54 @@ class Telemetry:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        build = Gauge(
+        build = self.gauge(
             "livekit_exporter_build_info",
             "A metric with a constant 1, labelled by the exporter's version and the versions it runs with.",
             ["version", "python_version", "livekit_api_version", "livekit_protocol_version"],
-            registry=self.registry,
         )
         build.labels(__version__, platform.python_version(), _version("livekit-api"), _version("livekit-protocol")).set(
             1
         )
-        self.label_overflow = Counter(
+        self.label_overflow = self.counter(
             "livekit_exporter_label_overflow_total",
             "Label values folded into __other__ by the cardinality guard (over labels.max_values, or a new "
             "label combination over labels.max_series_per_metric or labels.max_series).",
             ["metric", "label"],
-            registry=self.registry,
         )
         self.guard = LabelGuard(labels.max_values, self.label_overflow, labels.max_series_per_metric, labels.max_series)
-        self.api_request_duration = Histogram(
+        self.api_request_duration = self.histogram(
             "livekit_api_request_duration_seconds",
             "Duration of the exporter's calls to the LiveKit server API, failed calls included.",
             ["service", "method"],
-            buckets=API_LATENCY_BUCKETS,
-            registry=self.registry,
+            API_LATENCY_BUCKETS,
         )
-        self.api_errors = Counter(
+        self.api_errors = self.counter(
             "livekit_api_errors_total",
             "Failed LiveKit server API calls, by Twirp error code (or timeout, connection, unknown).",
             ["service", "method", "code"],
-            registry=self.registry,
         )
-        self.render_timeouts = Counter(
+        self.render_timeouts = self.counter(
             "livekit_exporter_scrape_render_timeouts_total",
             "Scrapes answered 503 because their metrics were not rendered within the scrape budget.",
-            registry=self.registry,
         )
         self._render_log = RateLimitedLog(log, "scrape render timeouts not logged", 1, RENDER_LOG_WINDOW)
-        self.scrapes = Counter(
+        self.scrapes = self.counter(
             "livekit_exporter_scrapes_total",
             "Scrapes of the metrics endpoint, by whether they joined a collection already in flight.",
             ["collection"],
-            registry=self.registry,
         )
+
+    def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+        """A counter on the exporter's registry (its name written with _total, as it is exposed)."""
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+        """A gauge on the exporter's registry."""
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def histogram(self, name: str, doc: str, labels: Iterable[str], buckets: Sequence[float]) -> Histogram:
+        """A histogram on the exporter's registry."""
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     async def render(
         self, view: Collector, encoder: Callable[[Collector], bytes], compress: bool, timeout: float
