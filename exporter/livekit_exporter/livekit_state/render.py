@@ -35,10 +35,32 @@ if TYPE_CHECKING:
     from .read import Snapshot
 
 
-def _zero_filled(name: str, doc: str, counts: Mapping[Any, float], /, **known: Iterable[str]) -> GaugeMetricFamily:
-    """A gauge of enum labels, each label named with its enum's known values: every combination of
-    the known values, at zero when nothing has it (so a series exists before its first job), in the
-    enums' order; then any value a newer LiveKit reports."""
+# The gauges of enum labels: name -> (help, each label with its enum's known values, in order).
+_ENUM_GAUGES: dict[str, tuple[str, dict[str, Iterable[str]]]] = {
+    "livekit_egress_active": (
+        "Egress jobs that LiveKit lists as active, by type and status.",
+        {"type": lkenums.EGRESS_TYPES, "status": lkenums.EGRESS_ACTIVE_STATUSES},
+    ),
+    "livekit_ingress": (
+        "Ingress endpoints configured in LiveKit, by input type and state.",
+        {"input_type": lkenums.INGRESS_INPUT.values(), "status": lkenums.INGRESS_STATUS.values()},
+    ),
+    "livekit_participants": (
+        "Participants in the rooms read for detail, by kind and state.",
+        {"kind": lkenums.PARTICIPANT_KIND.values(), "state": lkenums.PARTICIPANT_STATE.values()},
+    ),
+    "livekit_published_tracks": (
+        "Tracks published in the rooms read for detail, by type and source.",
+        {"type": lkenums.TRACK_TYPE.values(), "source": lkenums.TRACK_SOURCE.values()},
+    ),
+}
+
+
+def _zero_filled(name: str, counts: Mapping[Any, float]) -> GaugeMetricFamily:
+    """A gauge of enum labels (_ENUM_GAUGES), each label named with its enum's known values: every
+    combination of the known values, at zero when nothing has it (so a series exists before its
+    first job), in the enums' order; then any value a newer LiveKit reports."""
+    doc, known = _ENUM_GAUGES[name]
     family = _gauge(name, doc, known)
     left = dict(counts)
     for combo in itertools.product(*known.values()):
@@ -234,13 +256,7 @@ def _fmt_bound(b: float) -> str:
 
 def _egress_family(items: list[proto_egress.EgressInfo]) -> GaugeMetricFamily:
     tally = Tally((lkenums.egress_type(e), lkenums.label(lkenums.EGRESS_STATUS, e.status)) for e in items)
-    return _zero_filled(
-        "livekit_egress_active",
-        "Egress jobs that LiveKit lists as active, by type and status.",
-        tally,
-        type=lkenums.EGRESS_TYPES,
-        status=lkenums.EGRESS_ACTIVE_STATUSES,
-    )
+    return _zero_filled("livekit_egress_active", tally)
 
 
 def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
@@ -253,13 +269,7 @@ def _ingress_families(items: list[proto_ingress.IngressInfo]) -> list[Any]:
         if i.state.status == publishing:
             bitrate[(it, "audio")] += i.state.audio.average_bitrate
             bitrate[(it, "video")] += i.state.video.average_bitrate
-    f = _zero_filled(
-        "livekit_ingress",
-        "Ingress endpoints configured in LiveKit, by input type and state.",
-        tally,
-        input_type=lkenums.INGRESS_INPUT.values(),
-        status=lkenums.INGRESS_STATUS.values(),
-    )
+    f = _zero_filled("livekit_ingress", tally)
     b = _gauge(
         "livekit_ingress_input_bytes_per_second",
         "Average input rate of publishing ingress (IngressState average_bitrate / 8), summed by input type and media.",
@@ -287,20 +297,8 @@ def _participant_families(per_room: dict[str, list[proto_models.ParticipantInfo]
                 status = p.attributes.get("sip.callStatus") or lkenums.UNKNOWN
                 trunk = p.attributes.get("sip.trunkID") or "none"
                 calls[(status, trunk)] += 1
-    pf = _zero_filled(
-        "livekit_participants",
-        "Participants in the rooms read for detail, by kind and state.",
-        by_kind,
-        kind=lkenums.PARTICIPANT_KIND.values(),
-        state=lkenums.PARTICIPANT_STATE.values(),
-    )
-    tf = _zero_filled(
-        "livekit_published_tracks",
-        "Tracks published in the rooms read for detail, by type and source.",
-        tracks,
-        type=lkenums.TRACK_TYPE.values(),
-        source=lkenums.TRACK_SOURCE.values(),
-    )
+    pf = _zero_filled("livekit_participants", by_kind)
+    tf = _zero_filled("livekit_published_tracks", tracks)
     cf = folder.gauge(
         "livekit_sip_calls",
         "SIP calls in the rooms read for detail, by sip.callStatus and trunk id.",
