@@ -422,6 +422,27 @@ def _identity(paths: Iterable[str]) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(out)
 
 
+class _Watch:
+    """Files looked at at most every `interval` seconds: changed() tells whether their identity
+    differs from the one last seen (and remembers the new one)."""
+
+    def __init__(self, paths: Iterable[str], interval: float, clock: Callable[[], float]):
+        self.paths, self.interval, self._clock = tuple(paths), interval, clock
+        self._seen = _identity(self.paths)
+        self._checked = clock()
+
+    def changed(self) -> bool:
+        now = self._clock()
+        if now - self._checked < self.interval:
+            return False
+        self._checked = now
+        seen = _identity(self.paths)
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        return True
+
+
 class WebConfigFile:
     """The web config file as it is now, for what can change without a restart: basic_auth_users
     and http_server_config.headers. A request looks at the file at most every `interval` seconds
@@ -438,21 +459,14 @@ class WebConfigFile:
         tls: TLSSettings | None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.path, self.interval, self._clock = path, interval, clock
+        self.path = path
         self.users, self.headers, self._tls = users, headers, tls
-        self._seen = _identity([path])
-        self._checked = clock()
+        self._watch = _Watch([path], interval, clock)
         self.reloads = 0
 
     def refresh(self) -> None:
-        now = self._clock()
-        if now - self._checked < self.interval:
+        if not self._watch.changed():
             return
-        self._checked = now
-        seen = _identity([self.path])
-        if seen == self._seen:
-            return
-        self._seen = seen
         try:
             users, headers, tls = _parse_file(self.path)
         except ConfigError as e:  # the problems never quote a secret
@@ -480,26 +494,17 @@ class ReloadingTLS:
     good context (and logs why) instead of failing the handshakes."""
 
     def __init__(self, settings: TLSSettings, interval: float, clock: Callable[[], float] = time.monotonic):
-        self.settings, self.interval, self._clock = settings, interval, clock
-        self._seen = self._identity()
+        self.settings = settings
+        self._watch = _Watch(settings.files(), interval, clock)  # the files as they were when built
         self.context = build_context(settings)  # what the server is given; it never changes
         self.context.sni_callback = self._on_client_hello  # called with or without SNI
         self.current = self.context
         self.reloads = 0
-        self._checked = clock()
-
-    def _identity(self) -> tuple[tuple[int, int, int] | None, ...]:
-        return _identity(self.settings.files())
 
     def refresh(self) -> None:
-        now = self._clock()
-        if now - self._checked < self.interval:
+        # A broken state is retried when the files change again, not every handshake.
+        if not self._watch.changed():
             return
-        self._checked = now
-        seen = self._identity()
-        if seen == self._seen:
-            return
-        self._seen = seen  # a broken state is retried when the files change again, not every handshake
         try:
             self.current = build_context(self.settings)
         except _Problem as e:
