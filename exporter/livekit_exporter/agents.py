@@ -323,6 +323,20 @@ class CallInstrumentation:
         """A usage event (contract.STTUsage, LLMUsage, TTSUsage) of this call's agent and one provider and model."""
         self._emit(usage(agent=self.agent, provider=provider, model=model, **amounts))
 
+    def _emit_llm_usage(
+        self, provider: str, model: str, tokens_in: int, tokens_out: int, cached: int, duration: float | None = None
+    ) -> None:
+        """LLM usage; cached tokens are a part of the input tokens, so never more than them."""
+        self._emit_usage(
+            contract.LLMUsage,
+            provider,
+            model,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cached_tokens=min(cached, tokens_in),
+            duration_seconds=duration,
+        )
+
     def _call_event(self, event: Callable[..., _CallEvent], **fields: Any) -> _CallEvent:
         """A call event (contract.CallStarted, CallAnswered, CallEnded) with this call's agent, call_id,
         direction and campaign."""
@@ -430,14 +444,7 @@ class CallInstrumentation:
                     {"input": u.input_tokens, "output": u.output_tokens, "cached": u.input_cached_tokens},
                 )
                 if any(d.values()):
-                    self._emit_usage(
-                        contract.LLMUsage,
-                        provider,
-                        model,
-                        input_tokens=int(d["input"]),
-                        output_tokens=int(d["output"]),
-                        cached_tokens=int(min(d["cached"], d["input"])),
-                    )
+                    self._emit_llm_usage(provider, model, int(d["input"]), int(d["output"]), int(d["cached"]))
             elif u.type == "stt_usage":
                 d = self._delta("stt", provider, model, {"audio": u.audio_duration})
                 if d["audio"] > 0:
@@ -474,15 +481,7 @@ class CallInstrumentation:
                 inp, out, cached = x.prompt_tokens, x.completion_tokens, x.prompt_cached_tokens
             else:
                 inp, out, cached = x.input_tokens, x.output_tokens, x.input_token_details.cached_tokens
-            self._emit_usage(
-                contract.LLMUsage,
-                provider,
-                model,
-                input_tokens=inp,
-                output_tokens=out,
-                cached_tokens=min(cached, inp),
-                duration_seconds=_seconds(x.duration),
-            )
+            self._emit_llm_usage(provider, model, inp, out, cached, _seconds(x.duration))
             if _seconds(x.ttft) is not None and "llm_node_ttft" not in self._stages:
                 self._stages["llm_node_ttft"] = x.ttft
                 self._stages["llm_metadata"] = stage_meta
