@@ -49,63 +49,51 @@ CALL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 # Tool calls and LLM requests: mostly sub-second, but a tool may wait on a slow backend for minutes.
 REQUEST_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
 
-# name -> (labels, help, default buckets, the Pipeline attribute that holds it). The one list of
-# the voice_agent_* histograms; the config schema's events.buckets keys are checked against it by a test.
-HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...], str]] = {
+# name -> (labels, help, default buckets). The one list of the voice_agent_* histograms; the
+# config schema's events.buckets keys are checked against it by a test. Pipeline holds each in the
+# attribute named without voice_agent_ and _seconds (voice_agent_turn_latency_seconds: turn_latency).
+HISTOGRAMS: dict[str, tuple[tuple[str, ...], str, tuple[float, ...]]] = {
     "voice_agent_call_duration_seconds": (
         ("agent", "direction", "outcome"),
         "Duration of ended calls (call_ended.duration_seconds).",
         CALL_BUCKETS,
-        "call_duration",
     ),
     "voice_agent_call_setup_seconds": (
         ("agent", "direction"),
         "Time from dial to answer (call_answered.setup_seconds).",
         CALL_BUCKETS,
-        "call_setup",
     ),
     "voice_agent_turn_latency_seconds": (
         ("agent",),
         "Voice-to-voice turn latency: the user stops speaking -> the agent's audio starts.",
         TURN_BUCKETS,
-        "turn_latency",
     ),
     "voice_agent_end_of_utterance_delay_seconds": (
         ("agent",),
         "End of user speech (VAD) -> the decision that the user's turn ended.",
         STAGE_BUCKETS,
-        "eou_delay",
     ),
     "voice_agent_transcription_delay_seconds": (
         ("agent", "provider", "model"),
         "End of user speech -> final transcript, by STT provider and model.",
         STAGE_BUCKETS,
-        "transcription_delay",
     ),
     "voice_agent_llm_time_to_first_token_seconds": (
         ("agent", "provider", "model"),
         "LLM time to first token in a turn, by provider and model.",
         STAGE_BUCKETS,
-        "llm_ttft",
     ),
     "voice_agent_llm_request_duration_seconds": (
         ("agent", "provider", "model"),
         "Duration of LLM requests, by provider and model.",
         REQUEST_BUCKETS,
-        "llm_duration",
     ),
     "voice_agent_tts_time_to_first_byte_seconds": (
         ("agent", "provider", "model"),
         "TTS time to first audio byte in a turn, by provider and model.",
         STAGE_BUCKETS,
-        "tts_ttfb",
     ),
-    "voice_agent_tool_call_duration_seconds": (
-        ("agent", "tool"),
-        "Duration of function-tool calls.",
-        REQUEST_BUCKETS,
-        "tool_duration",
-    ),
+    "voice_agent_tool_call_duration_seconds": (("agent", "tool"), "Duration of function-tool calls.", REQUEST_BUCKETS),
 }
 
 # A bound on the active-call table, whatever the clients send.
@@ -392,12 +380,12 @@ class Pipeline:
     call_duration: Family[Histogram]
     call_setup: Family[Histogram]
     turn_latency: Family[Histogram]
-    eou_delay: Family[Histogram]
-    llm_duration: Family[Histogram]
-    tool_duration: Family[Histogram]
+    end_of_utterance_delay: Family[Histogram]
+    llm_request_duration: Family[Histogram]
+    tool_call_duration: Family[Histogram]
     transcription_delay: Family[Histogram]
-    llm_ttft: Family[Histogram]
-    tts_ttfb: Family[Histogram]
+    llm_time_to_first_token: Family[Histogram]
+    tts_time_to_first_byte: Family[Histogram]
 
     def __init__(self, config: EventsConfig, telemetry: Telemetry, clock: Callable[[], float] = time.monotonic):
         self.config = config
@@ -425,10 +413,10 @@ class Pipeline:
             kind = Gauge if d.gauge else Counter
             setattr(self, d.attribute, family(kind(d.name, d.help, d.labels, registry=r), d.name, d.labels, d.guarded))
         self.histograms: dict[str, Family[Histogram]] = {}
-        for name, (labels, doc, default, attribute) in HISTOGRAMS.items():
+        for name, (labels, doc, default) in HISTOGRAMS.items():
             buckets = config.buckets.get(name, default)
             self.histograms[name] = family(Histogram(name, doc, labels, buckets=buckets, registry=r), name, labels)
-            setattr(self, attribute, self.histograms[name])
+            setattr(self, name.removeprefix("voice_agent_").removesuffix("_seconds"), self.histograms[name])
         for d in PLAIN_COUNTERS:
             setattr(self, d.attribute, Counter(d.name, d.help, d.labels, registry=r))
         self._events_total = {t: self.events_total.labels(t) for t in contract.TYPE_NAMES}
@@ -518,17 +506,17 @@ class Pipeline:
         if self._latency(event.e2e_latency_seconds, "e2e_latency_seconds", index, discarded):
             self.turn_latency(agent).observe(event.e2e_latency_seconds, exemplar)
         if self._latency(event.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", index, discarded):
-            self.eou_delay(agent).observe(event.end_of_utterance_delay_seconds, exemplar)
+            self.end_of_utterance_delay(agent).observe(event.end_of_utterance_delay_seconds, exemplar)
         if self._latency(event.transcription_delay_seconds, "transcription_delay_seconds", index, discarded):
             self.transcription_delay(agent, event.stt_provider or UNKNOWN, event.stt_model or UNKNOWN).observe(
                 event.transcription_delay_seconds, exemplar
             )
         if self._latency(event.llm_ttft_seconds, "llm_ttft_seconds", index, discarded):
-            self.llm_ttft(agent, event.llm_provider or UNKNOWN, event.llm_model or UNKNOWN).observe(
+            self.llm_time_to_first_token(agent, event.llm_provider or UNKNOWN, event.llm_model or UNKNOWN).observe(
                 event.llm_ttft_seconds, exemplar
             )
         if self._latency(event.tts_ttfb_seconds, "tts_ttfb_seconds", index, discarded):
-            self.tts_ttfb(agent, event.tts_provider or UNKNOWN, event.tts_model or UNKNOWN).observe(
+            self.tts_time_to_first_byte(agent, event.tts_provider or UNKNOWN, event.tts_model or UNKNOWN).observe(
                 event.tts_ttfb_seconds, exemplar
             )
 
@@ -576,7 +564,7 @@ class Pipeline:
             if n:
                 self.llm_tokens(event.agent, event.provider, event.model, kind).inc(n)
         if event.duration_seconds is not None:  # not a turn stage: bounded by the schema only
-            self.llm_duration(event.agent, event.provider, event.model).observe(event.duration_seconds)
+            self.llm_request_duration(event.agent, event.provider, event.model).observe(event.duration_seconds)
         self._add_cost("llm", event, PriceTable.llm_cost)
 
     def _tts(self, event: contract.TTSUsage, index: int, discarded: list[Discarded]) -> None:
@@ -585,7 +573,7 @@ class Pipeline:
         self._add_cost("tts", event, PriceTable.tts_cost)
 
     def _tool_call(self, event: contract.ToolCall, index: int, discarded: list[Discarded]) -> None:
-        self.tool_duration(event.agent, event.tool).observe(event.duration_seconds)
+        self.tool_call_duration(event.agent, event.tool).observe(event.duration_seconds)
 
     def _error(self, event: contract.Error, index: int, discarded: list[Discarded]) -> None:
         self.errors(event.agent, event.component, event.error_type, "true" if event.recoverable else "false").inc()
