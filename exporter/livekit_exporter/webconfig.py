@@ -422,28 +422,33 @@ def _identity(paths: Iterable[str]) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(out)
 
 
-class _Watch:
-    """Files looked at at most every `interval` seconds: changed() tells whether their identity
-    differs from the one last seen (and remembers the new one)."""
+class _Watched:
+    """Files that refresh() looks at at most every `interval` seconds: when their identity differs
+    from the one last seen, _reload() reads them again (counted in `reloads` when it took)."""
 
     def __init__(self, paths: Iterable[str], interval: float, clock: Callable[[], float]):
-        self.paths, self.interval, self._clock = tuple(paths), interval, clock
-        self._seen = _identity(self.paths)
+        self._paths, self._interval, self._clock = tuple(paths), interval, clock
+        self._seen = _identity(self._paths)
         self._checked = clock()
+        self.reloads = 0
 
-    def changed(self) -> bool:
+    def refresh(self) -> None:
         now = self._clock()
-        if now - self._checked < self.interval:
-            return False
+        if now - self._checked < self._interval:
+            return
         self._checked = now
-        seen = _identity(self.paths)
+        seen = _identity(self._paths)
         if seen == self._seen:
-            return False
-        self._seen = seen
-        return True
+            return
+        self._seen = seen  # a broken state is retried when the files change again, not every time
+        if self._reload():
+            self.reloads += 1
+
+    def _reload(self) -> bool:
+        raise NotImplementedError
 
 
-class WebConfigFile:
+class WebConfigFile(_Watched):
     """The web config file as it is now, for what can change without a restart: basic_auth_users
     and http_server_config.headers. A request looks at the file at most every `interval` seconds
     (the toolkit reads it on every request); a change that is not a usable file keeps the last good
@@ -459,14 +464,11 @@ class WebConfigFile:
         tls: TLSSettings | None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        super().__init__([path], interval, clock)
         self.path = path
         self.users, self.headers, self._tls = users, headers, tls
-        self._watch = _Watch([path], interval, clock)
-        self.reloads = 0
 
-    def refresh(self) -> None:
-        if not self._watch.changed():
-            return
+    def _reload(self) -> bool:
         try:
             users, headers, tls = _parse_file(self.path)
         except ConfigError as e:  # the problems never quote a secret
@@ -474,7 +476,7 @@ class WebConfigFile:
                 "web config file changed but is not usable: still using the previous one",
                 extra={"file": self.path, "problems": "; ".join(e.problems)},
             )
-            return
+            return False
         if tls != self._tls:
             log.warning(
                 "tls_server_config changed: restart the exporter to apply it (the certificate files it "
@@ -482,11 +484,11 @@ class WebConfigFile:
                 extra={"file": self.path},
             )
         self.users, self.headers = users, headers
-        self.reloads += 1
         log.info("web config file changed: basic_auth_users and headers reloaded", extra={"file": self.path})
+        return True
 
 
-class ReloadingTLS:
+class ReloadingTLS(_Watched):
     """The server's SSLContext, which follows the certificate files: on a handshake, at most every
     `interval` seconds, the files' identity (inode, size, change time) is compared with the last
     seen, and on a change a new context is built and the handshake (and every later one) switches
@@ -494,24 +496,20 @@ class ReloadingTLS:
     good context (and logs why) instead of failing the handshakes."""
 
     def __init__(self, settings: TLSSettings, interval: float, clock: Callable[[], float] = time.monotonic):
+        super().__init__(settings.files(), interval, clock)  # the files as they are when built
         self.settings = settings
-        self._watch = _Watch(settings.files(), interval, clock)  # the files as they were when built
         self.context = build_context(settings)  # what the server is given; it never changes
         self.context.sni_callback = self._on_client_hello  # called with or without SNI
         self.current = self.context
-        self.reloads = 0
 
-    def refresh(self) -> None:
-        # A broken state is retried when the files change again, not every handshake.
-        if not self._watch.changed():
-            return
+    def _reload(self) -> bool:
         try:
             self.current = build_context(self.settings)
         except _Problem as e:
             log.warning("TLS files changed but do not load: still serving the previous ones", extra={"err": str(e)})
-            return
-        self.reloads += 1
+            return False
         log.info("TLS files changed: reloaded", extra={"files": ",".join(self.settings.files())})
+        return True
 
     def _on_client_hello(self, conn: ssl.SSLObject, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
         try:
