@@ -13,13 +13,14 @@ from aiohttp import web
 
 from .scenario import Fault, Scenario
 from .server_metrics import ServerMetrics, add_routes
+from .service import Service
 from .twirp import build_twirp_app
 from .webhooks import Delivery, WebhookSender
 
 __all__ = ["Delivery", "Fault", "Scenario", "ServerMetrics", "Simulator", "WebhookSender"]
 
 
-class Simulator:
+class Simulator(Service):
     """Runs the simulator's HTTP faces on a loopback port (0 picks a free one)."""
 
     def __init__(self, scenario: Scenario, host: str | None = "127.0.0.1", port: int = 0, *, ssl_context=None):
@@ -51,10 +52,3 @@ class Simulator:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
-
-    async def __aenter__(self) -> Simulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -43,6 +43,7 @@ from livekit.protocol.webhook import WebhookEvent
 
 from .. import lkenums
 from .scenario import Expected, Scenario
+from .service import Service
 
 CONTENT_TYPE = "application/webhook+json"
 TOKEN_TTL = datetime.timedelta(minutes=5)
@@ -118,7 +119,7 @@ class _Outgoing:
     queued_at: float = field(default_factory=time.monotonic)
 
 
-class WebhookSender:
+class WebhookSender(Service):
     """Signs and POSTs the scenario's webhooks to `url`, from the moment it is built."""
 
     def __init__(
@@ -161,20 +162,13 @@ class WebhookSender:
         """Waits until every event generated so far was delivered, given up or dropped."""
         await self._queue.join()
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         self._closed = True
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-
-    async def __aenter__(self) -> WebhookSender:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _run(self) -> None:
         while True:
