@@ -81,6 +81,11 @@ def _page(items: list, token: Any, size: int) -> tuple[list, Any]:
     return items[start:end], (TokenPagination(token=str(end)) if end < len(items) else None)
 
 
+def _matches(item: Any, req: Any, *fields: str) -> bool:
+    """Whether `item` has the value of each of the request's filter `fields` (an empty one: any)."""
+    return all(not getattr(req, name) or getattr(item, name) == getattr(req, name) for name in fields)
+
+
 def _list_rooms(s: Scenario, req: proto_room.ListRoomsRequest) -> Message:
     names = set(req.names)
     listed = [r.info for r in s.rooms.values()] + list(s.closing_rooms.values())
@@ -97,21 +102,14 @@ def _list_egress(s: Scenario, req: proto_egress.ListEgressRequest) -> Message:
     items = [
         e
         for e in s.egress.values()
-        if (not req.room_name or e.room_name == req.room_name)
-        and (not req.egress_id or e.egress_id == req.egress_id)
-        and (not req.active or e.status in (0, 1, 2))
+        if _matches(e, req, "room_name", "egress_id") and (not req.active or e.status in (0, 1, 2))
     ]
     page, nxt = _page(items, req.page_token, s.page_size)
     return proto_egress.ListEgressResponse(items=page, next_page_token=nxt)
 
 
 def _list_ingress(s: Scenario, req: proto_ingress.ListIngressRequest) -> Message:
-    items = [
-        i
-        for i in s.ingress.values()
-        if (not req.room_name or i.room_name == req.room_name)
-        and (not req.ingress_id or i.ingress_id == req.ingress_id)
-    ]
+    items = [i for i in s.ingress.values() if _matches(i, req, "room_name", "ingress_id")]
     page, nxt = _page(items, req.page_token, s.page_size)
     return proto_ingress.ListIngressResponse(items=page, next_page_token=nxt)
 
