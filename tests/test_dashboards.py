@@ -47,7 +47,7 @@ DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 # Grafana's substitutions for the data test: "All" is the variables' allValue; $__rate_interval is
 # at least four scrape intervals (1 s here).
 SUBSTITUTE = {"$__rate_interval": "8s", "$__range": "40s", "$__interval": "2s",
-              "$job": "livekit-exporter", "$agent": ".*", "$campaign": ".*", "$instance": ".*", "$node": ".*",
+              "$job": "livekit-exporter", "$project": ".*", "$agent": ".*", "$campaign": ".*", "$instance": ".*", "$node": ".*",
               "$provider": ".*", "$model": ".*"}
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 # Counters without a counter's suffix: livekit/sip's (pkg/stats/monitor.go) and LiveKit's packet bytes

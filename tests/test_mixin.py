@@ -39,7 +39,7 @@ FOREIGN = {
     "lk_agents_worker_load": {"nodename", "agent"},
     "lk_agents_active_job_count": {"nodename", "agent"},
 }
-TARGET_LABELS = {"cluster", "namespace", "job", "instance"}
+TARGET_LABELS = {"cluster", "namespace", "job", "project", "instance"}  # project: prometheus.projects
 
 
 @pytest.fixture(scope="module")

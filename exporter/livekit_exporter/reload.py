@@ -23,13 +23,14 @@ from dataclasses import fields
 from aiohttp import web
 
 from . import config as config_mod
-from .config import Config, KeyPair
+from .config import Config
 from .events import HANDLER as EVENTS_HANDLER
 from .events import EventsHandler
 from .events.pipeline import PriceTable
 from .livekit_state import StateCollector
+from .projects import livekit_servers, webhook_signers
 from .telemetry import Telemetry
-from .webhooks import Verifier, WebhookHandler
+from .webhooks import WebhookHandler
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 # not listed) needs a restart. Unlisted means restart-only, so a key added later is safe by default.
 RELOADABLE: dict[str, frozenset[str] | None] = {
     "livekit": None,  # None: every key of the section
+    "projects": None,  # but not the list of their names (project_names_changed)
     "collect": None,
     "server": None,
     "webhooks": frozenset({"keys"}),
@@ -61,9 +63,10 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     return changed
 
 
-def webhook_keys(config: Config) -> tuple[KeyPair, ...]:
-    """The key pairs that verify webhooks: webhooks.keys, or LiveKit's own API key pair."""
-    return config.webhooks.keys or (KeyPair(config.livekit.api_key, config.livekit.api_secret),)
+def project_names_changed(old: Config, new: Config) -> bool:
+    """Projects added, removed or renamed (or the livekit section swapped for projects): each is a
+    scrape target with its own registry, made at start."""
+    return [p.name for p in old.projects] != [p.name for p in new.projects]
 
 
 class Reloader:
@@ -118,15 +121,23 @@ class Reloader:
             f"{key}: changed; it takes effect only when the exporter restarts (restore it to reload the rest)"
             for key in restart_only_changes(old, new)
         ]
+        if project_names_changed(old, new):
+            problems.append(
+                "projects: a project was added, removed or renamed; that takes effect only when the exporter "
+                "restarts (restore the names to reload the rest)"
+            )
         if problem := telemetry_path_problem(ex.telemetry_path, new):
             problems.append(problem)
         if problems:
             return problems
-        state = ex.state
-        if (new.livekit, new.collect) != (old.livekit, old.collect):
-            state = StateCollector(new.livekit, new.collect, ex.telemetry)
-            await state.start()
-            state.answered_once = ex.state.answered_once  # readiness is not lost to a reload
+        replaced: dict[str, StateCollector] = {}
+        before, after = livekit_servers(old), livekit_servers(new)
+        for name, livekit in after.items():
+            target = ex.targets[name]
+            if target.state is not None and (livekit, new.collect) != (before[name], old.collect):
+                state = replaced[name] = StateCollector(livekit, new.collect, target.telemetry, name)
+                await state.start()
+                state.answered_once = target.state.answered_once  # readiness is not lost to a reload
         for listener in self.on_reload:
             listener(new)
         # From here nothing awaits: the swap is one step for the requests to come (one being served may
@@ -134,21 +145,22 @@ class Reloader:
         if WEBHOOK_HANDLER in self.app:
             hooks = self.app[WEBHOOK_HANDLER]
             seen, rejections = hooks.seen, hooks.rejections  # dedup ids: restart-only settings
-            keys = webhook_keys(new)
-            WebhookHandler.__init__(hooks, new.webhooks, Verifier(keys), hooks.metrics, len(keys))
+            WebhookHandler.__init__(hooks, new.webhooks, webhook_signers(new), hooks.metrics, hooks.unattributed)
             hooks.seen, hooks.rejections = seen, rejections
         if EVENTS_HANDLER in self.app:
             handler = self.app[EVENTS_HANDLER]
-            pipeline, idempotency = handler.pipeline, handler.idempotency
-            pipeline.config, pipeline.prices, pipeline.max_latency = (
-                new.events,
-                PriceTable(new.events.prices),
-                new.events.max_latency,
-            )
-            EventsHandler.__init__(handler, new, pipeline)  # tokens and limits from the new configuration
+            pipelines, idempotency = handler.pipelines, handler.idempotency
+            prices = PriceTable(new.events.prices)
+            for pipeline in pipelines.values():
+                pipeline.config, pipeline.prices, pipeline.max_latency = new.events, prices, new.events.max_latency
+            # tokens and limits from the new configuration
+            EventsHandler.__init__(handler, new, pipelines, handler.unattributed)
             handler.idempotency = idempotency
-        previous, ex.state, ex.config = ex.state, state, new
-        if previous is not state:
+        ex.config = new
+        for name, state in replaced.items():
+            target = ex.targets[name]
+            previous, target.state = target.state, state
+            assert previous is not None  # only a target with a state is given a new one
             task = asyncio.create_task(self._retire(previous, old))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)

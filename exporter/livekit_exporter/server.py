@@ -2,7 +2,8 @@
 
 Routes:
     GET  /                  landing page linking to the rest
-    GET  <telemetry path>   Prometheus text or OpenMetrics (Accept), gzip when asked
+    GET  <telemetry path>   Prometheus text or OpenMetrics (Accept), gzip when asked;
+                            ?project=<name>: one project of several (projects.py)
     GET  /-/healthy         the process is alive
     GET  /-/ready           configuration loaded and LiveKit answered at least once
     POST /-/reload          reload the configuration (with --web.enable-lifecycle; else 403)
@@ -25,7 +26,8 @@ from prometheus_client.exposition import choose_encoder
 from . import events, webconfig, webhooks
 from .config import Config
 from .httpguard import GUARD, HttpGuard
-from .livekit_state import ScrapeView, StateCollector
+from .livekit_state import ScrapeView
+from .projects import OWN, PROJECT_PARAMETER, Target, build_targets, unknown_project
 from .reload import RELOADER, WEBHOOK_HANDLER, Reloader
 from .telemetry import Telemetry
 from .webconfig import WebConfig
@@ -40,11 +42,12 @@ DEFAULT_TELEMETRY_PATH = "/metrics"
 @dataclass
 class Exporter:
     """Everything one running exporter owns; stored on the app under EXPORTER. A reload replaces
-    `config` (and `state`, when the livekit or collect section changed): read them per request."""
+    `config` (and a target's `state`, when its livekit section or the collect section changed): read
+    them per request. `telemetry` is the exporter's own; each target (projects.py) has its registry."""
 
     config: Config
     telemetry: Telemetry
-    state: StateCollector
+    targets: dict[str, Target]
     telemetry_path: str
 
 
@@ -79,14 +82,18 @@ async def handle_metrics(request: web.Request) -> web.Response:
         cfg.timeout_margin,
         cfg.max_scrape_timeout,
     )
+    name = request.query.get(PROJECT_PARAMETER, OWN)
+    target = ex.targets.get(name)
+    if target is None:
+        return web.Response(status=404, text=unknown_project(name, ex.targets, "scrape") + "\n")
     loop = asyncio.get_running_loop()
     started = loop.time()
-    fresh = await ex.state.families(budget)
+    fresh = await target.state.families(budget) if target.state else []
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     compress = gzip_wanted(request.headers.get("Accept-Encoding", ""))
     # Rendered off the loop, in what the collection left of the budget (at least half the margin).
     left = max(budget - (loop.time() - started), cfg.timeout_margin / 2)
-    body = await ex.telemetry.render(ScrapeView(ex.telemetry.registry, fresh), encoder, compress, left)
+    body = await ex.telemetry.render(ScrapeView(target.telemetry.registry, fresh), encoder, compress, left)
     if body is None:
         return web.Response(
             status=503,
@@ -124,8 +131,14 @@ async def handle_healthy(request: web.Request) -> web.Response:
 
 async def handle_ready(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
-    if ex.state.answered_once:
-        return web.Response(text="Ready.\n")
+    # Ready once any project's LiveKit answered: one project down must not take webhooks and events of
+    # the others out of the Service. The projects that have not answered yet are named.
+    states = {name: t.state for name, t in ex.targets.items() if t.state is not None}
+    waiting = sorted(name for name, state in states.items() if not state.answered_once)
+    if len(waiting) < len(states):
+        return web.Response(
+            text="Ready.\n" + "".join(f"Project {n!r}: LiveKit has not answered yet.\n" for n in waiting)
+        )
     return web.Response(status=503, text="Not ready: LiveKit has not answered yet (see livekit_api_up on /metrics).\n")
 
 
@@ -158,10 +171,22 @@ async def handle_index(request: web.Request) -> web.Response:
         f'<li><a href="{html.escape(p)}">{html.escape(t)}</a></li>' if p else f"<li>{html.escape(t)}</li>"
         for p, t in links
     )
+    servers = [(p.name, p.livekit.shown_url) for p in ex.config.projects] or [("", ex.config.livekit.shown_url)]
+    projects = "".join(
+        f'<li><a href="{html.escape(ex.telemetry_path)}?{PROJECT_PARAMETER}={html.escape(name)}">'
+        f"{html.escape(name)}</a>: {html.escape(url)}</li>"
+        for name, url in servers
+        if name
+    )
+    about = (
+        f"<p>Prometheus metrics for the LiveKit server at {html.escape(servers[0][1])}.</p>"
+        if not projects
+        else f"<p>Prometheus metrics for these LiveKit projects (one scrape target each):</p><ul>{projects}</ul>"
+    )
     body = (
         "<!doctype html><html><head><title>LiveKit Exporter</title></head><body>"
         "<h1>LiveKit Exporter</h1>"
-        f"<p>Prometheus metrics for the LiveKit server at {html.escape(ex.config.livekit.shown_url)}.</p>"
+        f"{about}"
         f"<ul>\n{items}\n</ul></body></html>"
     )
     return web.Response(text=body, content_type="text/html")
@@ -179,7 +204,7 @@ def build_app(
     """The exporter's app. `config_file` is what a reload reads again (None: the environment alone);
     `lifecycle` (--web.enable-lifecycle) lets POST /-/reload reload, as Prometheus's flag does."""
     telemetry = telemetry or Telemetry(config.labels)
-    state = StateCollector(config.livekit, config.collect, telemetry)
+    targets = build_targets(config, telemetry)
     max_body = max(config.webhooks.max_body_bytes, config.events.max_body_bytes)
     problem = telemetry_path_problem(telemetry_path, config)
     if problem:
@@ -194,7 +219,7 @@ def build_app(
         # The webhook and events endpoints authenticate every request themselves.
         exempt = [c.path for c in (config.webhooks, config.events) if c.enabled]
         webconfig.install(app, web_config, exempt, telemetry.registry)
-    app[EXPORTER] = Exporter(config, telemetry, state, telemetry_path)
+    app[EXPORTER] = Exporter(config, telemetry, targets, telemetry_path)
     app.router.add_get("/", handle_index)
     app.router.add_get(telemetry_path, handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
@@ -204,21 +229,25 @@ def build_app(
     app.router.add_route("POST", "/-/reload", handle_reload)
     app.router.add_route("PUT", "/-/reload", handle_reload)
     if config.webhooks.enabled:
-        app[WEBHOOK_HANDLER] = webhooks.setup(app, config, telemetry)
+        app[WEBHOOK_HANDLER] = webhooks.setup(app, config, targets)
     if config.events.enabled:
-        events.setup(app, config, telemetry)
+        events.setup(app, config, targets)
 
     async def running(app: web.Application):
-        await state.start()
+        states = [t.state for t in targets.values() if t.state is not None]
+        for state in states:
+            await state.start()
         # One collection at startup, so /-/ready can turn green before Prometheus's first scrape.
         collect = config.collect
-        probe = asyncio.ensure_future(
-            state.snapshot(collect.default_scrape_timeout - collect.timeout_margin, scrape=False)
-        )
+        budget = collect.default_scrape_timeout - collect.timeout_margin
+        probes = [asyncio.ensure_future(state.snapshot(budget, scrape=False)) for state in states]
         yield
-        probe.cancel()
+        for probe in probes:
+            probe.cancel()
         await reloader.close()
-        await app[EXPORTER].state.close()  # the one running now: a reload may have replaced `state`
+        for target in app[EXPORTER].targets.values():  # the ones running now: a reload may have replaced them
+            if target.state is not None:
+                await target.state.close()
 
     app.cleanup_ctx.append(running)
     return app

@@ -52,24 +52,29 @@ def _version(dist: str) -> str:
 
 
 class Telemetry:
-    def __init__(self, labels: LabelsConfig | None = None):
+    """One registry and its cardinality guard. `process`: the exporter's own registry, with the
+    process, platform, GC and build-info collectors; a project of several (projects.py) has a registry
+    without them, so that they are served once, on the exporter's own target."""
+
+    def __init__(self, labels: LabelsConfig | None = None, *, process: bool = True):
         labels = labels or LabelsConfig()
         # The cardinality guard's bounds, for every source.
         self.label_max_values = labels.max_values
         self.label_max_series_per_metric = labels.max_series_per_metric
         self.registry = CollectorRegistry(auto_describe=True)
         self._render_slots = asyncio.Semaphore(MAX_RENDERS)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        build = self.gauge(
-            "livekit_exporter_build_info",
-            "A metric with a constant 1, labelled by the exporter's version and the versions it runs with.",
-            ["version", "python_version", "livekit_api_version", "livekit_protocol_version"],
-        )
-        build.labels(__version__, platform.python_version(), _version("livekit-api"), _version("livekit-protocol")).set(
-            1
-        )
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+            build = self.gauge(
+                "livekit_exporter_build_info",
+                "A metric with a constant 1, labelled by the exporter's version and the versions it runs with.",
+                ["version", "python_version", "livekit_api_version", "livekit_protocol_version"],
+            )
+            build.labels(
+                __version__, platform.python_version(), _version("livekit-api"), _version("livekit-protocol")
+            ).set(1)
         self.label_overflow = self.counter(
             "livekit_exporter_label_overflow_total",
             "Label values folded into __other__ by the cardinality guard (over labels.max_values, or a new "

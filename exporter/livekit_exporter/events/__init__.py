@@ -1,11 +1,13 @@
 """The voice-agent events API: POST <events.path> -> auth -> limits -> decode -> apply.
 
-    events.setup(app, config, telemetry)     # from server.build_app, when events are enabled
+    events.setup(app, config, targets)       # from server.build_app, when events are enabled
 
 Answers (JSON bodies, see docs/events-api.md):
     200 {"accepted": n, "discarded": [...]}   applied; `discarded` lists timings over max_latency
     400 {"error", "problems": [{index, path, reason[, line]}]}   nothing applied
-    401 no or unknown bearer token; 413 body or event count over the limit; 415 wrong content type
+    400 ?project= names no project (or, with projects, a token of events.tokens names none)
+    401 no or unknown bearer token; 403 a project's token naming another project
+    413 body or event count over the limit; 415 wrong content type
     422 an Idempotency-Key reused with a different body
     429 the token sent more than events.rate_limit requests a second (over events.rate_limit_burst)
 
@@ -33,18 +35,20 @@ import math
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from ..config import Config
 from ..expiring import ExpiringMap
 from ..logsetup import RateLimitedLog
+from ..projects import OWN, PROJECT_PARAMETER, Target, counting_targets, events_tokens, unknown_project
 from ..ratelimit import RateLimiter
 from ..telemetry import Telemetry
 from .decode import JSON_TYPES, NDJSON_TYPES, BadBatch, clip, decode_json, decode_ndjson
-from .pipeline import Discarded, Pipeline
+from .pipeline import PLAIN_COUNTERS, Discarded, Pipeline
 
 __all__ = ["HANDLER", "PIPELINE", "EventsHandler", "Pipeline", "setup"]
 
@@ -155,12 +159,17 @@ def _error(
 
 
 class EventsHandler:
-    """POST <events.path>: auth, limits, decode, apply, answer (and remember it for its key)."""
+    """POST <events.path>: auth, limits, decode, apply to the pipeline of the request's target
+    (projects.py: its token's project, or the one its ?project= names), answer (and remember it for
+    its key). `unattributed` counts the refusals that come before a target is known."""
 
-    def __init__(self, config: Config, pipeline: Pipeline):
+    def __init__(self, config: Config, pipelines: Mapping[str, Pipeline], unattributed: Counter):
         self.cfg = config.events
-        self.pipeline = pipeline
-        self._tokens = [t.reveal().encode() for t in self.cfg.tokens]
+        self.pipelines = dict(pipelines)
+        self.unattributed = unattributed
+        tokens = events_tokens(config)
+        self._tokens = [t.reveal().encode() for t in tokens]
+        self._token_targets = list(tokens.values())
         self.idempotency = IdempotencyCache(
             self.cfg.idempotency_ttl, self.cfg.idempotency_max_entries, max_bytes=self.cfg.idempotency_max_bytes
         )
@@ -196,16 +205,17 @@ class EventsHandler:
         problems: list[dict[str, object]] | None = None,
         headers: dict[str, str] | None = None,
         omitted: dict[str, object] | None = None,
+        pipeline: Pipeline | None = None,
     ) -> web.Response:
-        self.pipeline.requests_rejected.labels(reason).inc()
+        (pipeline.requests_rejected if pipeline is not None else self.unattributed).labels(reason).inc()
         self._log.warning(
             reason, "events request rejected", reason=reason, status=status, detail=message, remote=request.remote
         )
         return _error(status, message, problems, headers, omitted)
 
-    def _bad_batch(self, request: web.Request, e: BadBatch) -> web.Response:
+    def _bad_batch(self, request: web.Request, e: BadBatch, pipeline: Pipeline) -> web.Response:
         if not e.problems and e.status != 400:
-            return self._reject(request, e.reason, e.status, e.message)
+            return self._reject(request, e.reason, e.status, e.message, pipeline=pipeline)
         limit = self.cfg.max_listed_problems
         listed = [p.as_dict() for p in e.problems[:limit]]
         omitted = None
@@ -213,7 +223,7 @@ class EventsHandler:
         if len(e.problems) > limit:
             omitted = _omitted(p.path for p in e.problems[limit:])
             message += f"; the first {limit} problems are listed, the other {omitted['count']} counted under omitted"
-        return self._reject(request, e.reason, e.status, message, listed, omitted=omitted)
+        return self._reject(request, e.reason, e.status, message, listed, omitted=omitted, pipeline=pipeline)
 
     def _accepted(self, n: int, discarded: list[Discarded], lines: list[int] | None) -> web.Response:
         limit = self.cfg.max_listed_problems
@@ -225,6 +235,31 @@ class EventsHandler:
             at = "$." if lines is not None else "$.events[*]."
             answer["omitted"] = _omitted(at + d.field for d in discarded[limit:])
         return web.json_response(answer)
+
+    def _target(self, request: web.Request, token: int) -> Pipeline | web.Response:
+        """The pipeline of the request's target, or the refusal saying why it has none."""
+        bound = self._token_targets[token]
+        named = request.query.get(PROJECT_PARAMETER)
+        if named is not None and bound is not None and named != bound:
+            return self._reject(
+                request,
+                "forbidden_project",
+                403,
+                f"this token pushes the events of another project than {clip(named, 64)!r}: leave out "
+                f"?{PROJECT_PARAMETER}= (or push with a token of events.tokens)",
+            )
+        name = bound if named is None else named
+        if name is None:
+            listed = ", ".join(sorted(n for n in self.pipelines if n != OWN))
+            message = (
+                f"this token (of events.tokens) may push to any project: name one with ?{PROJECT_PARAMETER}=<name>, "
+                f"one of {listed}"
+            )
+            return self._reject(request, "unknown_project", 400, message)
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            return self._reject(request, "unknown_project", 400, unknown_project(name, self.pipelines, "events"))
+        return pipeline
 
     async def _read(self, request: web.Request) -> bytes | None:
         """The body, or None when it exceeds max_body_bytes (read no further than the limit)."""
@@ -259,6 +294,9 @@ class EventsHandler:
                 "the exporter's events tokens",
                 headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events", error="invalid_token"'},
             )
+        pipeline = self._target(request, token)
+        if isinstance(pipeline, web.Response):
+            return pipeline
         if self.limiter is not None and (wait := self.limiter.wait(token)):
             return self._reject(
                 request,
@@ -268,6 +306,7 @@ class EventsHandler:
                 "nothing was applied. Retry after Retry-After seconds, with the same Idempotency-Key, or send "
                 "fewer, larger batches",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                pipeline=pipeline,
             )
         ctype = request.content_type
         if ctype not in JSON_TYPES and ctype not in NDJSON_TYPES:
@@ -277,6 +316,7 @@ class EventsHandler:
                 415,
                 f"Content-Type {clip(ctype, 64)!r} is not accepted; use one of {ACCEPTED_TYPES}",
                 headers={"Accept-Post": ACCEPTED_TYPES},
+                pipeline=pipeline,
             )
         key = None
         if (raw_key := request.headers.get(IDEMPOTENCY_HEADER)) is not None:
@@ -289,6 +329,7 @@ class EventsHandler:
                     f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 visible ASCII characters (no quotes "
                     "or backslashes inside), e.g. a UUID; send a new one per batch and the same one on its retries",
                     [],
+                    pipeline=pipeline,
                 )
             key = (token, match[1])
         body = await self._read(request)
@@ -299,6 +340,7 @@ class EventsHandler:
                 413,
                 f"the body is larger than events.max_body_bytes ({self.cfg.max_body_bytes} bytes); "
                 "send smaller batches",
+                pipeline=pipeline,
             )
         digest = b""
         if key is not None:
@@ -313,6 +355,7 @@ class EventsHandler:
                         422,
                         f"this {IDEMPOTENCY_HEADER} was already used for a different batch; nothing was "
                         "applied. Use a new key for each batch, and the same key only to retry the same body",
+                        pipeline=pipeline,
                     )
                 return web.Response(
                     body=seen.text(), content_type="application/json", headers={"Idempotent-Replayed": "true"}
@@ -321,8 +364,8 @@ class EventsHandler:
             decode = decode_json if ctype in JSON_TYPES else decode_ndjson
             events, lines = decode(body, self.cfg.max_events)
         except BadBatch as e:
-            return self._bad_batch(request, e)
-        answer = self._accepted(len(events), self.pipeline.apply(events), lines)
+            return self._bad_batch(request, e, pipeline)
+        answer = self._accepted(len(events), pipeline.apply(events), lines)
         if key is not None:
             assert isinstance(answer.body, bytes)
             self.idempotency.put(key, digest, answer.body)
@@ -332,13 +375,24 @@ class EventsHandler:
 HANDLER = web.AppKey("events_handler", EventsHandler)
 
 
-def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipeline:
-    """Registers POST <events.path> and the TTL sweeper on `app`; returns the pipeline."""
-    pipeline = Pipeline(config.events, telemetry)
-    app[PIPELINE] = pipeline
-    handler = app[HANDLER] = EventsHandler(config, pipeline)
+def unattributed_rejections(telemetry: Telemetry) -> Counter:
+    """livekit_exporter_event_requests_rejected_total alone, on the exporter's own target of a
+    multi-project install: the refusals that come before a project is known (an unknown token)."""
+    (declared,) = [d for d in PLAIN_COUNTERS if d.attribute == "requests_rejected"]
+    return Counter(declared.name, declared.help, declared.labels, registry=telemetry.registry)
+
+
+def setup(app: web.Application, config: Config, targets: Mapping[str, Target]) -> dict[str, Pipeline]:
+    """Registers POST <events.path> and the TTL sweeper on `app`; returns each counting target's pipeline."""
+    pipelines = {name: Pipeline(config.events, targets[name].telemetry) for name in counting_targets(config)}
+    if OWN in pipelines:
+        app[PIPELINE] = pipelines[OWN]
+        unattributed = pipelines[OWN].requests_rejected
+    else:
+        unattributed = unattributed_rejections(targets[OWN].telemetry)
+    handler = app[HANDLER] = EventsHandler(config, pipelines, unattributed)
     app.router.add_post(config.events.path, handler.handle)
-    if not config.events.tokens:
+    if not events_tokens(config):
         log.warning(
             "the events API is enabled without a token: every request to it is refused",
             extra={"path": config.events.path},
@@ -350,7 +404,8 @@ def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipelin
         async def loop() -> None:
             while True:
                 await asyncio.sleep(period)
-                pipeline.sweep()
+                for pipeline in pipelines.values():
+                    pipeline.sweep()
 
         task = asyncio.create_task(loop(), name="events-ttl-sweeper")
         yield
@@ -359,4 +414,4 @@ def setup(app: web.Application, config: Config, telemetry: Telemetry) -> Pipelin
             await task
 
     app.cleanup_ctx.append(sweeper)
-    return pipeline
+    return pipelines

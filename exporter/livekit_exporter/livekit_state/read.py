@@ -74,9 +74,10 @@ class _CallFailed(Exception):
         self.fields = {"method": method, "code": code, "error": error}
 
 
-def _log_failed(service: str, failure: _CallFailed) -> None:
-    """The one log line of a service that failed this scrape."""
-    log.warning("LiveKit API service failed", extra={"service": service, **failure.fields})
+def _log_failed(service: str, failure: _CallFailed, project: str = "") -> None:
+    """The one log line of a service that failed this scrape (naming its project, with several)."""
+    where = {"project": project} if project else {}
+    log.warning("LiveKit API service failed", extra={**where, "service": service, **failure.fields})
 
 
 def _error_code(exc: BaseException) -> str:
@@ -94,8 +95,9 @@ def _error_code(exc: BaseException) -> str:
 class StateCollector:
     """Reads LiveKit on demand; owns one livekit-api client for the exporter's lifetime."""
 
-    def __init__(self, livekit: LiveKitConfig, collect: CollectConfig, telemetry: Telemetry):
+    def __init__(self, livekit: LiveKitConfig, collect: CollectConfig, telemetry: Telemetry, project: str = ""):
         self.livekit = livekit
+        self.project = project  # named in its log lines, with several projects
         self.cfg = collect
         self.telemetry = telemetry
         self.folder = ScrapeFolder(
@@ -189,7 +191,7 @@ class StateCollector:
                 ok = True
             except _CallFailed as failure:
                 ok = False
-                _log_failed(service, failure)
+                _log_failed(service, failure, self.project)
             except Exception:
                 ok = False
                 log.error("collecting %s failed unexpectedly", service, exc_info=True)
@@ -340,7 +342,7 @@ class StateCollector:
         if det.agent_dispatch:
             snap.up["agent_dispatch"] = "agent_dispatch" not in failures
             if "agent_dispatch" in failures:
-                _log_failed("agent_dispatch", failures["agent_dispatch"])
+                _log_failed("agent_dispatch", failures["agent_dispatch"], self.project)
             else:
                 snap.dispatches = verdict.dispatches
         if "room" in failures:

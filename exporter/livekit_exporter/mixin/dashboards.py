@@ -99,7 +99,7 @@ def boards(m: Mixin) -> list[Board]:
     slo = m.cfg["slos"]
     period = slo.window("period")
     burn_windows = sorted({b["long"] for b in slo["burn_rates"]} | {b["short"] for b in slo["burn_rates"]}, key=seconds)
-    J = 'job=~"$job"'
+    J = f'job=~"$job",{PROJECT}'
     timeout = m.cfg["prometheus"].duration("scrape_timeout")
     A = f'{J},agent=~"$agent"'
     AP = f'{A},provider=~"$provider",model=~"$model"'
@@ -187,7 +187,7 @@ def boards(m: Mixin) -> list[Board]:
         "overview",
         "LiveKit overview",
         "Every LiveKit API's health and latency, rooms and participants, egress and ingress at a glance, webhooks.",
-        ("job",),
+        ("job", "project"),
     )
     overview.row(
         "LiveKit API",
@@ -334,7 +334,7 @@ def boards(m: Mixin) -> list[Board]:
         "media",
         "LiveKit media and telephony",
         "Egress, ingress and SIP: what runs, what started and ended and how, success and answer ratios.",
-        ("job",),
+        ("job", "project"),
     )
     media.row(
         "Egress",
@@ -451,7 +451,7 @@ def boards(m: Mixin) -> list[Board]:
         "LiveKit voice agents",
         "Calls and their outcomes, voice-to-voice latency and the stage that ate the budget, tools, errors, "
         "usage and estimated cost.",
-        ("job", "agent", "provider", "model"),
+        ("job", "project", "agent", "provider", "model"),
     )
     agents.row(
         "Calls",
@@ -700,7 +700,7 @@ def boards(m: Mixin) -> list[Board]:
         "LiveKit campaigns",
         "Outbound campaigns: running or not, calls placed and queued, answer, qualification and conversion "
         "rates, outcomes.",
-        ("job", "campaign"),
+        ("job", "project", "campaign"),
     )
     campaigns.row(
         "Campaigns",
@@ -792,7 +792,7 @@ def boards(m: Mixin) -> list[Board]:
         "LiveKit voice-agent SLOs",
         "The two objectives of prometheus/mixin.yml (turns within the latency bound, calls that do not "
         "fail): SLI over each burn-rate window, the error budget left, and the burn rate.",
-        ("job", "agent"),
+        ("job", "project", "agent"),
     )
     slo_board.row(
         "Objectives",
@@ -834,7 +834,7 @@ def boards(m: Mixin) -> list[Board]:
         "livekit-exporter",
         "The exporter itself: scrapes against their timeout, LiveKit API calls and errors, events and "
         "webhooks accepted and refused, the cardinality guard, process resources.",
-        ("job", "instance"),
+        ("job", "project", "instance"),
     )
     exporter.row(
         "Scrapes",
@@ -1178,20 +1178,27 @@ def boards(m: Mixin) -> list[Board]:
 
 
 LISTED = ("job", "instance", "node")
+# The LiveKit project of a multi-project exporter (a target label, prometheus.projects): "All" is `.*`,
+# which also matches the series of a single-project exporter, which have no project label.
+PROJECT = 'project=~"$project"'
 
 # The provider and model variables list every STT, LLM and TTS provider and model: the stage histograms
 # carry all three components.
 STAGE_SERIES = (
     '__name__=~"voice_agent_(transcription_delay|llm_time_to_first_token|tts_time_to_first_byte)_seconds_count", '
-    'job=~"$job", agent=~"$agent"'
+    f'job=~"$job", {PROJECT}, agent=~"$agent"'
 )
 
 VARIABLES = {
     "node": ("Node", "label_values(livekit_room_total, instance)"),
     "job": ("Job", "label_values(livekit_exporter_build_info, job)"),
+    "project": ("Project", 'label_values(up{job=~"$job"}, project)'),
     "instance": ("Instance", 'label_values(livekit_exporter_build_info{job=~"$job"}, instance)'),
-    "agent": ("Agent", 'label_values(voice_agent_turns_total{job=~"$job"}, agent)'),
-    "campaign": ("Campaign", 'label_values(voice_agent_calls_started_total{job=~"$job", campaign!=""}, campaign)'),
+    "agent": ("Agent", f'label_values(voice_agent_turns_total{{job=~"$job", {PROJECT}}}, agent)'),
+    "campaign": (
+        "Campaign",
+        f'label_values(voice_agent_calls_started_total{{job=~"$job", {PROJECT}, campaign!=""}}, campaign)',
+    ),
     "provider": ("Provider", f"label_values({{{STAGE_SERIES}}}, provider)"),
     "model": ("Model", f'label_values({{{STAGE_SERIES}, provider=~"$provider"}}, model)'),
 }

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ..config.model import PROJECT_NAME_PATTERN
 from .config import MixinConfig, MixinError, Node, seconds
 from .rules import Alert, Mixin, Tier
 
@@ -67,6 +68,18 @@ def rule_files(m: Mixin) -> dict[str, str]:
     }
 
 
+def exporter_targets(addresses: list[str], projects: list[str]) -> list[dict[str, Any]]:
+    """The exporter's static_configs: its own target, and one per LiveKit project (the multi-target
+    pattern): the same addresses with ?project=<name> (Prometheus sends each `__param_<name>` label as
+    a URL parameter), labelled project="<name>"."""
+    groups: list[dict[str, Any]] = [{"targets": addresses}]
+    for name in projects:
+        if not _PROJECT_NAME.fullmatch(name):
+            raise MixinError(f"prometheus.projects: {name!r} is not a project name (letters, digits, _ . -)")
+        groups.append({"targets": addresses, "labels": {"__param_project": name, "project": name}})
+    return groups
+
+
 def prometheus_yml(cfg: MixinConfig) -> str:
     p, jobs = cfg["prometheus"], cfg["jobs"]
     interval, timeout = p.duration("scrape_interval"), p.duration("scrape_timeout")
@@ -83,7 +96,7 @@ def prometheus_yml(cfg: MixinConfig) -> str:
             "job_name": jobs["exporter"],
             # The exporter reads X-Prometheus-Scrape-Timeout-Seconds and bounds its LiveKit calls by it.
             "scrape_timeout": timeout,
-            "static_configs": [{"targets": t.strings("exporter")}],
+            "static_configs": exporter_targets(t.strings("exporter"), p.strings("projects")),
         }
     ]
     livekit = t["livekit_server"]
@@ -126,6 +139,7 @@ def prometheus_yml(cfg: MixinConfig) -> str:
 # A recording rule's name (level:metric:operations), and a metric name as Prometheus spells one.
 RECORDED = "[^:]+:[^:]+:[^:]+"
 _METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_PROJECT_NAME = re.compile(PROJECT_NAME_PATTERN.strip("^$"))
 _REMOTE_KEYS = {"url", "name", "long_term_only", "basic_auth", "bearer_token_file"}
 # Inline secrets Prometheus would accept and this bundle refuses: they would sit in a committed file.
 _INLINE_SECRETS = {"password", "bearer_token", "authorization", "credentials", "headers", "oauth2", "sigv4"}

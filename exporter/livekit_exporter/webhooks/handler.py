@@ -6,19 +6,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
 from ..config import Config, KeyPair, WebhooksConfig
 from ..expiring import ExpiringMap
 from ..logsetup import RateLimitedLog
+from ..projects import OWN, Target, webhook_signers
 from ..ratelimit import RateLimiter
 from ..telemetry import Telemetry
 from .decode import UNKNOWN_EVENT, Malformed, decode
-from .metrics import WebhookMetrics
-from .verify import NO_AUTH, Rejected, Verifier
+from .metrics import DECLARATIONS, WebhookMetrics
+from .verify import NO_AUTH, REJECTIONS, Rejected, Verifier
 
 log = logging.getLogger(__package__)  # livekit_exporter.webhooks, as before the split
 
@@ -73,19 +75,30 @@ class RejectionLog:
 
 
 class WebhookHandler:
-    """POST <webhooks.path>: one request, one straight path to the metrics."""
+    """POST <webhooks.path>: one request, one straight path to the metrics of the target (projects.py)
+    whose key signed it; `unattributed` counts the rejections that name no configured key."""
 
-    def __init__(self, cfg: WebhooksConfig, verifier: Verifier, metrics: WebhookMetrics, keys: int):
+    def __init__(
+        self,
+        cfg: WebhooksConfig,
+        signers: Mapping[str, tuple[KeyPair, ...]],
+        metrics: Mapping[str, WebhookMetrics],
+        unattributed: Counter,
+    ):
+        keys = [key for target in signers.values() for key in target]
         self.max_body = cfg.max_body_bytes
-        self.verifier = verifier
+        self.verifier = Verifier(keys)
         self.rate_limit = cfg.rate_limit
-        self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_limit_burst, keys) if cfg.rate_limit else None
-        self.metrics = metrics
+        self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_limit_burst, len(keys)) if cfg.rate_limit else None
+        self.metrics = dict(metrics)
+        self.by_key = {key.api_key: self.metrics[target] for target, pairs in signers.items() for key in pairs}
+        self.unattributed = unattributed
         self.seen = RecentIds(cfg.dedup_ttl, cfg.dedup_max_entries)
         self.rejections = RejectionLog()
         self._unknown_logged: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.Response:
+        api_key = None
         try:
             self._check_headers(request)
             digest, api_key = self.verifier.verify(request.headers.get("Authorization", ""))
@@ -103,18 +116,20 @@ class WebhookHandler:
             except Malformed as e:
                 raise Rejected("malformed", f"a validly signed body that is not a LiveKit webhook event: {e}") from None
         except Rejected as r:
-            self.metrics.rejected.labels(r.reason).inc()
+            signer = self.by_key.get(r.api_key or api_key or "")
+            (signer.rejected if signer is not None else self.unattributed).labels(r.reason).inc()
             self.rejections.warn(r, request.remote)
             response = _answer(r.status, error=r.detail, reason=r.reason)
             if r.retry_after:
                 response.headers["Retry-After"] = str(r.retry_after)
             return response
+        metrics = self.by_key[api_key]
         if ev.key in self.seen:
-            self.metrics.duplicates.inc()
+            metrics.duplicates.inc()
             return _answer(200, result="duplicate", id=ev.id)
         # Remembered only once applied: should applying ever fail, the 500 makes LiveKit retry, and
         # the retry is counted rather than taken for a duplicate.
-        self.metrics.apply(ev, time.time())
+        metrics.apply(ev, time.time())
         self.seen.add(ev.key)
         if (
             ev.name == UNKNOWN_EVENT
@@ -159,10 +174,23 @@ class WebhookHandler:
         return b"".join(chunks)
 
 
-def setup(app: web.Application, config: Config, telemetry: Telemetry) -> WebhookHandler:
-    """Registers POST <webhooks.path>; LiveKit's own API key pair verifies when no keys are given."""
-    cfg = config.webhooks
-    keys = cfg.keys or (KeyPair(config.livekit.api_key, config.livekit.api_secret),)
-    handler = WebhookHandler(cfg, Verifier(keys), WebhookMetrics(telemetry), len(keys))
-    app.router.add_post(cfg.path, handler.handle)
+def unattributed_rejections(telemetry: Telemetry) -> Counter:
+    """livekit_webhook_rejected_total alone, on the exporter's own target of a multi-project install:
+    the rejections of webhooks that name no configured key (and so no project)."""
+    (declared,) = [d for d in DECLARATIONS if d.attribute == "rejected"]
+    counter = Counter(declared.name, declared.help, declared.labels, registry=telemetry.registry)
+    for reason in REJECTIONS:
+        counter.labels(reason)
+    return counter
+
+
+def setup(app: web.Application, config: Config, targets: Mapping[str, Target]) -> WebhookHandler:
+    """Registers POST <webhooks.path>. Each target's webhooks are verified with its key pairs
+    (projects.webhook_signers: LiveKit's own API key pair when none are given) and counted on its registry."""
+    signers = webhook_signers(config)
+    metrics = {name: WebhookMetrics(targets[name].telemetry) for name in signers}
+    own = targets[OWN]
+    unattributed = metrics[OWN].rejected if OWN in metrics else unattributed_rejections(own.telemetry)
+    handler = WebhookHandler(config.webhooks, signers, metrics, unattributed)
+    app.router.add_post(config.webhooks.path, handler.handle)
     return handler

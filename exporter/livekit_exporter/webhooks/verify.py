@@ -59,6 +59,7 @@ class Rejected(Exception):
         self.status = REJECTIONS[reason][0]
         self.detail = detail
         self.retry_after = retry_after  # seconds, for a Retry-After header
+        self.api_key: str | None = None  # the configured key the token names, when it names one
 
 
 # -- verification -----------------------------------------------------------------------------
@@ -109,8 +110,18 @@ class Verifier:
             raise Rejected(
                 "unknown_key",
                 f"signed with API key {iss[:40]!r}, which is not configured: add it to webhooks.keys "
-                "(the key in LiveKit's webhook.api_key)",
+                "(the key in LiveKit's webhook.api_key), or with projects to its project's webhook_keys",
             )
+        try:
+            return self._checked(verifier, token, unverified), iss
+        except Rejected as rejected:
+            rejected.api_key = iss  # counted under the key's project
+            raise
+
+    @staticmethod
+    def _checked(verifier: TokenVerifier, token: str, unverified: dict[str, Any]) -> bytes:
+        """The body digest the token, verified with its issuer's secret, vouches for."""
+        iss = unverified["iss"]
         try:
             claims = verifier.verify(token)
         except jwt.ExpiredSignatureError:
@@ -152,7 +163,7 @@ class Verifier:
         if not sha256:
             raise Rejected("hash_mismatch", "the token carries no sha256 claim, so it does not vouch for this body")
         try:
-            return base64.b64decode(sha256, validate=True), iss
+            return base64.b64decode(sha256, validate=True)
         except (binascii.Error, ValueError):
             raise Rejected("hash_mismatch", "the token's sha256 claim is not base64") from None
 
