@@ -317,7 +317,7 @@ async def test_state_gauges_do_not_double_in_the_bundles_queries(scenario, simul
             prom.wait(10)
 
 
-SUBSTITUTE = {"$__rate_interval": "8s", "$__range": "40s", "$__interval": "2s", "$agent": ".*", "$campaign": ".*",
+SUBSTITUTE = {"$__rate_interval": "8s", "$__range": "40s", "$__interval": "2s", "$project": ".*", "$agent": ".*", "$campaign": ".*",
               "$instance": ".*", "$node": ".*", "$provider": ".*", "$model": ".*"}
 
 

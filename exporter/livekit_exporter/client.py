@@ -33,7 +33,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
@@ -125,8 +125,11 @@ class EventsClient:
     ):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"events URL {url!r}: expected http(s)://host:port[/path], like http://exporter:9784")
-        self.url = url if parts.path not in ("", "/") else url.rstrip("/") + DEFAULT_EVENTS_PATH
+            raise ValueError(
+                f"events URL {url!r}: expected http(s)://host:port[/path][?project=<name>], like http://exporter:9784"
+            )
+        # The default path when none is given; a query (?project=<name>, with several projects) is kept.
+        self.url = url if parts.path not in ("", "/") else urlunsplit(parts._replace(path=DEFAULT_EVENTS_PATH))
         self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be at least 1")

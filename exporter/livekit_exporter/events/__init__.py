@@ -237,16 +237,19 @@ class EventsHandler:
         return web.json_response(answer)
 
     def _target(self, request: web.Request, token: int) -> Pipeline | web.Response:
-        """The pipeline of the request's target, or the refusal saying why it has none."""
+        """The pipeline of the request's target, or the refusal saying why it has none (counted under
+        the token's own project, when it has one)."""
         bound = self._token_targets[token]
         named = request.query.get(PROJECT_PARAMETER)
-        if named is not None and bound is not None and named != bound:
+        own = self.pipelines.get(bound) if bound is not None else None
+        if named is not None and bound and named != bound:  # bound to a named project (OWN is no name)
             return self._reject(
                 request,
                 "forbidden_project",
                 403,
                 f"this token pushes the events of another project than {clip(named, 64)!r}: leave out "
                 f"?{PROJECT_PARAMETER}= (or push with a token of events.tokens)",
+                pipeline=own,
             )
         name = bound if named is None else named
         if name is None:
@@ -258,7 +261,8 @@ class EventsHandler:
             return self._reject(request, "unknown_project", 400, message)
         pipeline = self.pipelines.get(name)
         if pipeline is None:
-            return self._reject(request, "unknown_project", 400, unknown_project(name, self.pipelines, "events"))
+            problem = unknown_project(name, self.pipelines, "events")
+            return self._reject(request, "unknown_project", 400, problem, pipeline=own)
         return pipeline
 
     async def _read(self, request: web.Request) -> bytes | None:

@@ -92,6 +92,8 @@ class WebhookHandler:
         self.limiter = RateLimiter(cfg.rate_limit, cfg.rate_limit_burst, len(keys)) if cfg.rate_limit else None
         self.metrics = dict(metrics)
         self.by_key = {key.api_key: self.metrics[target] for target, pairs in signers.items() for key in pairs}
+        # An event id is unique within one LiveKit project: deduplication is per project.
+        self.id_prefix = {key.api_key: target.encode() + b"/" for target, pairs in signers.items() for key in pairs}
         self.unattributed = unattributed
         self.seen = RecentIds(cfg.dedup_ttl, cfg.dedup_max_entries)
         self.rejections = RejectionLog()
@@ -123,14 +125,14 @@ class WebhookHandler:
             if r.retry_after:
                 response.headers["Retry-After"] = str(r.retry_after)
             return response
-        metrics = self.by_key[api_key]
-        if ev.key in self.seen:
+        metrics, seen_key = self.by_key[api_key], self.id_prefix[api_key] + ev.key
+        if seen_key in self.seen:
             metrics.duplicates.inc()
             return _answer(200, result="duplicate", id=ev.id)
         # Remembered only once applied: should applying ever fail, the 500 makes LiveKit retry, and
         # the retry is counted rather than taken for a duplicate.
         metrics.apply(ev, time.time())
-        self.seen.add(ev.key)
+        self.seen.add(seen_key)
         if (
             ev.name == UNKNOWN_EVENT
             and ev.raw_name not in self._unknown_logged
