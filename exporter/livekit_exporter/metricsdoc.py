@@ -344,6 +344,12 @@ The `voice_agent_*` metrics (and `livekit_exporter_unpriced_usage_events_total`)
 set per label, so an agent is itself in all of them or `__other__` in all; their gauges set from
 reports drop an overflowing report rather than set `__other__`.
 
+Several LiveKit projects (`projects:` in the configuration): each project is a scrape target of its own,
+`/metrics?project=<name>`, serving the families below for that project alone (the process and
+`livekit_exporter_build_info`, HTTP-server and reload families only on `/metrics`, the exporter's own);
+the `project` label is Prometheus's, set by relabelling (docs/architecture.md, "Several projects"). The
+exporter itself never writes it.
+
 Enum labels are the protobuf enum names, lower-cased, with the enum's prefix dropped
 (`EGRESS_ACTIVE` -> `active`, `RTMP_INPUT` -> `rtmp`, `JS_RUNNING` -> `running`). Section-1 gauges with
 enum labels export every combination (zero included) once the service answered, so `absent()` means
@@ -387,7 +393,8 @@ Differences from the starting catalogue, and why:
   it counts requests; the reasons are unauthorized, unsupported_media_type, too_large,
   too_many_events, malformed (not JSON, or nested too deeply), invalid (an event breaks the schema,
   or a malformed Idempotency-Key), duplicate_key (an object names a key twice), idempotency_conflict
-  (a key reused for another body) and rate_limited (over events.rate_limit, 429).
+  (a key reused for another body), rate_limited (over events.rate_limit, 429), unknown_project and
+  forbidden_project (with several projects: a ?project= that names none, or another than the token's).
 - `livekit_exporter_event_latencies_discarded_total{type,field}` is added: the sanity rule's count
   of turn-stage timings above `events.max_latency` (see docs/events-api.md).
 - `livekit_exporter_unpriced_usage_events_total{component,provider,model}` is added: usage the
