@@ -117,17 +117,25 @@ def prometheus_yml(cfg: MixinConfig) -> str:
                 ],
             }
         )
+    external, replica = external_labels(cfg)
     out: dict[str, Any] = {
         "global": {
             "scrape_interval": interval,
             "scrape_timeout": timeout,
             "evaluation_interval": p.duration("evaluation_interval"),
+            **({"external_labels": external} if external else {}),
         },
         "rule_files": ["rules/*.yml"],
     }
     managers = p.strings("alertmanagers") if p["alertmanagers"] else []
     if managers:
-        out["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": managers}]}]}
+        alerting: dict[str, Any] = {}
+        if replica:
+            # Both servers of the pair send the same alert, without the label that tells them apart:
+            # Alertmanager holds one (remote_write keeps the label, for the store's deduplication).
+            alerting["alert_relabel_configs"] = [{"action": "labeldrop", "regex": replica}]
+        alerting["alertmanagers"] = [{"static_configs": [{"targets": managers}]}]
+        out["alerting"] = alerting
     out["scrape_configs"] = scrape
     keep = long_term_keep(cfg)
     remote = remote_write(cfg, keep)
@@ -136,13 +144,50 @@ def prometheus_yml(cfg: MixinConfig) -> str:
     return HEADER + dump(out)
 
 
-# A recording rule's name (level:metric:operations), and a metric name as Prometheus spells one.
+# A recording rule's name (level:metric:operations), and a metric name (without colons) or a label
+# name as Prometheus spells one.
 RECORDED = "[^:]+:[^:]+:[^:]+"
-_METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_METRIC_NAME = _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _PROJECT_NAME = re.compile(PROJECT_NAME_PATTERN.strip("^$"))
 _REMOTE_KEYS = {"url", "name", "long_term_only", "basic_auth", "bearer_token_file"}
 # Inline secrets Prometheus would accept and this bundle refuses: they would sit in a committed file.
 _INLINE_SECRETS = {"password", "bearer_token", "authorization", "credentials", "headers", "oauth2", "sigv4"}
+
+
+def external_labels(cfg: MixinConfig) -> tuple[dict[str, str], str]:
+    """prometheus.external_labels (on every alert and remote-written series) and prometheus.replica_label
+    (the one of them that differs between the servers of an HA pair; "" when not a pair)."""
+    p = cfg["prometheus"]
+    node = p["external_labels"]
+    if not isinstance(node, Node):
+        raise MixinError(
+            f"{cfg.source}: prometheus.external_labels: expected a mapping of label names to values ({{}}: none)"
+        )
+    labels: dict[str, str] = {}
+    for name, label_value in node.items():
+        _require_label_name(name, f"{cfg.source}: prometheus.external_labels")
+        if not isinstance(label_value, str) or not label_value:
+            raise MixinError(
+                f"{cfg.source}: prometheus.external_labels.{name}: {label_value!r} is not a non-empty string "
+                "(quote numbers and booleans)"
+            )
+        labels[name] = label_value
+    replica = p["replica_label"]
+    if not isinstance(replica, str):
+        raise MixinError(f'{cfg.source}: prometheus.replica_label: {replica!r} is not a string ("": not an HA pair)')
+    if replica:
+        _require_label_name(replica, f"{cfg.source}: prometheus.replica_label")
+        if replica not in labels:
+            raise MixinError(
+                f"{cfg.source}: prometheus.replica_label: {replica!r} is not a key of prometheus.external_labels; "
+                f"give each server of the pair its own value there, e.g. {{{replica}: a}} and {{{replica}: b}}"
+            )
+    return labels, replica
+
+
+def _require_label_name(name: Any, where: str) -> None:
+    if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
+        raise MixinError(f"{where}: {name!r} is not a label name (letters, digits and _, not starting with a digit)")
 
 
 def long_term_keep(cfg: MixinConfig) -> list[str]:
