@@ -59,6 +59,12 @@ async def lands():
         await simulator.stop()
 
 
+@pytest.fixture
+async def client(aiohttp_client, lands, tmp_path):
+    """A test client of one exporter (in this process) watching the three projects."""
+    return await aiohttp_client(build_app(load_config(tmp_path, projects_yaml(lands))))
+
+
 def projects_yaml(lands: dict, extra: str = "") -> str:
     entries = []
     for name, (scenario, simulator) in lands.items():
@@ -94,8 +100,7 @@ def names(s: dict) -> set[str]:
 # -- each project's target reads its own LiveKit ------------------------------------------------------
 
 
-async def test_each_projects_target_reads_its_own_livekit(aiohttp_client, lands, tmp_path):
-    client = await aiohttp_client(build_app(load_config(tmp_path, projects_yaml(lands))))
+async def test_each_projects_target_reads_its_own_livekit(client, lands):
     for name, (scenario, _) in lands.items():
         scraped = await scrape(client, name)
         assert get(scraped, "livekit_rooms", occupancy="occupied") == ROOMS[name] == len(scenario.rooms)
@@ -119,8 +124,7 @@ async def test_each_projects_target_reads_its_own_livekit(aiohttp_client, lands,
     assert all(f"/metrics?project={name}" in page for name in PROJECTS)
 
 
-async def test_one_projects_livekit_down_leaves_the_others_up(aiohttp_client, lands, tmp_path):
-    client = await aiohttp_client(build_app(load_config(tmp_path, projects_yaml(lands))))
+async def test_one_projects_livekit_down_leaves_the_others_up(client, lands):
     await lands["eu"][1].stop()
     assert get(await scrape(client, "eu"), "livekit_up") == 0
     for name in ("production", "staging"):
@@ -131,8 +135,7 @@ async def test_one_projects_livekit_down_leaves_the_others_up(aiohttp_client, la
 # -- webhooks: the signing key names the project ------------------------------------------------------
 
 
-async def test_webhooks_are_counted_under_the_project_whose_key_signed_them(aiohttp_client, lands, tmp_path):
-    client = await aiohttp_client(build_app(load_config(tmp_path, projects_yaml(lands))))
+async def test_webhooks_are_counted_under_the_project_whose_key_signed_them(client, lands):
     url = str(client.make_url("/webhook"))
     senders = {}
     for name, (scenario, _) in lands.items():
@@ -175,8 +178,7 @@ async def test_webhooks_are_counted_under_the_project_whose_key_signed_them(aioh
 # -- voice-agent events: the token's project, or the one ?project= names ------------------------------
 
 
-async def test_events_are_counted_under_their_tokens_or_their_named_project(aiohttp_client, lands, tmp_path):
-    client = await aiohttp_client(build_app(load_config(tmp_path, projects_yaml(lands))))
+async def test_events_are_counted_under_their_tokens_or_their_named_project(client, lands):
     base = str(client.make_url("/v1/events"))
     fleets = {}
     for project, url, token in (("production", base, PROJECT_TOKEN), ("eu", base + "?project=eu", ANY_TOKEN)):

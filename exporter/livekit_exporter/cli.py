@@ -27,33 +27,39 @@ from .server import (
 log = logging.getLogger("livekit_exporter")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=DEFAULT_LISTEN_ADDRESS,
-        help=f"address to listen on (default {DEFAULT_LISTEN_ADDRESS})",
-    )
-    p.add_argument(
-        "--web.telemetry-path",
-        dest="telemetry_path",
-        default=DEFAULT_TELEMETRY_PATH,
-        help=f"path of the metrics endpoint (default {DEFAULT_TELEMETRY_PATH})",
-    )
-    p.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warn", "error"],
-        help="log level (default info)",
-    )
-    p.add_argument(
-        "--log.format",
-        dest="log_format",
-        default="logfmt",
-        choices=["logfmt", "json"],
-        help="log line format (default logfmt)",
-    )
+# Each flag once: (flag, dest, what argparse takes beyond them). Exporter-style names (--web.*, --log.*).
+COMMON_FLAGS: tuple[tuple[str, str, dict], ...] = (
+    ("--web.listen-address", "listen_address",
+     {"default": DEFAULT_LISTEN_ADDRESS, "help": f"address to listen on (default {DEFAULT_LISTEN_ADDRESS})"}),
+    ("--web.telemetry-path", "telemetry_path",
+     {"default": DEFAULT_TELEMETRY_PATH, "help": f"path of the metrics endpoint (default {DEFAULT_TELEMETRY_PATH})"}),
+    ("--log.level", "log_level",
+     {"default": "info", "choices": ["debug", "info", "warn", "error"], "help": "log level (default info)"}),
+    ("--log.format", "log_format",
+     {"default": "logfmt", "choices": ["logfmt", "json"], "help": "log line format (default logfmt)"}),
+)  # fmt: skip
+SERVE_FLAGS: tuple[tuple[str, str, dict], ...] = (
+    ("--web.config.file", "web_config_file",
+     {"default": None, "help": "exporter-toolkit style file for TLS and basic auth of the exporter's endpoints"}),
+    ("--web.enable-lifecycle", "enable_lifecycle",
+     {"action": "store_true",
+      "help": "let POST /-/reload reload the configuration, as SIGHUP does (off by default, as in Prometheus)"}),
+    ("--config.file", "config_file",
+     {"default": None,
+      "help": "YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)"}),
+)  # fmt: skip
+DEMO_FLAGS: tuple[tuple[str, str, dict], ...] = (
+    ("--simulator.listen-address", "simulator_address",
+     {"default": "127.0.0.1:0",
+      "help": "address of the simulated LiveKit: its Twirp API and, at /metrics, LiveKit server's own metrics "
+              "(default 127.0.0.1:0, a free loopback port)"}),
+)  # fmt: skip
+
+
+def _add_flags(p: argparse.ArgumentParser, *tables: tuple[tuple[str, str, dict], ...]) -> None:
+    for table in tables:
+        for flag, dest, options in table:
+            p.add_argument(flag, dest=dest, **options)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,35 +69,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"livekit-exporter {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{serve,demo,check-config}")
-    serve = sub.add_parser("serve", help="run the exporter (the default)")
-    _common(serve)
-    serve.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        default=None,
-        help="exporter-toolkit style file for TLS and basic auth of the exporter's endpoints",
-    )
-    serve.add_argument(
-        "--web.enable-lifecycle",
-        dest="enable_lifecycle",
-        action="store_true",
-        help="let POST /-/reload reload the configuration, as SIGHUP does (off by default, as in Prometheus)",
-    )
-    serve.add_argument(
-        "--config.file",
-        dest="config_file",
-        default=None,
-        help="YAML configuration file (LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET fill or override it)",
-    )
+    _add_flags(sub.add_parser("serve", help="run the exporter (the default)"), COMMON_FLAGS, SERVE_FLAGS)
     demo = sub.add_parser("demo", help="run a simulated LiveKit and the exporter pointed at it")
-    _common(demo)
-    demo.add_argument(
-        "--simulator.listen-address",
-        dest="simulator_address",
-        default="127.0.0.1:0",
-        help="address of the simulated LiveKit: its Twirp API and, at /metrics, LiveKit "
-        "server's own metrics (default 127.0.0.1:0, a free loopback port)",
-    )
+    _add_flags(demo, COMMON_FLAGS, DEMO_FLAGS)
     check = sub.add_parser("check-config", help="validate a configuration file; exit 2 if it is bad")
     check.add_argument("file")
     return p

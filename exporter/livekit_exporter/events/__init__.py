@@ -36,7 +36,7 @@ import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -202,16 +202,16 @@ class EventsHandler:
         reason: str,
         status: int,
         message: str,
-        problems: list[dict[str, object]] | None = None,
-        headers: dict[str, str] | None = None,
-        omitted: dict[str, object] | None = None,
         pipeline: Pipeline | None = None,
+        **answer: Any,
     ) -> web.Response:
+        """Counts (under `pipeline`'s project, or the exporter's own), logs and answers a refusal;
+        `answer` holds _error's problems, headers and omitted."""
         (pipeline.requests_rejected if pipeline is not None else self.unattributed).labels(reason).inc()
         self._log.warning(
             reason, "events request rejected", reason=reason, status=status, detail=message, remote=request.remote
         )
-        return _error(status, message, problems, headers, omitted)
+        return _error(status, message, **answer)
 
     def _bad_batch(self, request: web.Request, e: BadBatch, pipeline: Pipeline) -> web.Response:
         if not e.problems and e.status != 400:
@@ -223,7 +223,7 @@ class EventsHandler:
         if len(e.problems) > limit:
             omitted = _omitted(p.path for p in e.problems[limit:])
             message += f"; the first {limit} problems are listed, the other {omitted['count']} counted under omitted"
-        return self._reject(request, e.reason, e.status, message, listed, omitted=omitted, pipeline=pipeline)
+        return self._reject(request, e.reason, e.status, message, pipeline, problems=listed, omitted=omitted)
 
     def _accepted(self, n: int, discarded: list[Discarded], lines: list[int] | None) -> web.Response:
         limit = self.cfg.max_listed_problems
@@ -332,7 +332,7 @@ class EventsHandler:
                     400,
                     f"the {IDEMPOTENCY_HEADER} header must be 1 to 255 visible ASCII characters (no quotes "
                     "or backslashes inside), e.g. a UUID; send a new one per batch and the same one on its retries",
-                    [],
+                    problems=[],
                     pipeline=pipeline,
                 )
             key = (token, match[1])
