@@ -285,7 +285,9 @@ async def test_every_panel_query_returns_data_from_the_real_prometheus(scenario,
 
             for dash in dashboards():
                 for v in dash["templating"]["list"]:
-                    if v["type"] == "query":
+                    # project has values only with several projects (no project label otherwise): test_projects.py
+                    # runs its query against an exporter with three
+                    if v["type"] == "query" and v["name"] != "project":
                         selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)", v["query"]["query"]).groups()
                         if not await label_values(substituted(selector), label):
                             empty.append(f"{dash['uid']} / variable {v['name']}: {v['query']['query']}")

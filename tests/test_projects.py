@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -312,10 +313,17 @@ async def test_prometheus_labels_each_project_and_the_bundle_reads_them_apart(la
                 assert await by_project('occupancy:livekit_rooms:max{occupancy="occupied"}') == {
                     name: float(n) for name, n in ROOMS.items()}  # fmt: skip
                 assert (await by_project('process_resident_memory_bytes{job="livekit-exporter"} > 0')).keys() == {""}
-                # the dashboards' project variable lists the projects, and a panel's query reads one of them
-                assert {
-                    r["metric"].get("project") for r in await query('group by (project) (up{job="livekit-exporter"})')
-                } >= set(PROJECTS)
+                # every dashboard's project variable lists the projects, and a panel's query reads one of them
+                for name, text in files.items():
+                    if name.startswith("grafana/dashboards/"):
+                        for variable in json.loads(text)["templating"]["list"]:
+                            if variable["name"] == "project":
+                                selector, label = re.fullmatch(
+                                    r"label_values\((.*), (\w+)\)", variable["query"]["query"]
+                                ).groups()
+                                listed = await prometheus_api(http, prom_port, f"label/{label}/values",
+                                                              **{"match[]": selector.replace("$job", "livekit-exporter")})  # fmt: skip
+                                assert listed["data"] == sorted(PROJECTS), (name, listed)
                 overview = json.loads(files["grafana/dashboards/livekit-overview.json"])
                 (participants,) = [t["expr"] for p in overview["panels"] if p["title"] == "Participants"
                                    for t in p.get("targets", []) if "livekit_room_participants" in t["expr"]]  # fmt: skip
