@@ -194,3 +194,19 @@ def require_module(name: str) -> None:
         if IN_CI:
             pytest.fail(f"{name} is not installed ({e}); CI installs the extras with `make test`")
         pytest.skip(f"{name} is not installed: pip install -e '.[agents]'")
+
+
+# The bundle's Prometheus side with timings fit for a test: every second, no Alertmanager.
+FAST_BUNDLE = {"prometheus.scrape_interval": "1s", "prometheus.scrape_timeout": "1s",
+               "prometheus.evaluation_interval": "1s", "prometheus.alertmanagers": []}  # fmt: skip
+
+
+def start_bundle_prometheus(tmp_path: Path, port: int, overrides: dict[str, Any], *flags: str) -> tuple[dict, Any]:
+    """The bundle generated from prometheus/mixin.yml with FAST_BUNDLE and `overrides`, its prometheus/ files
+    written under tmp_path, and the real Prometheus (require_binary) serving them on `port`: (files, process)."""
+    from livekit_exporter.mixin import DEFAULT_CONFIG, generate, load, write
+
+    binary = require_binary("prometheus")
+    files = generate(load(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG, {**FAST_BUNDLE, **overrides}))
+    write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
+    return files, start_prometheus(binary, tmp_path / "prometheus" / "prometheus.yml", tmp_path / "data", port, *flags)

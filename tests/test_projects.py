@@ -23,20 +23,18 @@ import aiohttp
 import pytest
 import yaml
 from common import fleet_series
-from conftest import add_rooms, free_port, prometheus_api, require_binary, samples, start_prometheus
+from conftest import add_rooms, free_port, prometheus_api, require_binary, samples, start_bundle_prometheus
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
 from test_signals import Serve
 
 from livekit_exporter import config as config_mod
 from livekit_exporter.client import EventsClient
-from livekit_exporter.mixin import DEFAULT_CONFIG, generate, load, write
 from livekit_exporter.server import build_app
 from livekit_exporter.simulator import Delivery, Scenario, Simulator, WebhookSender
 from livekit_exporter.simulator.voice_agents import VoiceAgentFleet
 from livekit_exporter.simulator.webhooks import encode, request_headers, sign
 
-ROOT = Path(__file__).parent.parent
 WAIT = 60.0  # a bound, not a timing
 FAST = Delivery(retry_wait_min=0.01, retry_wait_max=0.05)
 PROJECTS = ("production", "staging", "eu")
@@ -270,21 +268,14 @@ def test_the_configuration_refuses_what_would_attribute_a_request_to_two_project
 
 
 async def test_prometheus_labels_each_project_and_the_bundle_reads_them_apart(lands, tmp_path):
-    prometheus_bin = require_binary("prometheus")
+    require_binary("prometheus")
     config = tmp_path / "exporter.yml"
     config.write_text(projects_yaml(lands))
     prom_port = free_port()
     async with Serve(config) as exporter:
-        address = exporter.base.removeprefix("http://")
-        files = generate(load(ROOT / DEFAULT_CONFIG, {
-            "prometheus.scrape_interval": "1s", "prometheus.scrape_timeout": "1s",
-            "prometheus.evaluation_interval": "1s", "prometheus.targets.exporter": [address],
-            "prometheus.projects": list(PROJECTS), "prometheus.alertmanagers": [],
-        }))  # fmt: skip
-        write({k: v for k, v in files.items() if k.startswith("prometheus/")}, tmp_path)
-        prom = start_prometheus(
-            prometheus_bin, tmp_path / "prometheus" / "prometheus.yml", tmp_path / "data", prom_port
-        )
+        overrides = {"prometheus.targets.exporter": [exporter.base.removeprefix("http://")],
+                     "prometheus.projects": list(PROJECTS)}  # fmt: skip
+        files, prom = start_bundle_prometheus(tmp_path, prom_port, overrides)
         try:
             async with aiohttp.ClientSession() as http:
 
@@ -348,3 +339,28 @@ async def test_prometheus_labels_each_project_and_the_bundle_reads_them_apart(la
         finally:
             prom.terminate()
             prom.wait(10)
+
+
+# -- the chart: one ServiceMonitor endpoint per project -----------------------------------------------
+
+
+def test_the_charts_servicemonitor_scrapes_each_project_as_its_own_target():
+    from test_chart import CHART_DIR, objects, one  # helm-python-sdk: the chart test's extra
+
+    values = yaml.safe_load((CHART_DIR / "ci" / "several-projects-values.yaml").read_text())
+    names = [p["name"] for p in values["config"]["projects"]]
+    assert names == ["production", "staging"]
+    endpoints = one(objects(values), "ServiceMonitor")["spec"]["endpoints"]
+    own, *per_project = endpoints
+    assert "params" not in own and own["path"] == "/metrics"  # the exporter's own metrics, once
+    assert [e["params"] for e in per_project] == [{"project": [n]} for n in names]
+    assert [e["relabelings"] for e in per_project] == [
+        [{"targetLabel": "project", "replacement": n, "action": "replace"}] for n in names]  # fmt: skip
+    assert all(e["port"] == own["port"] and e["interval"] == own["interval"] for e in per_project)
+    # the config the chart writes holds the projects and no livekit section
+    (config_map,) = [o for o in objects(values) if o["kind"] == "ConfigMap" and "config.yml" in o["data"]]
+    config = yaml.safe_load(config_map["data"]["config.yml"])
+    assert [p["name"] for p in config["projects"]] == names and "livekit" not in config
+    # a single-project install: one endpoint, as before
+    assert len(one(objects({"livekit": {"url": "https://lk.example.com", "apiKey": "k", "apiSecret": "s" * 32}}),
+                   "ServiceMonitor")["spec"]["endpoints"]) == 1  # fmt: skip
