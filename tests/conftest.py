@@ -99,6 +99,13 @@ async def prometheus_api(http: Any, port: int, path: str, **params: str) -> Any:
         return await r.json()
 
 
+async def prometheus_query(http: Any, port: int, expr: str) -> list:
+    """The result of an instant query that must succeed (a failed one fails the test, naming it)."""
+    data = await prometheus_api(http, port, "query", query=expr)
+    assert data["status"] == "success", (expr, data)
+    return data["data"]["result"]
+
+
 async def scrape_samples(aiohttp_client: Callable, server: Any) -> dict[tuple[str, frozenset], float]:
     """The samples a test server's /metrics shows now, read through a new aiohttp test client."""
     client = await aiohttp_client(server)

@@ -14,6 +14,7 @@ alert that fires for the one project whose LiveKit is down, and the process metr
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -23,7 +24,7 @@ import aiohttp
 import pytest
 import yaml
 from common import fleet_series
-from conftest import add_rooms, free_port, prometheus_api, require_binary, samples, start_bundle_prometheus
+from conftest import add_rooms, free_port, prometheus_api, prometheus_query, require_binary, samples, start_bundle_prometheus
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
 from test_signals import Serve
@@ -278,11 +279,7 @@ async def test_prometheus_labels_each_project_and_the_bundle_reads_them_apart(la
         files, prom = start_bundle_prometheus(tmp_path, prom_port, overrides)
         try:
             async with aiohttp.ClientSession() as http:
-
-                async def query(expr: str) -> list:
-                    data = await prometheus_api(http, prom_port, "query", query=expr)
-                    assert data["status"] == "success", (expr, data)
-                    return data["data"]["result"]
+                query = functools.partial(prometheus_query, http, prom_port)
 
                 async def by_project(expr: str) -> dict[str, float]:
                     return {r["metric"].get("project", ""): float(r["value"][1]) for r in await query(expr)}

@@ -15,6 +15,7 @@ chart's Service has that affinity by default.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import math
@@ -26,7 +27,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from common import fleet_series
-from conftest import EVENTS_TOKEN, add_rooms, free_port, prometheus_api, require_binary, samples, start_bundle_prometheus
+from conftest import EVENTS_TOKEN, add_rooms, free_port, prometheus_query, require_binary, samples, start_bundle_prometheus
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
@@ -248,11 +249,7 @@ async def test_state_gauges_do_not_double_in_the_bundles_queries(scenario, simul
         files, prom = start_bundle_prometheus(tmp_path, prom_port, {"prometheus.targets.exporter": targets})
         try:
             async with aiohttp.ClientSession() as http:
-
-                async def query(expr: str) -> list:
-                    data = await prometheus_api(http, prom_port, "query", query=expr)
-                    assert data["status"] == "success", (expr, data)
-                    return data["data"]["result"]
+                query = functools.partial(prometheus_query, http, prom_port)
 
                 async def scalar(expr: str) -> float | None:
                     result = await query(expr)
