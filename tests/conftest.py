@@ -106,6 +106,24 @@ async def prometheus_query(http: Any, port: int, expr: str) -> list:
     return data["data"]["result"]
 
 
+async def until_prometheus(prom: Any, ready: Callable[[], Any], what: str, wait: float = 60.0) -> None:
+    """Polls `await ready()` until it is true: fails naming `what` after `wait` seconds (a bound, not a
+    timing), or as soon as the Prometheus process `prom` exits; a refused connection counts as not yet."""
+    import aiohttp
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if await ready():
+                return
+        except aiohttp.ClientConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"Prometheus never {what}"
+        assert prom.poll() is None, "Prometheus exited"
+        await asyncio.sleep(0.5)
+
+
 async def scrape_samples(aiohttp_client: Callable, server: Any) -> dict[tuple[str, frozenset], float]:
     """The samples a test server's /metrics shows now, read through a new aiohttp test client."""
     client = await aiohttp_client(server)

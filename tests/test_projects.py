@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import yaml
 from common import fleet_series
-from conftest import add_rooms, free_port, prometheus_api, prometheus_query, require_binary, samples, start_bundle_prometheus
+from conftest import add_rooms, free_port, prometheus_api, prometheus_query, require_binary, samples, start_bundle_prometheus, until_prometheus
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
 from test_signals import Serve
@@ -284,18 +284,11 @@ async def test_prometheus_labels_each_project_and_the_bundle_reads_them_apart(la
                 async def by_project(expr: str) -> dict[str, float]:
                     return {r["metric"].get("project", ""): float(r["value"][1]) for r in await query(expr)}
 
-                deadline = time.monotonic() + WAIT
-                while True:
-                    try:
-                        ready = (await by_project('up{job="livekit-exporter"} == 1')).keys() == {"", *PROJECTS} and (
-                            len(await by_project("occupancy:livekit_rooms:max")) >= 3)  # fmt: skip
-                    except aiohttp.ClientConnectionError:
-                        ready = False
-                    if ready:
-                        break
-                    assert time.monotonic() < deadline, "Prometheus never scraped the four targets"
-                    assert prom.poll() is None, "Prometheus exited"
-                    await asyncio.sleep(0.5)
+                async def ready() -> bool:
+                    return (await by_project('up{job="livekit-exporter"} == 1')).keys() == {"", *PROJECTS} and (
+                        len(await by_project("occupancy:livekit_rooms:max")) >= 3)  # fmt: skip
+
+                await until_prometheus(prom, ready, "scraped the four targets", WAIT)
 
                 # every project's series carry its label; the exporter's own process metrics come once, unlabelled
                 assert await by_project('occupancy:livekit_rooms:max{occupancy="occupied"}') == {

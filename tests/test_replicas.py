@@ -14,7 +14,6 @@ chart's Service has that affinity by default.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
 import json
@@ -27,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from common import fleet_series
-from conftest import EVENTS_TOKEN, add_rooms, free_port, prometheus_query, require_binary, samples, start_bundle_prometheus
+from conftest import EVENTS_TOKEN, add_rooms, free_port, prometheus_query, require_binary, samples, start_bundle_prometheus, until_prometheus
 from livekit.protocol import egress as proto_egress
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
@@ -257,20 +256,13 @@ async def test_state_gauges_do_not_double_in_the_bundles_queries(scenario, simul
                     return float(result[0]["value"][1]) if result else None
 
                 # both replicas scraped, and the recording rules evaluated on what they scraped
-                deadline = time.monotonic() + WAIT
-                while True:
-                    try:
-                        ready = (await scalar('count(up{job="livekit-exporter"} == 1)') == 2
-                                 and await scalar('count(count by (instance) (livekit_rooms))') == 2
-                                 and await scalar('sum(occupancy:livekit_rooms:max)') is not None
-                                 and await scalar('count(service:livekit_api_up:max)') is not None)  # fmt: skip
-                    except aiohttp.ClientConnectionError:
-                        ready = False
-                    if ready:
-                        break
-                    assert time.monotonic() < deadline, "Prometheus never scraped both replicas"
-                    assert prom.poll() is None, "Prometheus exited"
-                    await asyncio.sleep(0.5)
+                async def ready() -> bool:
+                    return (await scalar('count(up{job="livekit-exporter"} == 1)') == 2
+                            and await scalar('count(count by (instance) (livekit_rooms))') == 2
+                            and await scalar('sum(occupancy:livekit_rooms:max)') is not None
+                            and await scalar('count(service:livekit_api_up:max)') is not None)  # fmt: skip
+
+                await until_prometheus(prom, ready, "scraped both replicas", WAIT)
 
                 # the naive sum doubles: why every rule and panel takes max across replicas
                 assert await scalar('sum(livekit_rooms{job="livekit-exporter"})') == 2 * len(scenario.rooms)
