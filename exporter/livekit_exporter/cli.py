@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 import urllib.parse
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -108,14 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         logsetup.setup(level, args.log_format)
         # Until run_demo's own handler is in place, SIGTERM stops it as Ctrl+C does.
         signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            asyncio.run(run_demo(host, port, args.telemetry_path, simulator=(sim_host, sim_port)))
-        except KeyboardInterrupt:
-            pass
-        except OSError as e:  # an address in use, or not ours
-            print(f"livekit-exporter: cannot listen: {e.strerror or e}", file=sys.stderr)
-            return 1
-        return 0
+        return _listening(run_demo(host, port, args.telemetry_path, simulator=(sim_host, sim_port)))
     try:
         cfg = config_mod.load(args.config_file)
         web_cfg = webconfig.load(args.web_config_file) if args.web_config_file else webconfig.WebConfig()
@@ -154,9 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             "basic_auth": bool(web_cfg.basic_auth_users),
         },
     )
+    return _listening(_serve(app, host, port, web_cfg))
+
+
+def _listening(server: Coroutine[Any, Any, None]) -> int:
+    """Runs `server` to its end: 0, or 1 when it cannot listen (an address in use, or not ours)."""
     try:
-        asyncio.run(_serve(app, host, port, web_cfg))
-    except OSError as e:  # an address in use, or not ours
+        asyncio.run(server)
+    except KeyboardInterrupt:  # the demo stops on Ctrl+C (and SIGTERM, made the same); serve drains first
+        pass
+    except OSError as e:
         print(f"livekit-exporter: cannot listen: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0

@@ -62,6 +62,13 @@ _KEY = re.compile(r'^"?([\x21\x23-\x5b\x5d-\x7e]{1,255})"?$')
 # Warnings per rejection reason and minute; the rest are summed up in one line when the minute
 # ends. livekit_exporter_event_requests_rejected_total carries the rate.
 REJECTION_LOG_LINES = 5
+NO_TOKENS = (
+    "the events API has no token configured: set events.tokens, events.token_files or "
+    "LIVEKIT_EXPORTER_EVENTS_TOKENS on the exporter"
+)
+UNKNOWN_TOKEN = (
+    "missing or unknown bearer token: send 'Authorization: Bearer <token>' with one of the exporter's events tokens"
+)
 REJECTION_LOG_WINDOW = 60.0
 
 
@@ -279,25 +286,15 @@ class EventsHandler:
         return b"".join(chunks)
 
     async def handle(self, request: web.Request) -> web.Response:
-        if not self._tokens:
-            return self._reject(
-                request,
-                "unauthorized",
-                401,
-                "the events API has no token configured: set events.tokens, events.token_files or "
-                "LIVEKIT_EXPORTER_EVENTS_TOKENS on the exporter",
-                headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events"'},
-            )
-        token = self._authorized(request.headers.get("Authorization", ""))
+        token = self._authorized(request.headers.get("Authorization", "")) if self._tokens else None
         if token is None:
-            return self._reject(
-                request,
-                "unauthorized",
-                401,
-                "missing or unknown bearer token: send 'Authorization: Bearer <token>' with one of "
-                "the exporter's events tokens",
-                headers={"WWW-Authenticate": 'Bearer realm="livekit-exporter events", error="invalid_token"'},
+            # RFC 6750: the challenge names the error when a token was sent and is not one of ours
+            challenge, message = (
+                ('Bearer realm="livekit-exporter events", error="invalid_token"', UNKNOWN_TOKEN)
+                if self._tokens
+                else ('Bearer realm="livekit-exporter events"', NO_TOKENS)
             )
+            return self._reject(request, "unauthorized", 401, message, headers={"WWW-Authenticate": challenge})
         pipeline = self._target(request, token)
         if isinstance(pipeline, web.Response):
             return pipeline
