@@ -63,6 +63,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
          "opts": ["--seconds", "4", "--interval", "1s", "--warmup", "5"] if q else []},
         {"name": "series", "script": "bench_series.py", "needs": [],
          "opts": ["--combos", "10", "--rounds", "1"] if q else []},
+        {"name": "scale", "script": "bench_scale.py", "needs": ["wrk"],
+         "opts": ["--scrape-rounds", "5", "--rounds", "1", "--duration", "1", "--requests", "30000"] if q else []},
     ]
     if args.only:
         wanted = set(args.only)
@@ -170,7 +172,7 @@ def main() -> int:
     p.add_argument("--sizes", help="rooms of the scrape benchmark, comma-separated (default 1000,10000,50000; "
                    "--quick: 1000)")
     p.add_argument("--only", help="benchmarks to run, comma-separated (state, webhooks, events, client, "
-                   "exemplars, rules, series)")
+                   "exemplars, rules, series, scale)")
     p.add_argument("--no-pushgateway", action="store_true", help="skip the Pushgateway comparison of the events bench")
     p.add_argument("--timeout", type=float, help="seconds per benchmark (default 900, --quick 150)")
     args = p.parse_args()

@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
-NEEDS = {"webhooks": "wrk", "events": "wrk", "rules": "prometheus"}
-EXPECTED = ["state-1000", "webhooks", "events", "client", "exemplars", "rules", "series"]
+NEEDS = {"webhooks": "wrk", "events": "wrk", "rules": "prometheus", "scale": "wrk"}
+EXPECTED = ["state-1000", "webhooks", "events", "client", "exemplars", "rules", "series", "scale"]
 
 
 def test_quick_run_writes_a_report_of_every_benchmark(tmp_path: Path) -> None:
