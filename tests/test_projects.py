@@ -24,7 +24,16 @@ import aiohttp
 import pytest
 import yaml
 from common import fleet_series
-from conftest import add_rooms, free_port, prometheus_api, prometheus_query, require_binary, samples, start_bundle_prometheus, until_prometheus
+from conftest import (
+    add_rooms,
+    free_port,
+    prometheus_api,
+    prometheus_query,
+    require_binary,
+    samples,
+    start_bundle_prometheus,
+    until_prometheus,
+)
 from livekit.protocol import models as proto_models
 from livekit.protocol.webhook import WebhookEvent
 from test_signals import Serve
@@ -354,3 +363,13 @@ def test_the_charts_servicemonitor_scrapes_each_project_as_its_own_target():
     # a single-project install: one endpoint, as before
     assert len(one(objects({"livekit": {"url": "https://lk.example.com", "apiKey": "k", "apiSecret": "s" * 32}}),
                    "ServiceMonitor")["spec"]["endpoints"]) == 1  # fmt: skip
+
+
+def test_the_log_scrubber_knows_every_projects_secrets(lands, tmp_path):
+    from livekit_exporter.cli import _secrets
+
+    config = load_config(tmp_path, projects_yaml(lands))
+    scrubbed = set(_secrets(config))
+    for scenario, _ in lands.values():
+        assert scenario.api_secret in scrubbed  # each project's API secret (it also signs its webhooks)
+    assert {PROJECT_TOKEN, ANY_TOKEN} <= scrubbed  # a project's events token, and one of events.tokens

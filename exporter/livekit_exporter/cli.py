@@ -166,11 +166,15 @@ def _listening(server: Coroutine[Any, Any, None]) -> int:
 
 def _secrets(cfg: config_mod.Config) -> list[str]:
     """Every secret of a configuration, for the log's scrubber."""
+    servers = [cfg.livekit, *(p.livekit for p in cfg.projects)]
+    keys = [*cfg.webhooks.keys, *(k for p in cfg.projects for k in p.webhook_keys)]
+    tokens = [*cfg.events.tokens, *(t for p in cfg.projects for t in p.events_tokens)]
     return [
-        cfg.livekit.api_secret.reveal(),
-        *(k.api_secret.reveal() for k in cfg.webhooks.keys),
-        *(t.reveal() for t in cfg.events.tokens),
-        urllib.parse.urlsplit(cfg.livekit.url).password or "",  # a password in the URL, should one be there
+        *(lk.api_secret.reveal() for lk in servers),
+        *(k.api_secret.reveal() for k in keys),
+        *(t.reveal() for t in tokens),
+        # a password in a URL, should one be there
+        *(urllib.parse.urlsplit(lk.url).password or "" for lk in servers),
     ]
 
 
