@@ -26,7 +26,16 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import EVENTS_TOKEN, add_rooms, free_port, require_binary, samples, start_prometheus, stop_process
+from conftest import (
+    EVENTS_TOKEN,
+    add_rooms,
+    free_port,
+    prometheus_query,
+    require_binary,
+    samples,
+    start_prometheus,
+    stop_process,
+)
 from test_alerting_e2e import FAST, eventually  # FAST: the mixin's test variant (1s scrapes, 2s `for`)
 from test_signals import Serve, write_config
 
@@ -65,12 +74,9 @@ def pair_member(tmp_path: Path, replica: str, replica_label: str, exporter: str,
 async def query(http: aiohttp.ClientSession, port: int, expr: str) -> list[dict[str, Any]] | None:
     """The instant query's result on the Prometheus of that port; None while it does not answer."""
     try:
-        async with http.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expr}) as r:
-            data = await r.json()
-    except (aiohttp.ClientError, json.JSONDecodeError):
+        return await prometheus_query(http, port, expr)
+    except aiohttp.ClientError:
         return None
-    assert data["status"] == "success", (expr, data)
-    return data["data"]["result"]
 
 
 async def scalar(http: aiohttp.ClientSession, port: int, expr: str) -> float | None:
