@@ -98,6 +98,14 @@ function request()
 end
 """ + WRK_RESULT_LUA.replace("%", "%%")
 
+# Per load: what a request carries (webhooks: one; events: a batch of 100), the unit of its rate, and
+# the samples that count what the exporter did with them.
+LOADS = {
+    "webhooks": (1, "req/s", ("livekit_webhook_events_total", "livekit_webhook_duplicates_total")),
+    "events": (100, "events/s", ("livekit_exporter_events_total",)),
+}
+# Each exporter's scrape targets (?project=<name>; "" is /metrics alone).
+TARGETS = {"single": ("",), "replica": ("",), "three": (*PROJECTS, "")}
 # The three load runs of each round: (name, the exporters wrk's threads send to, in turn).
 RUNS = (("one project", ("single",)), ("3 projects", ("three",)), ("2 replicas", ("single", "replica")))
 
@@ -304,38 +312,36 @@ def load_rounds(ports: dict[str, int], args: argparse.Namespace, tmp: Path) -> d
                 raise SystemExit(
                     f"{file.name}: {offsets[file]} requests sent of {lines[run]} distinct ones: raise --requests"
                 )
-            results["webhooks"][run].append(res)
-            print(
-                f"round {r + 1} webhooks {run:12s} {res['per_s']:9,.0f} req/s     p99 {res['p99_ms']:6.2f} ms",
-                flush=True,
-            )
+            keep(results, "webhooks", run, res, r)
         for run, kinds in RUNS:
             res = wrk([ports[kind] for kind in kinds], "/v1/events", scripts["events", run], args, str(batch))
-            results["events"][run].append(res)
-            print(
-                f"round {r + 1} events   {run:12s} {100 * res['per_s']:9,.0f} events/s  p99 {res['p99_ms']:6.2f} ms",
-                flush=True,
-            )
+            keep(results, "events", run, res, r)
     check_counts(ports, results, args)
     return results
 
 
+def keep(results: dict[str, dict[str, list[dict]]], load: str, run: str, res: dict, round_index: int) -> None:
+    results[load][run].append(res)
+    per_request, unit, _ = LOADS[load]
+    print(
+        f"round {round_index + 1} {load:8s} {run:12s} {per_request * res['per_s']:9,.0f} {unit:8s}  "
+        f"p99 {res['p99_ms']:6.2f} ms",
+        flush=True,
+    )
+
+
 def check_counts(ports: dict[str, int], results: dict[str, dict[str, list[dict]]], args: argparse.Namespace) -> None:
-    own = ("",)
-    for load, families, per_request in (
-        ("webhooks", ("livekit_webhook_events_total", "livekit_webhook_duplicates_total"), 1),
-        ("events", ("livekit_exporter_events_total",), 100),
-    ):
+    for load, (per_request, _, families) in LOADS.items():
         sent = {kinds: per_request * sum(res["requests"] for res in results[load][run]) for run, kinds in RUNS}
-        for kinds, targets in ((("single", "replica"), own), (("three",), PROJECTS)):
-            answered = sum(n for k, n in sent.items() if set(k) <= set(kinds))
-            got = sum(counted(ports[kind], targets, families) for kind in kinds)
-            runs = args.rounds * sum(1 for k in sent if set(k) <= set(kinds))
+        for exporters in (("single", "replica"), ("three",)):
+            mine = [kinds for kinds in sent if set(kinds) <= set(exporters)]
+            answered = sum(sent[kinds] for kinds in mine)
+            got = sum(counted(ports[kind], TARGETS[kind], families) for kind in exporters)
             # a request cut at the end of a wrk run may be applied unanswered
-            if not answered <= got <= answered + per_request * args.connections * runs:
-                raise SystemExit(f"{load}: {' and '.join(kinds)} counted {got:.0f} for {answered:.0f} answered")
+            if not answered <= got <= answered + per_request * args.connections * args.rounds * len(mine):
+                raise SystemExit(f"{load}: {' and '.join(exporters)} counted {got:.0f} for {answered:.0f} answered")
         print(f"{load}: every exporter counted what it answered for")
-    rejected = sum(counted(ports[kind], own, ("livekit_webhook_rejected_total",)) for kind in ports)
+    rejected = sum(counted(port, TARGETS[kind], ("livekit_webhook_rejected_total",)) for kind, port in ports.items())
     if rejected:
         raise SystemExit(f"{rejected:.0f} webhooks rejected: the benchmark is not valid")
 
@@ -389,7 +395,7 @@ def report(args: argparse.Namespace, scraped: dict, rss: dict[str, float], loads
         "the exporter's resident memory with three projects of --rooms rooms each over one project's",
         value=rss["three"] / rss["single"],
     )
-    for load, unit, per_request in (("webhooks", "req/s", 1), ("events", "events/s", 100)):
+    for load, (per_request, unit, _) in LOADS.items():
         for run, _ in RUNS:
             rounds = loads[load][run]
             res.measure(f"{load}, {run}", [per_request * x["per_s"] for x in rounds], unit)
