@@ -128,6 +128,13 @@ class _ActiveCall:
     gauge: Any  # its child of voice_agent_calls_active
 
 
+def _exemplar(call_id: str | None, trace_id: str | None) -> dict[str, str] | None:
+    """A turn's exemplar: its call_id and trace_id, those it has; None without either."""
+    if call_id:
+        return {"call_id": call_id, "trace_id": trace_id} if trace_id else {"call_id": call_id}
+    return {"trace_id": trace_id} if trace_id else None
+
+
 class PriceTable:
     """(provider, model) -> Price, case-insensitively; an exact model beats the provider's "*" entry.
 
@@ -140,6 +147,8 @@ class PriceTable:
         self._any = {p.provider.lower(): p for p in prices if p.model == "*"}
 
     def lookup(self, provider: str, model: str) -> Price | None:
+        if not self._exact and not self._any:
+            return None  # no price table
         provider = provider.lower()
         return self._exact.get((provider, model.lower())) or self._any.get(provider)
 
@@ -333,19 +342,24 @@ class _Reports:
         # Labels used by this gauge only: their values are freed in the guard when no series holds them.
         self._forget = [(i, label) for i, label in enumerate(family.labelnames) if label in forget]
         self._held: dict[tuple[int, str], int] = {}
+        self._children: dict[tuple[str, ...], Any] = {}  # labels -> the gauge's child, while the series lives
 
     def set(self, values: tuple[str, ...], value: float) -> None:
         self.series.expire()  # so that a series past its ttl is dropped (its labels and series freed) first
         labels = self.family.report(*values)
         if labels is None:
             return
-        self.family.metric.labels(*labels).set(value)
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.family.metric.labels(*labels)
+        child.set(value)
         if labels not in self.series:
             for i, _ in self._forget:
                 self._held[(i, labels[i])] = self._held.get((i, labels[i]), 0) + 1
         self.series[labels] = None  # its ttl starts again
 
     def _drop(self, labels: tuple[str, ...], _: None) -> None:
+        self._children.pop(labels, None)
         self.family.remove(labels)
         for i, label in self._forget:
             n = self._held.pop((i, labels[i])) - 1
@@ -419,11 +433,13 @@ class Pipeline:
             setattr(self, name.removeprefix("voice_agent_").removesuffix("_seconds"), self.histograms[name])
         for d in PLAIN_COUNTERS:
             setattr(self, d.attribute, Counter(d.name, d.help, d.labels, registry=r))
-        self._events_total = {t: self.events_total.labels(t) for t in contract.TYPE_NAMES}
+        events_total = {
+            kind: self.events_total.labels(t) for kind, t in zip(contract.EVENT_TYPES, contract.TYPE_NAMES, strict=True)
+        }
         self._queued = _Reports(self.calls_queued, config.campaign_ttl, guard, self._now)
         self._campaigns = _Reports(self.campaign_running, config.campaign_ttl, guard, self._now)
         self._dependencies = _Reports(self.dependency_up, config.dependency_ttl, guard, self._now, ("dependency",))
-        self._apply: dict[type, Callable[[Any, int, list[Discarded]], None]] = {
+        appliers: dict[type, Callable[[Any, int, list[Discarded]], None]] = {
             contract.CallStarted: self._call_started,
             contract.CallAnswered: self._call_answered,
             contract.CallEnded: self._call_ended,
@@ -437,19 +453,22 @@ class Pipeline:
             contract.ToolCall: self._tool_call,
             contract.Error: self._error,
         }
+        # event type -> (how it is applied, its child of livekit_exporter_events_total)
+        self._apply = {kind: (apply, events_total[kind]) for kind, apply in appliers.items()}
 
     # -- applying ----------------------------------------------------------------------------------
 
     def apply(self, events: list[contract.Event]) -> list[Discarded]:
         """Applies a validated batch; returns the timings that were discarded by the sanity rule."""
         discarded: list[Discarded] = []
-        counts: dict[str, int] = {}
+        counts: dict[Any, int] = {}  # child of livekit_exporter_events_total -> events of its type
+        appliers = self._apply
         for index, event in enumerate(events):
-            self._apply[type(event)](event, index, discarded)
-            tag = str(event.__struct_config__.tag)
-            counts[tag] = counts.get(tag, 0) + 1
-        for tag, n in counts.items():
-            self._events_total[tag].inc(n)
+            apply, counted = appliers[type(event)]
+            apply(event, index, discarded)
+            counts[counted] = counts.get(counted, 0) + 1
+        for counted, n in counts.items():
+            counted.inc(n)
         for timing in discarded:
             self.latencies_discarded.labels(events[timing.index].__struct_config__.tag, timing.field).inc()
         return discarded
@@ -502,20 +521,21 @@ class Pipeline:
         if interruptions:
             self.interruptions(agent).inc(interruptions)
         # call_id / trace_id become exemplars of the latency observations (OpenMetrics only; never labels)
-        exemplar = {k: v for k, v in (("call_id", event.call_id), ("trace_id", event.trace_id)) if v} or None
-        if self._latency(event.e2e_latency_seconds, "e2e_latency_seconds", index, discarded):
+        exemplar = _exemplar(event.call_id, event.trace_id)
+        latency = self._latency
+        if latency(event.e2e_latency_seconds, "e2e_latency_seconds", index, discarded):
             self.turn_latency(agent).observe(event.e2e_latency_seconds, exemplar)
-        if self._latency(event.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", index, discarded):
+        if latency(event.end_of_utterance_delay_seconds, "end_of_utterance_delay_seconds", index, discarded):
             self.end_of_utterance_delay(agent).observe(event.end_of_utterance_delay_seconds, exemplar)
-        if self._latency(event.transcription_delay_seconds, "transcription_delay_seconds", index, discarded):
+        if latency(event.transcription_delay_seconds, "transcription_delay_seconds", index, discarded):
             self.transcription_delay(agent, event.stt_provider or UNKNOWN, event.stt_model or UNKNOWN).observe(
                 event.transcription_delay_seconds, exemplar
             )
-        if self._latency(event.llm_ttft_seconds, "llm_ttft_seconds", index, discarded):
+        if latency(event.llm_ttft_seconds, "llm_ttft_seconds", index, discarded):
             self.llm_time_to_first_token(agent, event.llm_provider or UNKNOWN, event.llm_model or UNKNOWN).observe(
                 event.llm_ttft_seconds, exemplar
             )
-        if self._latency(event.tts_ttfb_seconds, "tts_ttfb_seconds", index, discarded):
+        if latency(event.tts_ttfb_seconds, "tts_ttfb_seconds", index, discarded):
             self.tts_time_to_first_byte(agent, event.tts_provider or UNKNOWN, event.tts_model or UNKNOWN).observe(
                 event.tts_ttfb_seconds, exemplar
             )
@@ -556,13 +576,13 @@ class Pipeline:
         self._add_cost("stt", event, PriceTable.stt_cost)
 
     def _llm(self, event: contract.LLMUsage, index: int, discarded: list[Discarded]) -> None:
-        for kind, n in (
-            ("input", event.input_tokens),
-            ("output", event.output_tokens),
-            ("cached", event.cached_tokens),
-        ):
-            if n:
-                self.llm_tokens(event.agent, event.provider, event.model, kind).inc(n)
+        agent, provider, model = event.agent, event.provider, event.model
+        if event.input_tokens:
+            self.llm_tokens(agent, provider, model, "input").inc(event.input_tokens)
+        if event.output_tokens:
+            self.llm_tokens(agent, provider, model, "output").inc(event.output_tokens)
+        if event.cached_tokens:
+            self.llm_tokens(agent, provider, model, "cached").inc(event.cached_tokens)
         if event.duration_seconds is not None:  # not a turn stage: bounded by the schema only
             self.llm_request_duration(event.agent, event.provider, event.model).observe(event.duration_seconds)
         self._add_cost("llm", event, PriceTable.llm_cost)
