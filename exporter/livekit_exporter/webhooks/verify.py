@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import hmac
 import time
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,15 +101,21 @@ _HS256_ONLY = jws.JWSRegistry(algorithms=["HS256"])
 
 
 def _quick_key(secret: str) -> OctKey | None:
-    """joserfc's key for a secret PyJWT takes as it is, without a warning; None sends all of its
-    tokens the full way (so PyJWT still warns of a short secret, or refuses a PEM-looking one)."""
+    """joserfc's key for a secret PyJWT and joserfc both take as it is, without a warning; None
+    sends all of its tokens the full way (so PyJWT still warns of a short secret, or refuses a
+    PEM-looking one)."""
     hs256 = HMACAlgorithm(HMACAlgorithm.SHA256)
     try:
         if not secret or hs256.check_key_length(hs256.prepare_key(secret)):
             return None
     except jwt.PyJWTError:
         return None
-    return OctKey.import_key(secret)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # joserfc's SecurityWarning: a secret that looks like a key
+        try:
+            return OctKey.import_key(secret)
+        except (ValueError, Warning):
+            return None
 
 
 class _KeyPair:
